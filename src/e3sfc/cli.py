@@ -1,0 +1,166 @@
+"""Command line: ``e3sfc run`` (and later ``plot``, ``compare``).
+
+Errors in input (unknown names, impossible numbers, bad files) print one line
+naming the flag, the value and what is allowed, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Sequence
+
+from .config import RunConfig
+from .errors import ConfigError, DataError, PayloadError
+
+log = logging.getLogger("e3sfc")
+
+HELP = {
+    "method": "compression method (fedavg, ...)",
+    "dataset": "mnist, fmnist, emnist, cifar10, cifar100, digits",
+    "emnist_split": "EMNIST split (balanced, byclass, bymerge, digits, letters, mnist)",
+    "model": "mlp, mnistnet, convnet, lenet, resnet18, vgg11, regnet",
+    "clients": "number of clients K",
+    "fraction": "fraction of clients sampled per round, in (0, 1]",
+    "partition": "dirichlet (label skew) or iid",
+    "alpha": "Dirichlet concentration (smaller = more skewed)",
+    "rounds": "communication rounds T",
+    "weighted": "weight the mean by client sample counts (default: uniform)",
+    "local_epochs": "local SGD epochs per round",
+    "batch_size": "local batch size",
+    "lr": "client SGD learning rate",
+    "lr_decay": "multiply a client's lr by this each time it trains (1 = off)",
+    "holdout": "hold out this fraction of train as the test set (authors' protocol); 0 = official test split",
+    "train_subset": "use a seeded random subset of this many training samples (0 = all)",
+    "test_subset": "use a seeded random subset of this many test samples (0 = all)",
+    "data_dir": "folder holding the dataset files",
+    "seed": "the run's seed; all randomness derives from it",
+    "device": "cpu or cuda",
+    "threads": "torch CPU threads (0 = torch default)",
+    "eval_every": "evaluate on the test split every N rounds (and at the end)",
+    "checkpoint_every": "write a checkpoint every N rounds (0 = only at the end)",
+    "out": "run folder (default runs/<method>-<dataset>-<model>-<time>)",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, status 2
+        self.exit(2, f"e3sfc: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="e3sfc", description="Communication-efficient FL by synthesizing features (3SFC / E-3SFC).")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    run = sub.add_parser("run", help="run one federated training")
+    run.add_argument("--config", help="TOML file with settings (flags override it)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    for f in fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if str(f.type) == "bool":
+            run.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                             help=HELP.get(f.name))
+        else:
+            run.add_argument(flag, dest=f.name, default=None, help=HELP.get(f.name))
+    return p
+
+
+def _default_out(cfg: RunConfig) -> str:
+    return str(Path("runs") / f"{cfg.method}-{cfg.dataset}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _progress(total: int, start: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None, None
+    bar = tqdm(total=total, initial=start, unit="round", disable=None, leave=False, dynamic_ncols=True)
+
+    def update(t: int, row: dict) -> None:
+        if row:
+            bar.set_postfix(acc=f"{row['accuracy']:.4f}", refresh=False)
+        bar.update(1)
+
+    return update, bar
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .federated import Simulation
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
+    if args.resume:
+        given = [k for k, v in overrides.items() if v is not None]
+        if given or args.config:
+            raise ConfigError(f"--resume: takes no other settings (got --{given[0].replace('_', '-') if given else 'config'}); the run's config.json is used")
+        sim = Simulation.resume(args.resume)
+        out = Path(args.resume)
+    else:
+        cfg = RunConfig.from_sources(args.config, **overrides)
+        if cfg.threads:
+            import torch
+            torch.set_num_threads(cfg.threads)
+        out = Path(cfg.out or _default_out(cfg))
+        if (out / "config.json").exists():
+            raise ConfigError(f"--out: {str(out)!r} already holds a run; pass --resume {out} or another --out")
+        cfg = cfg.replace(out=str(out))
+        sim = Simulation(cfg, out_dir=out)
+    update, bar = _progress(sim.cfg.rounds, sim.round)
+    try:
+        summary = sim.run(progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    _print_summary(summary, out)
+    return 0
+
+
+def _print_summary(s: dict, out: Path) -> None:
+    r = max(s["rounds"], 1)
+    dense = s["dense_bytes_per_transfer"]
+    lines = [
+        f"e3sfc run: {s['method']} on {s['dataset']} / {s['model']} ({s['num_params']:,} parameters)",
+        f"  rounds            {s['rounds']}",
+        f"  final accuracy    {s['final_accuracy']:.4f}   (best {s['best_accuracy']:.4f})",
+        f"  uplink total      {_fmt_bytes(s['total_uplink_bytes'])}",
+        f"  downlink total    {_fmt_bytes(s['total_downlink_bytes'])}",
+        f"  dense model       {_fmt_bytes(dense)} per transfer",
+        f"  wall time         {s['wall_seconds']:.1f} s ({s['wall_seconds'] / r:.3f} s/round)",
+        f"  run folder        {out}",
+    ]
+    print("\n".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return {"run": cmd_run}[args.command](args)
+    except (ConfigError, DataError, PayloadError) as exc:
+        print(f"e3sfc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("e3sfc: interrupted; resume with e3sfc run --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

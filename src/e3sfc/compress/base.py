@@ -1,0 +1,80 @@
+"""The compressor interface (DESIGN 2): update -> Payload -> update.
+
+A compressor turns a flat update (the EF target) into a :class:`~e3sfc.wire.Payload`
+given a :class:`Context` that both ends share and never count (model at w_t,
+round, rng, ...), and ``decompress`` gives the update back. Error feedback is a
+separate component (:mod:`e3sfc.compress.ef`); ``biased`` says whether it applies.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .. import wire
+from ..wire import FieldSpec, Payload
+
+
+@dataclass
+class Context:
+    """What both ends of a transfer share; none of it is counted on the wire."""
+
+    model: nn.Module                     # evaluated at ``weights``; must not be modified
+    weights: torch.Tensor                # (P,) flat w_t
+    input_shape: tuple[int, ...]
+    num_classes: int
+    round: int = 0
+    client: int = -1                     # -1: the server
+    generator: torch.Generator | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights.device
+
+    @property
+    def num_params(self) -> int:
+        return self.weights.numel()
+
+    @property
+    def param_shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(p.shape) for p in self.model.parameters()]
+
+
+class Compressor(ABC):
+    """One compression method. Subclasses register themselves with :func:`register`."""
+
+    name: ClassVar[str]
+    method_id: ClassVar[int]
+    biased: ClassVar[bool] = True  # error feedback applies (switch off with --no-ef)
+
+    @classmethod
+    def from_options(cls, **options: Any) -> "Compressor":
+        """Build from the run's compressor options; each method reads the knobs it has."""
+        return cls()
+
+    @abstractmethod
+    def compress(self, target: torch.Tensor, ctx: Context) -> tuple[Payload, dict[str, float]]:
+        """Encode ``target`` (P,) into a payload; also return stats (e.g. cosine)."""
+
+    @abstractmethod
+    def decompress(self, payload: Payload, ctx: Context) -> torch.Tensor:
+        """The update (P,) that ``payload`` stands for at ``ctx``."""
+
+    @abstractmethod
+    def fields(self, ctx: Context) -> list[FieldSpec]:
+        """The exact wire fields this method's payload has at ``ctx``."""
+
+    def payload_bytes(self, ctx: Context) -> int:
+        """Exact encoded size of one payload (header included)."""
+        return wire.encoded_size(self.fields(ctx))
+
+    def encode(self, payload: Payload) -> bytes:
+        return wire.encode(payload)
+
+    def decode(self, data: bytes, ctx: Context) -> Payload:
+        return wire.decode(data, method=self.method_id, expect=self.fields(ctx))

@@ -1,0 +1,189 @@
+"""The run configuration: one frozen, validated dataclass.
+
+Every field can come from a TOML file (``--config``) and be overridden by a
+command-line flag of the same name (``--local-epochs`` sets ``local_epochs``).
+Validation raises :class:`~e3sfc.errors.ConfigError` whose message names the
+flag, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # what to run
+    method: str = "fedavg"
+    dataset: str = "fmnist"
+    emnist_split: str = "balanced"
+    model: str = "mlp"
+    # federation
+    clients: int = 10
+    fraction: float = 1.0
+    partition: str = "dirichlet"
+    alpha: float = 1.0
+    rounds: int = 100
+    weighted: bool = False
+    # local training (plain SGD, momentum 0)
+    local_epochs: int = 1
+    batch_size: int = 64
+    lr: float = 0.01
+    lr_decay: float = 0.99
+    # data protocol
+    holdout: float = 0.0
+    train_subset: int = 0
+    test_subset: int = 0
+    data_dir: str | None = None
+    # run
+    seed: int = 42
+    device: str = "cpu"
+    threads: int = 0
+    eval_every: int = 1
+    checkpoint_every: int = 0
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_sources(cls, file: str | Path | None = None, **overrides: Any) -> "RunConfig":
+        """Defaults, then the TOML ``file``, then ``overrides`` (``None`` values are ignored)."""
+        values: dict[str, Any] = {}
+        if file is not None:
+            values.update(load_toml(file))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        known = {f.name: f for f in fields(cls)}
+        clean: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(
+                    f"unknown setting {key!r}; allowed: {', '.join(sorted(known))}"
+                )
+            clean[name] = _coerce(name, value, known[name].type)
+        return cls(**clean)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config: file {str(path)!r} does not exist")
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config: {path} is not valid TOML ({exc})") from None
+    # allow an optional [run] table
+    if "run" in data and isinstance(data["run"], dict):
+        data = {**{k: v for k, v in data.items() if k != "run"}, **data["run"]}
+    return data
+
+
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _coerce(name: str, value: Any, type_str: Any) -> Any:
+    t = str(type_str).replace(" | None", "")
+    if value is None:
+        return None
+    try:
+        if t == "bool":
+            if isinstance(value, str):
+                low = value.lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if t == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if t == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{_flag(name)}: {value!r} is not a valid {t}") from None
+
+
+def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{_flag(name)}: {value!r} is not allowed; expected {allowed}")
+
+
+def _validate(c: RunConfig) -> None:
+    from .compress import available_methods
+    from .data import available_datasets, EMNIST_SPLITS
+    from .models import available_models
+
+    for name, choices in (
+        ("method", available_methods()),
+        ("dataset", available_datasets()),
+        ("model", available_models()),
+        ("partition", ("dirichlet", "iid")),
+        ("device", ("cpu", "cuda")),
+        ("emnist_split", tuple(EMNIST_SPLITS)),
+    ):
+        value = getattr(c, name)
+        _require(value in choices, name, value, "one of " + ", ".join(choices))
+    _require(c.clients >= 1, "clients", c.clients, "an integer >= 1")
+    _require(
+        math.isfinite(c.fraction) and 0.0 < c.fraction <= 1.0,
+        "fraction", c.fraction, "a number in (0, 1]",
+    )
+    _require(math.isfinite(c.alpha) and c.alpha > 0, "alpha", c.alpha, "a number > 0")
+    _require(c.rounds >= 1, "rounds", c.rounds, "an integer >= 1")
+    _require(c.local_epochs >= 1, "local_epochs", c.local_epochs, "an integer >= 1")
+    _require(c.batch_size >= 1, "batch_size", c.batch_size, "an integer >= 1")
+    _require(math.isfinite(c.lr) and c.lr > 0, "lr", c.lr, "a number > 0")
+    _require(
+        math.isfinite(c.lr_decay) and 0 < c.lr_decay <= 1.0,
+        "lr_decay", c.lr_decay, "a number in (0, 1] (1 switches the decay off)",
+    )
+    _require(
+        math.isfinite(c.holdout) and 0.0 <= c.holdout < 1.0,
+        "holdout", c.holdout, "a fraction in [0, 1) (0 uses the official test split)",
+    )
+    _require(c.train_subset >= 0, "train_subset", c.train_subset, "an integer >= 0 (0 = all)")
+    _require(c.test_subset >= 0, "test_subset", c.test_subset, "an integer >= 0 (0 = all)")
+    _require(c.seed >= 0, "seed", c.seed, "an integer >= 0")
+    _require(c.threads >= 0, "threads", c.threads, "an integer >= 0 (0 = torch default)")
+    _require(c.eval_every >= 1, "eval_every", c.eval_every, "an integer >= 1")
+    _require(
+        c.checkpoint_every >= 0, "checkpoint_every", c.checkpoint_every,
+        "an integer >= 0 (0 = only at the end)",
+    )

@@ -1,0 +1,83 @@
+"""Readers for the on-disk dataset formats, with one-line errors for bad files.
+
+- IDX (MNIST, Fashion-MNIST, EMNIST), gzipped or raw.
+- CIFAR-10/100 "python version" pickles.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"dataset file {path} is missing") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"dataset file {path} is corrupt or truncated ({exc})") from None
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (``magic = 0 0 dtype ndim``, big-endian u32 dims, then data)."""
+    path = Path(path)
+    raw = _read_bytes(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"dataset file {path} is not an IDX file (bad magic number)")
+    dtype = _IDX_DTYPES[raw[2]]
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"dataset file {path} is truncated (incomplete IDX header)")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    got = len(raw) - header
+    if got != expected:
+        what = "truncated" if got < expected else "too long"
+        raise DataError(
+            f"dataset file {path} is {what}: header says {expected} data bytes, found {got}"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def read_cifar_batch(path: str | Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR python pickle: images (N, 3, 32, 32) uint8 and labels (N,) int64."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+    except FileNotFoundError:
+        raise DataError(f"dataset file {path} is missing") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise DataError(f"dataset file {path} is corrupt or truncated ({exc})") from None
+    if not isinstance(d, dict) or b"data" not in d or label_key not in d:
+        raise DataError(
+            f"dataset file {path} is not a CIFAR batch (needs keys b'data' and {label_key!r})"
+        )
+    data = np.asarray(d[b"data"])
+    labels = np.asarray(d[label_key], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"dataset file {path}: b'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}")
+    if labels.shape != (data.shape[0],):
+        raise DataError(f"dataset file {path}: {len(labels)} labels for {data.shape[0]} images")
+    return data.reshape(-1, 3, 32, 32), labels

@@ -1,0 +1,246 @@
+"""The in-process simulator: the federated loop, run records, checkpoint and resume.
+
+Per round t = 1..T:
+1. sample the participants S_t (seeded from (seed, t); all clients at fraction 1);
+2. downlink: each participant receives w_t (the full model, counted);
+3. each participant runs the shared client step (train, EF, compress, serialize);
+4. the server runs the shared server step (decode, aggregate) -> w_{t+1};
+5. every ``eval_every`` rounds (and at the last) evaluate on the test split.
+
+All randomness is derived from the run's seed and the round/client ids, so no
+generator state needs saving: a run resumed from a checkpoint replays exactly
+what an uninterrupted run does (tested).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .. import io
+from ..compress import Context, ErrorFeedback, make_compressor
+from ..compress.fedavg import Dense
+from ..config import RunConfig
+from ..data import FedData, load_dataset, partition
+from ..errors import ConfigError
+from ..metrics import DOWN, UP, Ledger
+from ..models import build_model, num_params
+from .client import ClientUpdate, client_lr, client_step
+from .evaluate import evaluate
+from .params import get_flat, set_flat
+from .server import server_step
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed for (seed, keys...): independent streams per round/client/purpose."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+# purposes for derive_seed
+MODEL_INIT, SAMPLING, TRAINING, COMPRESSION = 1, 2, 3, 4
+
+
+def sample_clients(seed: int, round: int, clients: int, fraction: float) -> list[int]:
+    """Seeded client sampling over ids 0..K-1 (sorted); every client when fraction is 1."""
+    m = max(1, int(round_half_up(fraction * clients)))
+    if m >= clients:
+        return list(range(clients))
+    rng = np.random.default_rng(derive_seed(seed, SAMPLING, round))
+    return sorted(int(k) for k in rng.choice(clients, m, replace=False))
+
+
+def round_half_up(x: float) -> int:
+    return int(np.floor(x + 0.5))
+
+
+def compressor_options(cfg: RunConfig) -> dict[str, Any]:
+    return {}
+
+
+class Simulation:
+    """One federated run in this process. ``run()`` drives it; state is checkpointable."""
+
+    def __init__(self, cfg: RunConfig, data: FedData | None = None, out_dir: str | Path | None = None):
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device: 'cuda' is not available on this machine; expected cpu")
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        if data is None:
+            data = load_dataset(
+                cfg.dataset, cfg.data_dir, emnist_split=cfg.emnist_split, holdout=cfg.holdout,
+                train_subset=cfg.train_subset, test_subset=cfg.test_subset, seed=cfg.seed,
+            )
+        self.data = data
+        self.parts = partition(data.train_y.numpy(), cfg.clients, cfg.partition, cfg.alpha, cfg.seed)
+        tx, ty = data.train_x.to(self.device), data.train_y.to(self.device)
+        self.client_data = [(tx[torch.from_numpy(p).to(self.device)], ty[torch.from_numpy(p).to(self.device)])
+                            for p in self.parts]
+        self.test_x, self.test_y = data.test_x.to(self.device), data.test_y.to(self.device)
+        # ``model`` always holds w_t (the decoder / context model); ``train_model`` is scratch.
+        self.model = build_model(cfg.model, data.input_shape, data.num_classes,
+                                 derive_seed(cfg.seed, MODEL_INIT)).to(self.device)
+        self.model.eval()
+        self.train_model = copy.deepcopy(self.model)
+        self.num_params = num_params(self.model)
+        self.compressor = make_compressor(cfg.method, **compressor_options(cfg))
+        self.downlink = Dense()
+        self.ef = ErrorFeedback(enabled=True)
+        self.ledger = Ledger()
+        self.weights = get_flat(self.model)
+        self.counts = np.zeros(cfg.clients, dtype=np.int64)
+        self.round = 0
+        self.metrics: list[dict] = []
+        self.elapsed = 0.0
+
+    # ------------------------------------------------------------------ context
+    def context(self, round: int, client: int) -> Context:
+        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, COMPRESSION, round, client + 1))
+        return Context(self.model, self.weights, self.data.input_shape, self.data.num_classes,
+                       round=round, client=client, generator=g)
+
+    # ------------------------------------------------------------------ one round
+    def run_round(self, t: int) -> dict[str, float]:
+        cfg = self.cfg
+        participants = sample_clients(cfg.seed, t, cfg.clients, cfg.fraction)
+        set_flat(self.model, self.weights)
+        down_ctx = self.context(t, -1)
+        down_blob = self.downlink.encode(self.downlink.compress(self.weights, down_ctx)[0])
+        updates: list[ClientUpdate] = []
+        for k in participants:
+            self.ledger.add(t, k, DOWN, len(down_blob))
+            x, y = self.client_data[k]
+            g = torch.Generator().manual_seed(derive_seed(cfg.seed, TRAINING, t, k))
+            u = client_step(
+                self.train_model, self.context(t, k), x, y, compressor=self.compressor, ef=self.ef,
+                epochs=cfg.local_epochs, batch_size=cfg.batch_size,
+                lr=client_lr(cfg.lr, cfg.lr_decay, int(self.counts[k])), generator=g,
+            )
+            self.counts[k] += 1
+            self.ledger.add(t, k, UP, len(u.blob))
+            updates.append(u)
+        agg = server_step(self.context(t, -1), updates, self.compressor, weighted=cfg.weighted)
+        self.weights = self.weights + agg.delta
+        set_flat(self.model, self.weights)
+        cos = [u.stats["cosine"] for u in updates if "cosine" in u.stats]
+        return {
+            "participants": len(participants),
+            "rejected": len(agg.rejected),
+            "cosine": float(np.mean(cos)) if cos else float("nan"),
+            "compress_seconds": float(sum(u.stats["compress_seconds"] for u in updates)),
+            "train_seconds": float(sum(u.stats["train_seconds"] for u in updates)),
+        }
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, progress: Callable[[int, dict], None] | None = None, stop_after: int | None = None) -> dict:
+        """Run to ``cfg.rounds`` (or stop after round ``stop_after``, for tests); returns the summary."""
+        cfg = self.cfg
+        if self.out_dir is not None and self.round == 0:
+            io.write_json(self.out_dir / "config.json", cfg.to_dict())
+        last = cfg.rounds if stop_after is None else min(stop_after, cfg.rounds)
+        for t in range(self.round + 1, last + 1):
+            t0 = time.perf_counter()
+            stats = self.run_round(t)
+            self.round = t
+            row: dict[str, Any] | None = None
+            if t % cfg.eval_every == 0 or t == cfg.rounds:
+                acc, loss = evaluate(self.model, self.test_x, self.test_y)
+                self.elapsed += time.perf_counter() - t0
+                row = {
+                    "round": t, "accuracy": acc, "loss": loss,
+                    "uplink_bytes": self.ledger.round_bytes(t, UP),
+                    "downlink_bytes": self.ledger.round_bytes(t, DOWN),
+                    "cum_uplink_bytes": self.ledger.total(UP),
+                    "cum_downlink_bytes": self.ledger.total(DOWN),
+                    "seconds": round(self.elapsed, 4),
+                    **{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in stats.items()},
+                }
+                self.metrics.append(row)
+                if self.out_dir is not None:
+                    io.write_jsonl(self.out_dir / "metrics.jsonl", self.metrics)
+            else:
+                self.elapsed += time.perf_counter() - t0
+            if self.out_dir is not None and cfg.checkpoint_every and t % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            if progress is not None:
+                progress(t, row or {})
+        summary = self.summary()
+        if self.out_dir is not None:
+            self.save_checkpoint()
+            io.write_jsonl(self.out_dir / "ledger.jsonl", self.ledger.rows())
+            if self.round == cfg.rounds:
+                io.write_json(self.out_dir / "summary.json", summary)
+        return summary
+
+    def summary(self) -> dict:
+        accs = [m["accuracy"] for m in self.metrics]
+        return {
+            "method": self.cfg.method, "dataset": self.cfg.dataset, "model": self.cfg.model,
+            "rounds": self.round,
+            "final_accuracy": accs[-1] if accs else None,
+            "best_accuracy": max(accs) if accs else None,
+            "total_uplink_bytes": self.ledger.total(UP),
+            "total_downlink_bytes": self.ledger.total(DOWN),
+            "dense_bytes_per_transfer": self.downlink.payload_bytes(self.context(0, -1)),
+            "wall_seconds": round(self.elapsed, 4),
+            "seconds_per_round": round(self.elapsed / self.round, 4) if self.round else None,
+            "num_params": self.num_params,
+        }
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict:
+        return {
+            "round": self.round,
+            "weights": self.weights.cpu(),
+            "counts": self.counts.copy(),
+            "ef": self.ef.state_dict(),
+            "ledger": self.ledger.state_dict(),
+            "metrics": list(self.metrics),
+            "elapsed": self.elapsed,
+            "config": self.cfg.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.round = int(state["round"])
+        self.weights = state["weights"].to(self.device)
+        set_flat(self.model, self.weights)
+        self.counts = np.asarray(state["counts"], dtype=np.int64).copy()
+        self.ef.load_state_dict(state["ef"], self.device)
+        self.ledger.load_state_dict(state["ledger"])
+        self.metrics = list(state["metrics"])
+        self.elapsed = float(state["elapsed"])
+
+    def save_checkpoint(self) -> None:
+        assert self.out_dir is not None
+        io.atomic_write(self.out_dir / CHECKPOINT, lambda f: torch.save(self.state_dict(), f), mode="wb")
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, data: FedData | None = None) -> "Simulation":
+        """Rebuild a run from ``run_dir/config.json`` and its last checkpoint."""
+        run_dir = Path(run_dir)
+        cfg_path, ckpt = run_dir / "config.json", run_dir / CHECKPOINT
+        if not cfg_path.is_file():
+            raise ConfigError(f"--resume: {str(run_dir)!r} is not a run folder (no config.json)")
+        if not ckpt.is_file():
+            raise ConfigError(f"--resume: {str(run_dir)!r} has no {CHECKPOINT} to resume from")
+        import json
+        try:
+            cfg = RunConfig.from_dict(json.loads(cfg_path.read_text()))
+            state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        except (ValueError, OSError, RuntimeError, EOFError) as exc:
+            raise ConfigError(f"--resume: cannot read the run in {str(run_dir)!r} ({exc})") from None
+        sim = cls(cfg, data=data, out_dir=run_dir)
+        sim.load_state_dict(state)
+        io.write_jsonl(run_dir / "metrics.jsonl", sim.metrics)  # drop rows written after the checkpoint
+        log.info("resumed %s at round %d of %d", run_dir, sim.round, cfg.rounds)
+        return sim

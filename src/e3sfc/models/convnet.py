@@ -1,0 +1,27 @@
+"""ConvNet of the dataset-distillation literature: 4 x [conv3x3(32), GroupNorm
+(instance-norm style), ReLU, avg-pool 2], then a linear classifier."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ._util import flat_features
+
+
+class ConvNet(nn.Module):
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 32, depth: int = 4):
+        super().__init__()
+        c, h, _ = input_shape
+        layers: list[nn.Module] = []
+        for _ in range(depth):
+            layers += [nn.Conv2d(c, width, 3, padding=1), nn.GroupNorm(width, width, affine=True), nn.ReLU()]
+            if h >= 2:
+                layers.append(nn.AvgPool2d(2))  # (B, 32, h/2, w/2)
+                h //= 2
+            c = width
+        layers.append(nn.Flatten())
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(flat_features(self.features, input_shape), num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
