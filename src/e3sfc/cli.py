@@ -66,7 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
                              help=HELP.get(f.name))
         else:
             run.add_argument(flag, dest=f.name, default=None, help=HELP.get(f.name))
+    fetch = sub.add_parser("fetch", help="find or download a dataset (SHA-256 checked) and report where it is")
+    fetch.add_argument("dataset", help="mnist, fmnist, emnist, cifar10, cifar100, digits")
+    fetch.add_argument("--data-dir", default=None, help="folder to look in and download into")
+    fetch.add_argument("--emnist-split", default="balanced")
     return p
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+
+    d = load_dataset(args.dataset, args.data_dir, emnist_split=args.emnist_split)
+    print(f"{args.dataset}: {len(d.train_y):,} train / {len(d.test_y):,} test samples, "
+          f"input {d.input_shape}, {d.num_classes} classes")
+    return 0
 
 
 def _default_out(cfg: RunConfig) -> str:
@@ -153,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"run": cmd_run}[args.command](args)
+        return {"run": cmd_run, "fetch": cmd_fetch}[args.command](args)
     except (ConfigError, DataError, PayloadError) as exc:
         print(f"e3sfc: error: {exc}", file=sys.stderr)
         return 2

@@ -57,7 +57,8 @@ class Payload:
         for a in arrays:
             if isinstance(a, torch.Tensor):
                 a = a.detach().cpu().numpy()
-            out.append(np.ascontiguousarray(a))
+            a = np.asarray(a)  # keeps 0-d scalars 0-d (ascontiguousarray would make them 1-d)
+            out.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))
         return Payload(method, tuple(out))
 
     def tensor(self, i: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -95,7 +96,7 @@ def encode(p: Payload) -> bytes:
         if dt not in _CODES:
             raise PayloadError(f"dtype {a.dtype} cannot go on the wire; allowed: {sorted(map(str, _CODES))}")
         parts.append(struct.pack(f"<BB{a.ndim}I", _CODES[dt], a.ndim, *a.shape))
-        body.append(np.ascontiguousarray(a, dtype=dt).tobytes())
+        body.append(np.asarray(a, dtype=dt).tobytes())
     return b"".join(parts + body)
 
 

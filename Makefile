@@ -1,0 +1,30 @@
+# Two-command quick start: `make demo` (main job) and `make test` (the test suite).
+# Both bootstrap .venv on first use; nothing needs installing by hand.
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup data demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
+	bash scripts/bootstrap.sh $(VENV)
+	touch $@
+
+data: setup
+	bash scripts/get-data.sh $(BIN)
+
+demo: data
+	bash scripts/demo.sh $(BIN)
+
+test: data
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+bench: data
+	$(BIN)/python benchmarks/round_time.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch, tmp_path_factory):
+    """Tests never touch the network and never read the user's cache."""
+    monkeypatch.setenv("E3SFC_NO_DOWNLOAD", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("E3SFC_DATA", raising=False)
+
+
+def write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> Path:
+    """Write ``arr`` (uint8) as an IDX file, exactly the MNIST format."""
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    raw = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        with gzip.open(path, "wb") as f:
+            f.write(raw)
+    else:
+        path.write_bytes(raw)
+    return path
+
+
+def write_mnist_like(root: Path, n_train: int = 120, n_test: int = 40, classes: int = 10,
+                     prefix: str = "", seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    names = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte.gz": np.arange(n_train) % classes,
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte.gz": np.arange(n_test) % classes,
+    }
+    for name, arr in names.items():
+        write_idx(root / (prefix + name), arr)
+    return root
+
+
+def fmnist_available() -> bool:
+    return all((FMNIST_DIR / f).is_file() for f in (
+        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"))
+
+
+def require_fmnist() -> None:
+    if not fmnist_available():
+        if os.environ.get("CI"):
+            pytest.fail("real Fashion-MNIST must be installed in CI (make data)")
+        pytest.skip("real Fashion-MNIST not installed (run `make data`)")

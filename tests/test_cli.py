@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import require_fmnist, write_mnist_like
+from e3sfc.cli import main
+from e3sfc.io import read_jsonl
+
+FAST = ["--dataset", "digits", "--clients", "3", "--rounds", "2", "--batch-size", "32"]
+
+
+def _err(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--method", "nope"], "--method: 'nope' is not allowed; expected one of"),
+    (["--dataset", "imagenet"], "--dataset: 'imagenet'"),
+    (["--model", "gpt"], "--model: 'gpt'"),
+    (["--rounds", "0"], "--rounds: 0 is not allowed; expected an integer >= 1"),
+    (["--rounds", "ten"], "--rounds: 'ten' is not a valid int"),
+    (["--fraction", "1.5"], "--fraction: 1.5 is not allowed; expected a number in (0, 1]"),
+    (["--lr", "-0.1"], "--lr"),
+    (["--alpha", "0"], "--alpha"),
+    (["--dataset", "mnist", "--data-dir", "/definitely/missing"], "--data-dir: directory '/definitely/missing' does not exist"),
+    (["--clients", "5000"], "no data"),
+    (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
+])
+def test_bad_input_one_line_exit_2(argv, needle, capsys, tmp_path):
+    with pytest.raises(SystemExit) if argv[0] == "--bogus" else _nullctx() as exc:
+        code = main(["run", *FAST, "--out", str(tmp_path / "r"), *argv])
+    code = exc.value.code if argv[0] == "--bogus" else code
+    assert code == 2
+    assert needle in _err(capsys)
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def test_corrupt_dataset_file_is_one_line(tmp_path, capsys):
+    write_mnist_like(tmp_path)
+    p = tmp_path / "t10k-images-idx3-ubyte.gz"
+    p.write_bytes(p.read_bytes()[:100])
+    assert main(["run", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "corrupt or truncated" in _err(capsys)
+
+
+def test_run_writes_record_and_config_file_with_overrides(tmp_path, capsys):
+    cfgfile = tmp_path / "c.toml"
+    cfgfile.write_text('dataset = "digits"\nclients = 3\nrounds = 5\nbatch-size = 32\nlr = 0.05\n')
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(cfgfile), "--rounds", "2", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["rounds"] == 2 and cfg["clients"] == 3 and cfg["lr"] == 0.05
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [1, 2]
+    for key in ("accuracy", "loss", "uplink_bytes", "downlink_bytes", "cum_uplink_bytes",
+                "cum_downlink_bytes", "seconds"):
+        assert key in rows[0]
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("final_accuracy", "best_accuracy", "total_uplink_bytes", "total_downlink_bytes",
+                "rounds", "wall_seconds", "num_params"):
+        assert key in s
+    assert "final accuracy" in capsys.readouterr().out
+    # an existing run is never overwritten
+    assert main(["run", *FAST, "--out", str(out)]) == 2
+    assert "already holds a run" in _err(capsys)
+
+
+def test_resume_cli(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", *FAST, "--rounds", "3", "--checkpoint-every", "1", "--out", str(out)]) == 0
+    assert main(["run", "--resume", str(out)]) == 0  # already finished: nothing to redo
+    assert len(read_jsonl(out / "metrics.jsonl")) == 3
+    assert main(["run", "--resume", str(tmp_path / "missing")]) == 2
+    assert main(["run", "--resume", str(out), "--rounds", "9"]) == 2
+
+
+def test_end_to_end_real_fashion_mnist(tmp_path, capsys):
+    require_fmnist()
+    out = tmp_path / "fm"
+    code = main(["run", "--dataset", "fmnist", "--model", "mlp", "--clients", "5", "--rounds", "3",
+                 "--train-subset", "20000", "--test-subset", "2000", "--out", str(out)])
+    assert code == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["final_accuracy"] > 0.6
+    assert s["total_uplink_bytes"] == 3 * 5 * (4 * 199_210 + 11)

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_idx, write_mnist_like
+from e3sfc.data import load_dataset, read_cifar_batch, read_idx
+from e3sfc.data.sources import Remote, Source, download, resolve
+from e3sfc.errors import DataError
+
+
+def test_idx_round_trip_gz_and_raw(tmp_path):
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    assert np.array_equal(read_idx(write_idx(tmp_path / "a.gz", a)), a)
+    assert np.array_equal(read_idx(write_idx(tmp_path / "a", a, gz=False)), a)
+
+
+def test_idx_truncated_gives_one_clear_error(tmp_path):
+    p = write_idx(tmp_path / "x", np.zeros((5, 4, 4)), gz=False)
+    p.write_bytes(p.read_bytes()[:-7])
+    with pytest.raises(DataError, match="truncated: header says 80 data bytes, found 73"):
+        read_idx(p)
+
+
+def test_idx_corrupt_gzip_and_bad_magic(tmp_path):
+    p = write_idx(tmp_path / "x.gz", np.zeros((50, 4, 4)))
+    p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        read_idx(p)
+    q = tmp_path / "y"
+    q.write_bytes(b"\x01\x02\x08\x01" + b"\x00" * 8)
+    with pytest.raises(DataError, match="bad magic"):
+        read_idx(q)
+
+
+def test_load_mnist_format_from_data_dir(tmp_path):
+    write_mnist_like(tmp_path, n_train=100, n_test=30)
+    d = load_dataset("mnist", str(tmp_path))
+    assert d.train_x.shape == (100, 1, 28, 28) and d.test_x.shape == (30, 1, 28, 28)
+    assert d.num_classes == 10 and d.train_y.dtype == torch.int64
+    # standardised with the training statistics
+    assert abs(float(d.train_x.mean())) < 1e-4 and abs(float(d.train_x.std()) - 1) < 1e-2
+
+
+def test_subdir_named_after_dataset_is_found(tmp_path):
+    write_mnist_like(tmp_path / "mnist")
+    assert load_dataset("mnist", str(tmp_path)).train_x.shape[0] == 120
+
+
+def test_holdout_protocol_takes_test_from_train(tmp_path):
+    write_mnist_like(tmp_path, n_train=100, n_test=30)
+    d = load_dataset("mnist", str(tmp_path), holdout=0.2, seed=1)
+    assert d.train_x.shape[0] == 80 and d.test_x.shape[0] == 20
+
+
+def test_emnist_letters_split_and_transpose(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (6, 28, 28))
+    for part in ("train", "test"):
+        write_idx(tmp_path / f"emnist-letters-{part}-images-idx3-ubyte.gz", img)
+        write_idx(tmp_path / f"emnist-letters-{part}-labels-idx1-ubyte.gz", np.array([1, 2, 3, 24, 25, 26]))
+    d = load_dataset("emnist", str(tmp_path), emnist_split="letters")
+    assert d.num_classes == 26
+    assert d.train_y.tolist() == [0, 1, 2, 23, 24, 25]
+    # stored transposed: reading must undo it (compare un-standardised order of pixels)
+    flat = d.train_x[0, 0]
+    ref = torch.from_numpy(img[0].T.astype(np.float32))
+    assert torch.corrcoef(torch.stack([flat.flatten(), ref.flatten()]))[0, 1] > 0.999
+
+
+def _write_cifar(path, n, key, classes, seed=0):
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                     key: list(np.arange(n) % classes)}, f)
+
+
+def test_cifar10_and_cifar100_pickles(tmp_path):
+    for i in range(1, 6):
+        _write_cifar(tmp_path / "cifar-10-batches-py" / f"data_batch_{i}", 20, b"labels", 10, i)
+    _write_cifar(tmp_path / "cifar-10-batches-py" / "test_batch", 10, b"labels", 10)
+    d = load_dataset("cifar10", str(tmp_path))
+    assert d.train_x.shape == (100, 3, 32, 32) and d.num_classes == 10
+    _write_cifar(tmp_path / "cifar-100-python" / "train", 200, b"fine_labels", 100)
+    _write_cifar(tmp_path / "cifar-100-python" / "test", 100, b"fine_labels", 100)
+    d = load_dataset("cifar100", str(tmp_path))
+    assert d.test_x.shape == (100, 3, 32, 32) and d.num_classes == 100
+
+
+def test_cifar_corrupt_pickle(tmp_path):
+    p = tmp_path / "b"
+    p.write_bytes(b"\x80\x04garbage")
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        read_cifar_batch(p, b"labels")
+
+
+def test_digits_ships_with_sklearn():
+    d = load_dataset("digits")
+    assert d.input_shape == (1, 8, 8) and d.num_classes == 10
+    assert len(d.train_y) + len(d.test_y) == 1797
+
+
+def test_missing_data_dir_and_missing_files(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset("mnist", str(tmp_path / "nope"))
+    with pytest.raises(DataError, match="not found"):
+        load_dataset("mnist", str(tmp_path))
+
+
+def test_download_checks_sha256_and_keeps_nothing_on_mismatch(tmp_path, monkeypatch):
+    monkeypatch.delenv("E3SFC_NO_DOWNLOAD")
+    payload = gzip.compress(b"hello")
+    srcfile = tmp_path / "remote" / "f.gz"
+    srcfile.parent.mkdir()
+    srcfile.write_bytes(payload)
+    good = hashlib.sha256(payload).hexdigest()
+    src = Source("toy", ("f.gz",), (Remote(srcfile.as_uri(), good),))
+    (tmp_path / "dl").mkdir()
+    root = resolve(src, str(tmp_path / "dl"))
+    assert (root / "f.gz").read_bytes() == payload
+    bad = Source("toy2", ("f.gz",), (Remote(srcfile.as_uri(), "0" * 64),))
+    with pytest.raises(DataError, match="SHA-256"):
+        download(bad, tmp_path / "dl2")
+    assert list((tmp_path / "dl2").iterdir()) == []

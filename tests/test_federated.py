@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from e3sfc.compress import ErrorFeedback, make_compressor
+from e3sfc.compress.base import Context
+from e3sfc.config import RunConfig
+from e3sfc.federated import (
+    ClientUpdate, Simulation, client_lr, get_flat, local_train, sample_clients, server_step, set_flat,
+)
+from e3sfc.models import build_model
+from e3sfc.wire import Payload
+
+SMALL = dict(dataset="digits", model="mlp", clients=4, rounds=3, batch_size=32, lr=0.05)
+
+
+def test_local_train_one_full_batch_is_one_sgd_step():
+    torch.manual_seed(0)
+    m = build_model("mlp", (1, 8, 8), 10, seed=1)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    w0 = get_flat(m)
+    loss = F.cross_entropy(m(x), y)
+    g = torch.cat([t.flatten() for t in torch.autograd.grad(loss, list(m.parameters()))])
+    delta = local_train(m, w0, x, y, epochs=1, batch_size=16, lr=0.1, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(delta, -0.1 * g, rtol=1e-5, atol=1e-7)
+
+
+def test_client_lr_decays_per_participation():
+    assert client_lr(0.01, 0.99, 0) == 0.01
+    assert client_lr(0.01, 0.99, 3) == pytest.approx(0.01 * 0.99 ** 3)
+
+
+def test_server_step_uniform_and_weighted_means():
+    m = build_model("mlp", (1, 8, 8), 10, seed=1)
+    w = get_flat(m)
+    ctx = Context(m, w, (1, 8, 8), 10)
+    comp = make_compressor("fedavg")
+    d1, d2 = torch.ones_like(w), 3 * torch.ones_like(w)
+    ups = [ClientUpdate(0, comp.encode(Payload.of(0, d1)), 10),
+           ClientUpdate(1, comp.encode(Payload.of(0, d2)), 30)]
+    assert torch.allclose(server_step(ctx, ups, comp).delta, 2 * torch.ones_like(w))
+    assert torch.allclose(server_step(ctx, ups, comp, weighted=True).delta, 2.5 * torch.ones_like(w))
+
+
+def test_server_rejects_malformed_payload_and_goes_on():
+    m = build_model("mlp", (1, 8, 8), 10, seed=1)
+    w = get_flat(m)
+    ctx = Context(m, w, (1, 8, 8), 10)
+    comp = make_compressor("fedavg")
+    good = ClientUpdate(0, comp.encode(Payload.of(0, torch.ones_like(w))), 10)
+    short = ClientUpdate(1, comp.encode(Payload.of(0, torch.ones(5))), 10)
+    agg = server_step(ctx, [good, short], comp)
+    assert agg.accepted == [0] and 1 in agg.rejected
+    assert torch.allclose(agg.delta, torch.ones_like(w))
+
+
+def test_sampling_seeded_and_sized():
+    a = sample_clients(1, 5, 100, 0.1)
+    assert a == sample_clients(1, 5, 100, 0.1) and len(a) == 10 and a == sorted(set(a))
+    assert a != sample_clients(1, 6, 100, 0.1)
+    assert sample_clients(1, 5, 7, 1.0) == list(range(7))
+
+
+def test_fedavg_bytes_are_exact():
+    cfg = RunConfig(**SMALL, fraction=0.5)
+    sim = Simulation(cfg)
+    sim.run()
+    p = sim.num_params
+    dense = 4 * p + 11  # float32 payload + wire header (5 + 2 + 4)
+    for t in range(1, 4):
+        up, down = sim.ledger.per_client(t, "up"), sim.ledger.per_client(t, "down")
+        assert len(up) == 2 and set(up.values()) == {dense}
+        assert set(down.values()) == {dense} and up.keys() == down.keys()
+    assert sim.summary()["total_uplink_bytes"] == 3 * 2 * dense
+
+
+def test_fedavg_learns_on_digits():
+    sim = Simulation(RunConfig(**{**SMALL, "rounds": 5}))
+    s = sim.run()
+    assert s["final_accuracy"] > 0.8
+
+
+def test_resume_equals_no_stop(tmp_path):
+    cfg = RunConfig(**{**SMALL, "rounds": 4, "fraction": 0.5, "checkpoint_every": 1})
+    full = Simulation(cfg, out_dir=tmp_path / "a")
+    full.run()
+    part = Simulation(cfg, out_dir=tmp_path / "b")
+    part.run(stop_after=2)
+    resumed = Simulation.resume(tmp_path / "b")
+    assert resumed.round == 2
+    resumed.run()
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]  # noqa: E731
+    from e3sfc.io import read_jsonl
+    assert strip(read_jsonl(tmp_path / "a/metrics.jsonl")) == strip(read_jsonl(tmp_path / "b/metrics.jsonl"))
+    assert torch.equal(full.weights, resumed.weights)
+
+
+def test_resume_drops_rows_written_after_the_checkpoint(tmp_path):
+    cfg = RunConfig(**{**SMALL, "rounds": 4, "checkpoint_every": 2})
+    sim = Simulation(cfg, out_dir=tmp_path)
+    sim.run(stop_after=3)  # checkpoint at 2, but also the final save at 3
+    from e3sfc.io import read_jsonl
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["round"] == 3 and len(read_jsonl(tmp_path / "metrics.jsonl")) == 3
+
+
+def test_identity_round_matches_manual_fedavg():
+    cfg = RunConfig(**{**SMALL, "rounds": 1, "lr_decay": 1.0})
+    sim = Simulation(cfg)
+    w0 = sim.weights.clone()
+    sim.run()
+    from e3sfc.federated.simulator import TRAINING, derive_seed
+    deltas = []
+    for k, (x, y) in enumerate(sim.client_data):
+        g = torch.Generator().manual_seed(derive_seed(cfg.seed, TRAINING, 1, k))
+        deltas.append(local_train(sim.train_model, w0, x, y, epochs=1, batch_size=32, lr=0.05, generator=g))
+    agg = torch.zeros_like(w0)
+    for d in deltas:
+        agg.add_(d, alpha=1 / len(deltas))
+    assert torch.equal(sim.weights, w0 + agg)
+
+
+def test_ef_identity_float64():
+    ef = ErrorFeedback()
+    tau = ef.target(3, torch.randn(100, dtype=torch.float64))
+    decoded = tau.clone()
+    decoded[50:] = 0
+    ef.update(3, tau, decoded)
+    assert torch.equal(decoded + ef.residuals[3], tau)
+    t2 = ef.target(3, torch.ones(100, dtype=torch.float64))
+    assert torch.equal(t2, ef.residuals[3] + 1)

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from e3sfc.models import available_models, build_model, num_params
+
+
+@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("shape,classes", [((1, 28, 28), 10), ((3, 32, 32), 100)])
+def test_every_model_builds_and_runs(name, shape, classes):
+    m = build_model(name, shape, classes, seed=0)
+    out = m(torch.randn(2, *shape))
+    assert out.shape == (2, classes)
+    assert not any(isinstance(x, nn.modules.batchnorm._BatchNorm) for x in m.modules())
+
+
+def test_mlp_parameter_count_matches_design():
+    assert num_params(build_model("mlp", (1, 28, 28), 10, seed=0)) == 199_210
+
+
+def test_seeded_init_and_global_rng_untouched():
+    state = torch.random.get_rng_state()
+    a = build_model("lenet", (1, 28, 28), 10, seed=5)
+    b = build_model("lenet", (1, 28, 28), 10, seed=5)
+    c = build_model("lenet", (1, 28, 28), 10, seed=6)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    pa, pb, pc = (torch.nn.utils.parameters_to_vector(m.parameters()) for m in (a, b, c))
+    assert torch.equal(pa, pb) and not torch.equal(pa, pc)
