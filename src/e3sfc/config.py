@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,19 @@ class RunConfig:
     train_subset: int = 0
     test_subset: int = 0
     data_dir: str | None = None
+    # compression (each method reads its own knobs; DESIGN 1.1, 1.4)
+    samples: int = 1
+    steps: int = 10
+    max_iter: int = 20
+    lambd: float = 0.0
+    patience: int = 10
+    ef: bool = True
+    ratio: str = "0.01"
+    topk_scope: str = "tensor"
+    levels: int = 16
+    unroll: int = 2
+    synth_iters: int = 50
+    synth_lr: float = 0.05
     # run
     seed: int = 42
     device: str = "cpu"
@@ -157,6 +170,7 @@ def _validate(c: RunConfig) -> None:
         ("partition", ("dirichlet", "iid")),
         ("device", ("cpu", "cuda")),
         ("emnist_split", tuple(EMNIST_SPLITS)),
+        ("topk_scope", ("tensor", "global")),
     ):
         value = getattr(c, name)
         _require(value in choices, name, value, "one of " + ", ".join(choices))
@@ -180,6 +194,16 @@ def _validate(c: RunConfig) -> None:
     )
     _require(c.train_subset >= 0, "train_subset", c.train_subset, "an integer >= 0 (0 = all)")
     _require(c.test_subset >= 0, "test_subset", c.test_subset, "an integer >= 0 (0 = all)")
+    _require(c.samples >= 1, "samples", c.samples, "an integer >= 1")
+    _require(c.steps >= 0, "steps", c.steps, "an integer >= 0")
+    _require(c.max_iter >= 1, "max_iter", c.max_iter, "an integer >= 1")
+    _require(math.isfinite(c.lambd) and c.lambd >= 0, "lambd", c.lambd, "a number >= 0")
+    _require(c.patience >= 0, "patience", c.patience, "an integer >= 0 (0 = no early stop)")
+    _require(1 <= c.levels <= 65535, "levels", c.levels, "an integer in 1..65535")
+    _require(c.unroll >= 1, "unroll", c.unroll, "an integer >= 1")
+    _require(c.synth_iters >= 0, "synth_iters", c.synth_iters, "an integer >= 0")
+    _require(math.isfinite(c.synth_lr) and c.synth_lr > 0, "synth_lr", c.synth_lr, "a number > 0")
+    parse_ratio(c.ratio)
     _require(c.seed >= 0, "seed", c.seed, "an integer >= 0")
     _require(c.threads >= 0, "threads", c.threads, "an integer >= 0 (0 = torch default)")
     _require(c.eval_every >= 1, "eval_every", c.eval_every, "an integer >= 1")
@@ -187,3 +211,22 @@ def _validate(c: RunConfig) -> None:
         c.checkpoint_every >= 0, "checkpoint_every", c.checkpoint_every,
         "an integer >= 0 (0 = only at the end)",
     )
+
+
+def parse_ratio(value: str) -> float | str:
+    """``--ratio``: a fraction in (0, 1], or ``match:METHOD`` (equal uplink bytes to METHOD)."""
+    from .compress import available_methods
+
+    allowed = "a fraction in (0, 1] or match:METHOD (e.g. match:3sfc)"
+    text = str(value).strip()
+    if text.startswith("match:"):
+        target = text[len("match:"):]
+        _require(target in available_methods(), "ratio", value,
+                 f"match: followed by one of {', '.join(available_methods())}")
+        return target
+    try:
+        r = float(text)
+    except ValueError:
+        raise ConfigError(f"--ratio: {value!r} is not allowed; expected {allowed}") from None
+    _require(math.isfinite(r) and 0 < r <= 1, "ratio", value, allowed)
+    return r

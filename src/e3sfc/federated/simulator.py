@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .. import io
-from ..compress import Context, ErrorFeedback, make_compressor
+from ..compress import Context, ErrorFeedback, from_config
 from ..compress.fedavg import Dense
 from ..config import RunConfig
 from ..data import FedData, load_dataset, partition
@@ -63,10 +63,6 @@ def round_half_up(x: float) -> int:
     return int(np.floor(x + 0.5))
 
 
-def compressor_options(cfg: RunConfig) -> dict[str, Any]:
-    return {}
-
-
 class Simulation:
     """One federated run in this process. ``run()`` drives it; state is checkpointable."""
 
@@ -93,11 +89,11 @@ class Simulation:
         self.model.eval()
         self.train_model = copy.deepcopy(self.model)
         self.num_params = num_params(self.model)
-        self.compressor = make_compressor(cfg.method, **compressor_options(cfg))
-        self.downlink = Dense()
-        self.ef = ErrorFeedback(enabled=True)
-        self.ledger = Ledger()
         self.weights = get_flat(self.model)
+        self.compressor = from_config(cfg, self.context(0, -1))
+        self.downlink = Dense()
+        self.ef = ErrorFeedback(enabled=cfg.ef)
+        self.ledger = Ledger()
         self.counts = np.zeros(cfg.clients, dtype=np.int64)
         self.round = 0
         self.metrics: list[dict] = []
@@ -195,6 +191,7 @@ class Simulation:
             "wall_seconds": round(self.elapsed, 4),
             "seconds_per_round": round(self.elapsed / self.round, 4) if self.round else None,
             "num_params": self.num_params,
+            "uplink_bytes_per_client_round": self.compressor.payload_bytes(self.context(0, -1)),
         }
 
     # ------------------------------------------------------------------ checkpoint
