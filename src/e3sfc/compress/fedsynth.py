@@ -71,9 +71,9 @@ class FedSynth(Compressor):
     def compress(self, target: torch.Tensor, ctx: Context) -> tuple[Payload, dict[str, float]]:
         g = ctx.generator
         dev = ctx.device
-        x = torch.randn((self.samples, *ctx.input_shape), generator=g).to(dev).requires_grad_(True)
-        y = torch.randn((self.samples, ctx.num_classes), generator=g).to(dev).requires_grad_(True)
-        eta = torch.tensor(self.init_eta, device=dev, requires_grad=True)
+        x = torch.randn((self.samples, *ctx.input_shape), generator=g).to(dev, ctx.weights.dtype).requires_grad_(True)
+        y = torch.randn((self.samples, ctx.num_classes), generator=g).to(dev, ctx.weights.dtype).requires_grad_(True)
+        eta = torch.tensor(self.init_eta, device=dev, dtype=ctx.weights.dtype, requires_grad=True)
         tau = target.detach()
         tn2 = float(tau.dot(tau)) or 1.0
         best = (math.inf, x.detach().clone(), y.detach().clone(), eta.detach().clone())
@@ -81,14 +81,14 @@ class FedSynth(Compressor):
         for _ in range(self.iters):
             u = self.unroll(ctx, x, y, eta, create_graph=True)
             loss = (u - tau).pow(2).sum() / tn2
-            val = float(loss)
+            val = float(loss.detach())
             if val < best[0]:
                 best = (val, x.detach().clone(), y.detach().clone(), eta.detach().clone())
             gx, gy, ge = torch.autograd.grad(loss, [x, y, eta])
             x.grad, y.grad, eta.grad = gx, gy, ge
             opt.step()
         _, bx, by, beta = best
-        decoded = self.unroll(ctx, bx, by, beta, create_graph=False)
+        decoded = self.unroll(ctx, bx, by, beta, create_graph=False).detach()
         cos = float(torch.nn.functional.cosine_similarity(decoded, tau, dim=0))
         return Payload.of(self.method_id, bx, by, beta.cpu().numpy().astype(np.float32)), {"cosine": cos}
 

@@ -3,7 +3,7 @@
 Sent: (||tau||_1 / d) * sign(tau), sign(0) taken as +1.
 
 Wire format: packed sign bits (ceil(P/8),) uint8 (1 = non-negative), float32 scale ().
-Size: ceil(P/8) + 4 bytes of data + 13 bytes of header. MLP: 24,902 + 17 = 24,919 bytes.
+Size: ceil(P/8) + 4 bytes of data + 13 bytes of header. MLP: 24,906 + 13 = 24,919 bytes.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ become mu * sign with mu = mean |kept value|.
 
 Wire format: int32 indices (K,), packed sign bits (ceil(K/8),) uint8 (1 = positive),
 float32 mu (). The paper Golomb-codes the positions; we send plain int32 indices.
-Size: 4 K + ceil(K/8) + 4 bytes of data + 17 bytes of header.
+Size: 4 K + ceil(K/8) + 4 bytes of data + 19 bytes of header.
 """
 
 from __future__ import annotations

@@ -69,8 +69,8 @@ class ThreeSFC(Compressor):
         model = ctx.model
         dev = ctx.device
         g = ctx.generator
-        x = torch.randn((m, *ctx.input_shape), generator=g).to(dev).requires_grad_(True)
-        y = torch.randn((m, ctx.num_classes), generator=g).to(dev).requires_grad_(True)
+        x = torch.randn((m, *ctx.input_shape), generator=g).to(dev, ctx.weights.dtype).requires_grad_(True)
+        y = torch.randn((m, ctx.num_classes), generator=g).to(dev, ctx.weights.dtype).requires_grad_(True)
         tau = target.detach()
         tau_norm = tau.norm()
         best = {"obj": math.inf, "x": x.detach().clone(), "y": y.detach().clone(), "cos": 0.0, "stale": 0}

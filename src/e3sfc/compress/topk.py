@@ -5,7 +5,7 @@ Scope ``tensor`` (default): k_i = max(1, floor(ratio * n_i)) per parameter tenso
 ``global``: K = max(1, floor(ratio * P)) over the whole update.
 
 Wire format: int32 indices (K,) into the flat update, float32 values (K,).
-Size: 8 K + 15 bytes (header 5 + 2 x (2 + 4)).
+Size: 8 K + 17 bytes (header 5 + 2 x (2 + 4)). MLP, ratio 0.01 per tensor: K = 1,993, 15,961 bytes.
 """
 
 from __future__ import annotations

@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from e3sfc import wire
+from e3sfc.compress import ErrorFeedback, available_methods, from_config, make_compressor
+from e3sfc.compress.base import Context
+from e3sfc.compress.synth import synth_grad
+from e3sfc.config import RunConfig
+from e3sfc.errors import ConfigError, PayloadError
+from e3sfc.federated import client_step, get_flat
+from e3sfc.models import build_model
+from e3sfc.wire import Payload
+
+FAST = {"steps": 2, "max_iter": 5, "synth_iters": 3}  # keep the synthesis methods quick
+
+
+def small_ctx(seed=0, shape=(1, 8, 8), model="mlp", dtype=torch.float32):
+    m = build_model(model, shape, 10, seed=1).to(dtype)
+    m.eval()
+    return Context(m, get_flat(m), shape, 10, generator=torch.Generator().manual_seed(seed))
+
+
+def target_like(ctx, seed=0, dtype=torch.float32):
+    return torch.randn(ctx.num_params, generator=torch.Generator().manual_seed(seed), dtype=dtype) * 0.01
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_contract(method):
+    ctx = small_ctx()
+    comp = make_compressor(method, **FAST)
+    tau = target_like(ctx)
+    before = tau.clone()
+    w_before = [p.detach().clone() for p in ctx.model.parameters()]
+    payload, stats = comp.compress(tau, ctx)
+    blob = comp.encode(payload)
+    assert torch.equal(tau, before), "input mutated"
+    assert all(torch.equal(a, p) for a, p in zip(w_before, ctx.model.parameters())), "model modified"
+    assert all(p.grad is None for p in ctx.model.parameters())
+    assert len(blob) == comp.payload_bytes(ctx)
+    out = comp.decompress(comp.decode(blob, ctx), ctx)
+    assert out.shape == tau.shape and torch.isfinite(out).all()
+    # seeded determinism
+    blob2 = comp.encode(comp.compress(tau, small_ctx())[0])
+    assert blob == blob2
+    dense = 4 * ctx.num_params + 11
+    assert (len(blob) == dense) if method == "fedavg" else (len(blob) < dense)
+
+
+@pytest.mark.parametrize("method", [m for m in available_methods() if make_compressor(m).biased])
+def test_ef_identity_float64(method):
+    ctx = small_ctx(dtype=torch.float64)
+    comp = make_compressor(method, **FAST)
+    ef = ErrorFeedback()
+    ef.residuals[0] = target_like(ctx, 5, torch.float64)
+    tau = ef.target(0, target_like(ctx, 6, torch.float64))
+    ctx.client = 0
+    payload, _ = comp.compress(tau, ctx)
+    decoded = comp.decompress(payload, ctx).to(torch.float64)
+    ef.update(0, tau, decoded)
+    torch.testing.assert_close(decoded + ef.residuals[0], tau, rtol=0, atol=1e-15)
+
+
+def test_client_step_ef_identity_through_the_wire():
+    ctx = small_ctx()
+    ctx.client = 2
+    comp = make_compressor("topk", ratio=0.05)
+    ef = ErrorFeedback()
+    x, y = torch.randn(40, 1, 8, 8), torch.randint(0, 10, (40,))
+    train = build_model("mlp", (1, 8, 8), 10, seed=1)
+    u = client_step(train, ctx, x, y, compressor=comp, ef=ef, epochs=1, batch_size=8, lr=0.1,
+                    generator=torch.Generator().manual_seed(0))
+    decoded = comp.decompress(comp.decode(u.blob, ctx), ctx)
+    # tau = delta (first round, no residual yet); decoded + e == tau
+    from e3sfc.federated import local_train
+    delta = local_train(train, ctx.weights, x, y, epochs=1, batch_size=8, lr=0.1,
+                        generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(decoded + ef.residuals[2], delta, rtol=0, atol=1e-7)
+
+
+def _single_tensor_ctx(values):
+    lin = torch.nn.Linear(len(values), 1, bias=False)  # P = len(values), one tensor
+    return Context(lin, torch.zeros(len(values)), (len(values),), 1)
+
+
+def test_topk_hand_case():
+    v = torch.tensor([0.1, -3.0, 2.0, 0.5, -0.2, 4.0])
+    ctx = _single_tensor_ctx(v)
+    comp = make_compressor("topk", ratio=0.5)
+    p, _ = comp.compress(v, ctx)
+    assert p.fields[0].tolist() == [1, 2, 5] and p.fields[1].tolist() == [-3.0, 2.0, 4.0]
+    assert comp.decompress(p, ctx).tolist() == [0, -3.0, 2.0, 0, 0, 4.0]
+    assert len(comp.encode(p)) == 8 * 3 + 17
+
+
+def test_stc_hand_case():
+    v = torch.tensor([0.1, -3.0, 2.0, 0.5, -0.2, 4.0])
+    ctx = _single_tensor_ctx(v)
+    comp = make_compressor("stc", ratio=0.5)
+    p, _ = comp.compress(v, ctx)
+    assert float(p.fields[2]) == 3.0  # mean |kept| = (3 + 2 + 4) / 3
+    assert comp.decompress(p, ctx).tolist() == [0, -3.0, 3.0, 0, 0, 3.0]
+    assert len(comp.encode(p)) == 4 * 3 + 1 + 4 + 19
+
+
+def test_sign_hand_case():
+    v = torch.tensor([1.0, -2.0, 3.0, -4.0, 0.0])
+    ctx = _single_tensor_ctx(v)
+    comp = make_compressor("sign")
+    p, _ = comp.compress(v, ctx)
+    assert float(p.fields[1]) == 2.0  # ||v||_1 / d = 10 / 5
+    assert comp.decompress(p, ctx).tolist() == [2.0, -2.0, 2.0, -2.0, 2.0]
+    assert len(comp.encode(p)) == 1 + 4 + 13
+
+
+def test_qsgd_hand_case_and_unbiased():
+    v = torch.tensor([3.0, -4.0])  # norm 5; with s = 5 every |v_i| s / norm is an integer
+    ctx = _single_tensor_ctx(v)
+    ctx.generator = torch.Generator().manual_seed(0)
+    comp = make_compressor("qsgd", levels=5)
+    p, _ = comp.compress(v, ctx)
+    assert comp.decompress(p, ctx).tolist() == [3.0, -4.0]
+    # unbiased: the mean of many draws approaches v
+    v = torch.tensor([0.3, -0.05, 0.7, 0.0, -0.2])
+    ctx = _single_tensor_ctx(v)
+    ctx.generator = torch.Generator().manual_seed(1)
+    comp = make_compressor("qsgd", levels=2)
+    n = 4000
+    draws = torch.stack([comp.decompress(comp.compress(v, ctx)[0], ctx) for _ in range(n)])
+    sd = draws.std(0) / math.sqrt(n)
+    assert ((draws.mean(0) - v).abs() <= 4 * sd + 1e-6).all()
+    assert not torch.equal(draws[0], draws[1]) or not torch.equal(draws[1], draws[2])
+
+
+def sgd_like_target(ctx, seed=0):
+    """A realistic update: -0.1 x the cross-entropy gradient on a random labelled batch."""
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(16, *ctx.input_shape, generator=g), torch.randint(0, 10, (16,), generator=g)
+    loss = torch.nn.functional.cross_entropy(ctx.model(x), y)
+    return -0.1 * torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, list(ctx.model.parameters()))])
+
+
+def test_threesfc_scale_and_residual_identity():
+    ctx = small_ctx()
+    comp = make_compressor("3sfc", steps=3, max_iter=10)
+    tau = sgd_like_target(ctx)
+    p, stats = comp.compress(tau, ctx)
+    x, y, alpha = p.tensor(0), p.tensor(1), float(p.fields[2])
+    g = synth_grad(ctx.model, x, y).double()
+    t = tau.double()
+    assert alpha == pytest.approx(float(g.dot(t) / g.dot(g)), rel=1e-6)
+    e = t - alpha * g
+    cos = float(g.dot(t) / (g.norm() * t.norm()))
+    assert float(e.dot(e)) == pytest.approx((1 - cos**2) * float(t.dot(t)), rel=1e-6)
+    assert stats["cosine"] == pytest.approx(abs(cos), rel=1e-4)
+    torch.testing.assert_close(comp.decompress(p, ctx).double(), alpha * g, rtol=1e-6, atol=1e-9)
+    assert abs(cos) > 0.1  # the search found a direction that correlates with the target
+
+
+def test_threesfc_search_improves_on_random_features():
+    ctx = small_ctx()
+    tau = sgd_like_target(ctx)
+    c0 = make_compressor("3sfc", steps=0).compress(tau, small_ctx())[1]["cosine"]
+    c1 = make_compressor("3sfc", steps=3, max_iter=10).compress(tau, small_ctx())[1]["cosine"]
+    assert c1 > c0 + 0.05
+
+
+def test_fedsynth_decode_is_the_sgd_unroll():
+    ctx = small_ctx()
+    comp = make_compressor("fedsynth", unroll=1, synth_iters=2)
+    p, _ = comp.compress(target_like(ctx), ctx)
+    x, y, eta = p.tensor(0), p.tensor(1), float(p.fields[2])
+    expect = -eta * synth_grad(ctx.model, x, y)  # one SGD step on (x, y)
+    torch.testing.assert_close(comp.decompress(p, ctx), expect, rtol=1e-5, atol=1e-8)
+
+
+def test_exact_bytes_on_the_reference_mlp():
+    ctx = small_ctx(shape=(1, 28, 28))
+    assert ctx.num_params == 199_210
+    expected = {
+        "fedavg": 4 * 199_210 + 11,                                    # 796,851
+        "3sfc": 4 * (784 + 10 + 1) + 5 + (2 + 16) + (2 + 8) + 2,       # 3,215
+        "fedsynth": 3_215,
+        "topk": 8 * (1568 + 2 + 400 + 2 + 20 + 1) + 17,               # ratio 0.01 per tensor
+        "stc": 4 * 1993 + 250 + 4 + 19,
+        "sign": 24_902 + 4 + 13,
+        "qsgd": 4 + 24_902 + 124_507 + 19,                             # s = 16: 5 bits per level
+    }
+    for method, n in expected.items():
+        comp = make_compressor(method, ratio=0.01)
+        assert comp.payload_bytes(ctx) == n, method
+    assert expected["3sfc"] == 3_215 and expected["fedavg"] // expected["3sfc"] >= 247
+
+
+def test_ratio_match_gives_equal_or_fewer_bytes():
+    ctx = small_ctx(shape=(1, 28, 28))
+    budget = make_compressor("3sfc").payload_bytes(ctx)
+    for method in ("topk", "stc"):
+        comp = from_config(RunConfig(method=method, ratio="match:3sfc"), ctx)
+        assert comp.payload_bytes(ctx) <= budget
+        bigger = make_compressor(method, ratio=comp.ratio * 1.02)
+        assert bigger.payload_bytes(ctx) > budget or bigger.k(ctx) == comp.k(ctx)
+    with pytest.raises(ConfigError, match="--ratio"):
+        RunConfig(method="topk", ratio="match:nope")
+    with pytest.raises(ConfigError, match="--ratio"):
+        RunConfig(method="topk", ratio="2")
+
+
+def test_decode_rejects_wrong_shape_and_bad_indices():
+    ctx = small_ctx()
+    comp = make_compressor("3sfc")
+    two = Payload.of(1, np.zeros((2, 1, 8, 8), np.float32), np.zeros((2, 10), np.float32), np.float32(1))
+    with pytest.raises(PayloadError, match="expected"):
+        comp.decode(wire.encode(two), ctx)
+    tk = make_compressor("topk", ratio=0.01)
+    k = tk.k(ctx)
+    bad = Payload.of(2, np.full(k, ctx.num_params + 5, np.int32), np.ones(k, np.float32))
+    with pytest.raises(PayloadError, match="indices"):
+        tk.decompress(tk.decode(wire.encode(bad), ctx), ctx)
