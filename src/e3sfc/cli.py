@@ -50,6 +50,13 @@ HELP = {
     "unroll": "fedsynth: unrolled SGD steps",
     "synth_iters": "fedsynth: Adam iterations",
     "synth_lr": "fedsynth: Adam learning rate",
+    "downlink": "auto (3sfc for e3sfc, else dense), dense (full model) or 3sfc (server compresses its aggregate)",
+    "init": "auto, seed (every party builds w_1 from the seed: nothing sent) or broadcast (w_1 shipped, counted)",
+    "schedule": "budget schedule for the synthetic samples M_t: constant, decay or adaptive",
+    "budget_bytes": "total bytes (up + down) for the whole run; 0 = no budget",
+    "target_cosine": "adaptive schedule: raise M_t below this mean cosine, lower it above",
+    "max_samples": "largest M_t a schedule may choose",
+    "decay_rate": "decay schedule: gamma, the per-round factor of the budget share",
     "seed": "the run's seed; all randomness derives from it",
     "device": "cpu or cuda",
     "threads": "torch CPU threads (0 = torch default)",
@@ -151,6 +158,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ratio(dense: int, ours: int) -> str:
+    return f"{dense / ours:,.1f}x" if ours else "inf x"
+
+
 def _print_summary(s: dict, out: Path) -> None:
     r = max(s["rounds"], 1)
     dense = s["dense_bytes_per_transfer"]
@@ -161,6 +172,9 @@ def _print_summary(s: dict, out: Path) -> None:
         f"  uplink total      {_fmt_bytes(s['total_uplink_bytes'])}",
         f"  downlink total    {_fmt_bytes(s['total_downlink_bytes'])}",
         f"  dense model       {_fmt_bytes(dense)} per transfer",
+        f"  vs FedAvg         {_ratio(s['fedavg_uplink_bytes'], s['total_uplink_bytes'])} fewer bytes up, "
+        f"{_ratio(s['fedavg_downlink_bytes'], s['total_downlink_bytes'])} down, "
+        f"{_ratio(s['fedavg_uplink_bytes'] + s['fedavg_downlink_bytes'], s['total_uplink_bytes'] + s['total_downlink_bytes'])} in all",
         f"  wall time         {s['wall_seconds']:.1f} s ({s['wall_seconds'] / r:.3f} s/round)",
         f"  run folder        {out}",
     ]

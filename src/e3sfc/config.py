@@ -64,6 +64,14 @@ class RunConfig:
     unroll: int = 2
     synth_iters: int = 50
     synth_lr: float = 0.05
+    # double-way compression and budget (DESIGN 1.2, 1.3)
+    downlink: str = "auto"
+    init: str = "auto"
+    schedule: str = "constant"
+    budget_bytes: int = 0
+    target_cosine: float = 0.5
+    max_samples: int = 64
+    decay_rate: float = 0.97
     # run
     seed: int = 42
     device: str = "cpu"
@@ -77,6 +85,16 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def resolved_downlink(self) -> str:
+        """``auto``: the 3SFC downlink for e3sfc, the dense model otherwise."""
+        return self.downlink if self.downlink != "auto" else ("3sfc" if self.method == "e3sfc" else "dense")
+
+    @property
+    def resolved_init(self) -> str:
+        """``auto``: build w_1 from the shared seed for e3sfc; ship it otherwise."""
+        return self.init if self.init != "auto" else ("seed" if self.method == "e3sfc" else "broadcast")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -171,6 +189,9 @@ def _validate(c: RunConfig) -> None:
         ("device", ("cpu", "cuda")),
         ("emnist_split", tuple(EMNIST_SPLITS)),
         ("topk_scope", ("tensor", "global")),
+        ("downlink", ("auto", "dense", "3sfc")),
+        ("init", ("auto", "seed", "broadcast")),
+        ("schedule", ("constant", "decay", "adaptive")),
     ):
         value = getattr(c, name)
         _require(value in choices, name, value, "one of " + ", ".join(choices))
@@ -204,6 +225,16 @@ def _validate(c: RunConfig) -> None:
     _require(c.synth_iters >= 0, "synth_iters", c.synth_iters, "an integer >= 0")
     _require(math.isfinite(c.synth_lr) and c.synth_lr > 0, "synth_lr", c.synth_lr, "a number > 0")
     parse_ratio(c.ratio)
+    _require(c.budget_bytes >= 0, "budget_bytes", c.budget_bytes, "an integer >= 0 (0 = no budget)")
+    _require(math.isfinite(c.target_cosine) and 0 < c.target_cosine < 1, "target_cosine", c.target_cosine,
+             "a number in (0, 1)")
+    _require(c.max_samples >= c.samples, "max_samples", c.max_samples, f"an integer >= --samples ({c.samples})")
+    _require(math.isfinite(c.decay_rate) and 0 < c.decay_rate <= 1, "decay_rate", c.decay_rate, "a number in (0, 1]")
+    if c.budget_bytes or c.schedule != "constant":
+        flag = "budget_bytes" if c.budget_bytes else "schedule"
+        _require(c.method in SYNTH_METHODS, flag, getattr(c, flag),
+                 f"only with a method whose payload size is set by --samples ({', '.join(SYNTH_METHODS)}); "
+                 f"--method is {c.method}")
     _require(c.seed >= 0, "seed", c.seed, "an integer >= 0")
     _require(c.threads >= 0, "threads", c.threads, "an integer >= 0 (0 = torch default)")
     _require(c.eval_every >= 1, "eval_every", c.eval_every, "an integer >= 1")
@@ -211,6 +242,9 @@ def _validate(c: RunConfig) -> None:
         c.checkpoint_every >= 0, "checkpoint_every", c.checkpoint_every,
         "an integer >= 0 (0 = only at the end)",
     )
+
+
+SYNTH_METHODS = ("3sfc", "e3sfc", "fedsynth")
 
 
 def parse_ratio(value: str) -> float | str:

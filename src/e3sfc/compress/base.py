@@ -30,6 +30,7 @@ class Context:
     round: int = 0
     client: int = -1                     # -1: the server
     generator: torch.Generator | None = None
+    samples: int | None = None           # this round's synthetic-sample count M_t (budget scheduler)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

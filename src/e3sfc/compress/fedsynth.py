@@ -46,8 +46,8 @@ class FedSynth(Compressor):
 
     def fields(self, ctx: Context) -> list[FieldSpec]:
         f4 = np.dtype("<f4")
-        return [FieldSpec(f4, (self.samples, *ctx.input_shape)),
-                FieldSpec(f4, (self.samples, ctx.num_classes)), FieldSpec(f4, ())]
+        m = ctx.samples or self.samples
+        return [FieldSpec(f4, (m, *ctx.input_shape)), FieldSpec(f4, (m, ctx.num_classes)), FieldSpec(f4, ())]
 
     def unroll(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eta: torch.Tensor,
                create_graph: bool) -> torch.Tensor:
@@ -71,8 +71,9 @@ class FedSynth(Compressor):
     def compress(self, target: torch.Tensor, ctx: Context) -> tuple[Payload, dict[str, float]]:
         g = ctx.generator
         dev = ctx.device
-        x = torch.randn((self.samples, *ctx.input_shape), generator=g).to(dev, ctx.weights.dtype).requires_grad_(True)
-        y = torch.randn((self.samples, ctx.num_classes), generator=g).to(dev, ctx.weights.dtype).requires_grad_(True)
+        m = ctx.samples or self.samples
+        x = torch.randn((m, *ctx.input_shape), generator=g).to(dev, ctx.weights.dtype).requires_grad_(True)
+        y = torch.randn((m, ctx.num_classes), generator=g).to(dev, ctx.weights.dtype).requires_grad_(True)
         eta = torch.tensor(self.init_eta, device=dev, dtype=ctx.weights.dtype, requires_grad=True)
         tau = target.detach()
         tn2 = float(tau.dot(tau)) or 1.0

@@ -58,14 +58,14 @@ class ThreeSFC(Compressor):
         return cls(samples=samples, steps=steps, max_iter=max_iter, lambd=lambd, patience=patience)
 
     def fields(self, ctx: Context, samples: int | None = None) -> list[FieldSpec]:
-        m = samples or self.samples
+        m = samples or ctx.samples or self.samples
         f4 = np.dtype("<f4")
         return [FieldSpec(f4, (m, *ctx.input_shape)), FieldSpec(f4, (m, ctx.num_classes)), FieldSpec(f4, ())]
 
     def synthesize(self, target: torch.Tensor, ctx: Context, samples: int | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """L-BFGS on x, y; returns the best (x, y) and its |cos|."""
-        m = samples or self.samples
+        m = samples or ctx.samples or self.samples
         model = ctx.model
         dev = ctx.device
         g = ctx.generator
@@ -114,3 +114,13 @@ class ThreeSFC(Compressor):
         x, y = payload.tensor(0, ctx.device), payload.tensor(1, ctx.device)
         alpha = float(payload.fields[2])
         return alpha * synth_grad(ctx.model, x, y)
+
+
+@register
+class E3SFC(ThreeSFC):
+    """``e3sfc`` (Zhou et al., TNNLS 2025): the 3SFC uplink of this file; the simulator
+    adds the double-way downlink (the server compresses its aggregate the same way)
+    and the budget scheduler (DESIGN 1.2, 1.3). Same wire format as ``3sfc``."""
+
+    name = "e3sfc"
+    method_id = 7

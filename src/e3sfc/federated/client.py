@@ -86,3 +86,12 @@ def client_step(
     t2 = time.perf_counter()
     stats = {**stats, "train_seconds": t1 - t0, "compress_seconds": t2 - t1}
     return ClientUpdate(ctx.client, blob, int(x.shape[0]), stats)
+
+
+def apply_broadcast(ctx: Context, blob: bytes, compressor: Compressor) -> torch.Tensor:
+    """A replica's decode of a downlink broadcast: w + decompress(decode(blob)) at w = ``ctx.weights``.
+
+    The server applies its own broadcast through this same function, so every
+    replica that starts equal to the server model stays bit-identical (DESIGN 1.2).
+    """
+    return ctx.weights + compressor.decompress(compressor.decode(blob, ctx), ctx)
