@@ -91,9 +91,10 @@ class FedSynth(Compressor):
         _, bx, by, beta = best
         decoded = self.unroll(ctx, bx, by, beta, create_graph=False).detach()
         cos = float(torch.nn.functional.cosine_similarity(decoded, tau, dim=0))
-        return Payload.of(self.method_id, bx, by, beta.cpu().numpy().astype(np.float32)), {"cosine": cos}
+        return Payload.of(self.method_id, bx.float(), by.float(), beta.cpu().numpy().astype(np.float32)), {"cosine": cos}
 
     def decompress(self, payload: Payload, ctx: Context) -> torch.Tensor:
-        x, y = payload.tensor(0, ctx.device), payload.tensor(1, ctx.device)
-        eta = payload.tensor(2, ctx.device)
+        dt = ctx.weights.dtype
+        x, y = payload.tensor(0, ctx.device).to(dt), payload.tensor(1, ctx.device).to(dt)
+        eta = payload.tensor(2, ctx.device).to(dt)
         return self.unroll(ctx, x, y, eta, create_graph=False).detach()

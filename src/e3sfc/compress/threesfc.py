@@ -108,10 +108,11 @@ class ThreeSFC(Compressor):
         g = synth_grad(ctx.model, x, y)
         alpha = ls_scale(g, target)
         cos = abs(float(torch.nn.functional.cosine_similarity(g, target, dim=0))) if alpha else 0.0
-        return Payload.of(self.method_id, x, y, np.float32(alpha)), {"cosine": cos}
+        return Payload.of(self.method_id, x.float(), y.float(), np.float32(alpha)), {"cosine": cos}
 
     def decompress(self, payload: Payload, ctx: Context) -> torch.Tensor:
-        x, y = payload.tensor(0, ctx.device), payload.tensor(1, ctx.device)
+        dt = ctx.weights.dtype
+        x, y = payload.tensor(0, ctx.device).to(dt), payload.tensor(1, ctx.device).to(dt)
         alpha = float(payload.fields[2])
         return alpha * synth_grad(ctx.model, x, y)
 

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from e3sfc.compress import ErrorFeedback, make_compressor
+from e3sfc.config import RunConfig
+from e3sfc.errors import ConfigError
+from e3sfc.federated import Simulation
+from e3sfc.federated.budget import BudgetScheduler
+from e3sfc.federated.server import SERVER, server_downlink
+from e3sfc.io import read_jsonl
+
+# digits: d = 64, C = 10 -> a 3SFC payload with M samples is 4 (74 M + 1) + 35 bytes
+QUICK = dict(method="e3sfc", dataset="digits", model="mlp", batch_size=32, lr=0.05, steps=2, max_iter=5)
+
+
+def synth_bytes(m: int) -> int:
+    return 4 * (74 * m + 1) + 5 + (2 + 16) + (2 + 8) + 2
+
+
+def test_replicas_stay_bit_identical_under_partial_participation():
+    sim = Simulation(RunConfig(**QUICK, clients=6, fraction=0.5, rounds=5))
+    sim.run()
+    # bring every client up to date (catch-up) and compare with the server model bit for bit
+    for k in range(6):
+        assert torch.equal(sim.sync(sim.round + 1, k), sim.weights)
+    assert len(sim.replicas) == 6
+
+
+def test_downlink_bytes_follow_the_formula_at_full_participation():
+    sim = Simulation(RunConfig(**QUICK, clients=4, rounds=3))
+    sim.run()
+    for t in (1, 2, 3):
+        assert sim.ledger.per_client(t, "down") == {k: synth_bytes(1) for k in range(4)}
+        assert sim.ledger.per_client(t, "up") == {k: synth_bytes(1) for k in range(4)}
+
+
+def test_init_broadcast_ships_and_counts_the_model():
+    sim = Simulation(RunConfig(**QUICK, clients=3, rounds=2, init="broadcast"))
+    sim.run()
+    dense = 4 * sim.num_params + 11
+    assert sim.ledger.per_client(1, "down") == {k: dense + synth_bytes(1) for k in range(3)}
+    assert sim.ledger.per_client(2, "down") == {k: synth_bytes(1) for k in range(3)}
+
+
+def test_catch_up_replays_missed_broadcasts_and_counts_them():
+    sim = Simulation(RunConfig(**QUICK, clients=6, fraction=0.5, rounds=4))
+    sim.run()
+    before = sim.ledger.total("down")
+    k = next(k for k in range(6) if sim.version[k] < sim.round + 1)
+    missed = sim.round + 1 - int(sim.version[k])
+    sim.sync(sim.round + 1, k)
+    assert sim.ledger.total("down") - before == missed * synth_bytes(1)
+
+
+def test_server_ef_identity_float64():
+    from e3sfc.compress.base import Context
+    from e3sfc.federated import get_flat
+    from e3sfc.models import build_model
+
+    m = build_model("mlp", (1, 8, 8), 10, seed=0).double()
+    ctx = Context(m, get_flat(m), (1, 8, 8), 10, generator=torch.Generator().manual_seed(0))
+    ef = ErrorFeedback()
+    ef.residuals[SERVER] = torch.randn(ctx.num_params, dtype=torch.float64) * 1e-3
+    old = ef.residuals[SERVER].clone()
+    delta = torch.randn(ctx.num_params, dtype=torch.float64) * 1e-2
+    b = server_downlink(ctx, delta, make_compressor("3sfc", steps=2, max_iter=5), ef)
+    applied = b.weights - ctx.weights
+    torch.testing.assert_close(applied + ef.residuals[SERVER], old + delta, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "decay", "adaptive"])
+def test_budget_never_exceeded_and_mostly_spent(schedule):
+    rounds, clients = 6, 4
+    per_round_m1 = 2 * clients * synth_bytes(1)
+    budget = int(per_round_m1 * rounds * 2.7)
+    sim = Simulation(RunConfig(**QUICK, clients=clients, rounds=rounds, schedule=schedule,
+                               budget_bytes=budget, target_cosine=0.99))
+    spent_after = []
+    for t in range(1, rounds + 1):
+        sim.run_round(t)
+        sim.round = t
+        spent_after.append(sim.ledger.total("up") + sim.ledger.total("down"))
+        assert spent_after[-1] <= budget
+    assert spent_after[-1] >= 0.9 * budget, (schedule, spent_after[-1], budget, sim.schedule_log)
+    assert max(sim.schedule_log) >= 2
+
+
+def test_budget_respected_with_partial_participation():
+    budget = 60_000
+    sim = Simulation(RunConfig(**QUICK, clients=6, fraction=0.5, rounds=5, budget_bytes=budget, schedule="decay"))
+    sim.run()
+    for k in range(6):  # even after every client caught up
+        sim.sync(sim.round + 1, k)
+    assert sim.ledger.total("up") + sim.ledger.total("down") <= budget
+
+
+def test_too_small_budget_is_refused_with_the_minimum():
+    with pytest.raises(ConfigError, match=r"--budget-bytes: 1000 is too small; .* at least 8040 bytes"):
+        Simulation(RunConfig(**QUICK, clients=4, rounds=3, budget_bytes=1000))
+    with pytest.raises(ConfigError, match="--budget-bytes"):
+        RunConfig(method="topk", budget_bytes=10_000)
+
+
+def test_schedule_choices_are_recorded(tmp_path):
+    sim = Simulation(RunConfig(**QUICK, clients=3, rounds=3, samples=4, schedule="decay", decay_rate=0.5),
+                     out_dir=tmp_path)
+    sim.run()
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["samples"] for r in rows] == [4, 2, 1]
+    assert sim.summary()["samples_per_round"] == [4, 2, 1]
+
+
+def test_adaptive_moves_against_the_cosine():
+    s = BudgetScheduler("adaptive", None, rounds=5, samples=3, max_samples=8, target_cosine=0.5)
+    cost = lambda m: m  # noqa: E731
+    assert s.choose(1, cost) == 3
+    assert s.choose(2, cost, last_cosine=0.2) == 4
+    assert s.choose(3, cost, last_cosine=0.9) == 3
+
+
+def test_e3sfc_resume_equals_no_stop(tmp_path):
+    cfg = RunConfig(**QUICK, clients=4, fraction=0.5, rounds=4, checkpoint_every=1)
+    a = Simulation(cfg, out_dir=tmp_path / "a")
+    a.run()
+    b = Simulation(cfg, out_dir=tmp_path / "b")
+    b.run(stop_after=2)
+    b = Simulation.resume(tmp_path / "b")
+    b.run()
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]  # noqa: E731
+    assert strip(read_jsonl(tmp_path / "a/metrics.jsonl")) == strip(read_jsonl(tmp_path / "b/metrics.jsonl"))
+    assert torch.equal(a.weights, b.weights)
+
+
+def test_downlink_flag_works_for_any_method():
+    sim = Simulation(RunConfig(**{**QUICK, "method": "topk"}, clients=3, rounds=2, downlink="3sfc", ratio="0.05"))
+    sim.run()
+    assert set(sim.ledger.per_client(2, "down").values()) == {synth_bytes(1)}
