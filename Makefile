@@ -18,10 +18,11 @@ demo: data
 	bash scripts/demo.sh $(BIN)
 
 test: data
+	$(BIN)/ruff check src tests benchmarks experiments
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
 
 bench: data
 	$(BIN)/python benchmarks/round_time.py

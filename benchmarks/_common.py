@@ -36,7 +36,8 @@ def write_section(title: str, body: str, path: Path = RESULTS) -> None:
     """Replace (or append) the section ``## title`` in the results file, atomically."""
     from e3sfc.io import atomic_write
 
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEach section: the command, the machine, the date, the figures.\n"
+    header = "# Benchmarks\n\nEach section: the command, the machine, the date, the figures.\n"
+    text = path.read_text() if path.exists() else header
     block = (f"## {title}\n\n- command: `{command()}`\n- machine: {machine()}\n"
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n{body.strip()}\n\n")
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)

@@ -26,7 +26,8 @@ def _err(capsys):
     (["--fraction", "1.5"], "--fraction: 1.5 is not allowed; expected a number in (0, 1]"),
     (["--lr", "-0.1"], "--lr"),
     (["--alpha", "0"], "--alpha"),
-    (["--dataset", "mnist", "--data-dir", "/definitely/missing"], "--data-dir: directory '/definitely/missing' does not exist"),
+    (["--dataset", "mnist", "--data-dir", "/definitely/missing"],
+     "--data-dir: directory '/definitely/missing' does not exist"),
     (["--clients", "5000"], "no data"),
     (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
 ])

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +8,7 @@ from e3sfc.compress import ErrorFeedback, make_compressor
 from e3sfc.compress.base import Context
 from e3sfc.config import RunConfig
 from e3sfc.federated import (
-    ClientUpdate, Simulation, client_lr, get_flat, local_train, sample_clients, server_step, set_flat,
+    ClientUpdate, Simulation, client_lr, get_flat, local_train, sample_clients, server_step,
 )
 from e3sfc.models import build_model
 from e3sfc.wire import Payload

@@ -135,7 +135,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         given = [k for k, v in overrides.items() if v is not None]
         if given or args.config:
-            raise ConfigError(f"--resume: takes no other settings (got --{given[0].replace('_', '-') if given else 'config'}); the run's config.json is used")
+            what = given[0].replace("_", "-") if given else "config"
+            raise ConfigError(f"--resume: takes no other settings (got --{what}); the run's config.json is used")
         sim = Simulation.resume(args.resume)
         out = Path(args.resume)
     else:
@@ -165,6 +166,7 @@ def _ratio(dense: int, ours: int) -> str:
 def _print_summary(s: dict, out: Path) -> None:
     r = max(s["rounds"], 1)
     dense = s["dense_bytes_per_transfer"]
+    total = s["total_uplink_bytes"] + s["total_downlink_bytes"]
     lines = [
         f"e3sfc run: {s['method']} on {s['dataset']} / {s['model']} ({s['num_params']:,} parameters)",
         f"  rounds            {s['rounds']}",
@@ -174,7 +176,7 @@ def _print_summary(s: dict, out: Path) -> None:
         f"  dense model       {_fmt_bytes(dense)} per transfer",
         f"  vs FedAvg         {_ratio(s['fedavg_uplink_bytes'], s['total_uplink_bytes'])} fewer bytes up, "
         f"{_ratio(s['fedavg_downlink_bytes'], s['total_downlink_bytes'])} down, "
-        f"{_ratio(s['fedavg_uplink_bytes'] + s['fedavg_downlink_bytes'], s['total_uplink_bytes'] + s['total_downlink_bytes'])} in all",
+        f"{_ratio(s['fedavg_uplink_bytes'] + s['fedavg_downlink_bytes'], total)} in all",
         f"  wall time         {s['wall_seconds']:.1f} s ({s['wall_seconds'] / r:.3f} s/round)",
         f"  run folder        {out}",
     ]

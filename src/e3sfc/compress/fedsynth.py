@@ -91,7 +91,8 @@ class FedSynth(Compressor):
         _, bx, by, beta = best
         decoded = self.unroll(ctx, bx, by, beta, create_graph=False).detach()
         cos = float(torch.nn.functional.cosine_similarity(decoded, tau, dim=0))
-        return Payload.of(self.method_id, bx.float(), by.float(), beta.cpu().numpy().astype(np.float32)), {"cosine": cos}
+        eta = beta.cpu().numpy().astype(np.float32)
+        return Payload.of(self.method_id, bx.float(), by.float(), eta), {"cosine": cos}
 
     def decompress(self, payload: Payload, ctx: Context) -> torch.Tensor:
         dt = ctx.weights.dtype

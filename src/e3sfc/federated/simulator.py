@@ -49,7 +49,7 @@ from .budget import BudgetScheduler
 from .client import ClientUpdate, apply_broadcast, client_lr, client_step
 from .evaluate import evaluate
 from .params import get_flat, set_flat
-from .server import SERVER, server_downlink, server_step
+from .server import server_downlink, server_step
 
 log = logging.getLogger(__name__)
 
