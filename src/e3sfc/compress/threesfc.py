@@ -6,11 +6,15 @@ Encoder: find x (M, *input_shape), y (M, C) minimising
 with g(x, y) = grad_w L(w_t; x, y) (double backprop), by L-BFGS (lr 1,
 ``max_iter`` per step, history 100, no line search) for ``steps`` steps,
 keeping the best iterate seen (lowest objective; NaN never chosen).
-Early stop (ours, ``patience``): the search ends once ``patience`` objective
-evaluations in a row improved the best objective by less than ``tol``. On the
-reference setting L-BFGS reaches its best iterate within about 20 of its 200
-evaluations and never improves after, so this keeps the cosine and cuts the
-time several-fold (benchmarks/RESULTS.md); ``patience = 0`` runs all of them. Then
+Early stop (ours, ``patience``): once the search has locked on (best |cos| >=
+``lock_cos`` = 0.05), it ends after ``patience`` objective evaluations in a row
+that improved the best objective by less than ``tol``. Typically L-BFGS reaches
+its best iterate within about 20 of its 200 evaluations and never improves
+after, so this keeps the cosine and cuts the time several-fold
+(benchmarks/RESULTS.md). Some searches sit near cos = 0 for 40 to 150
+evaluations before they climb; the lock-on rule lets those run as in the
+reference instead of stopping at a useless iterate. ``patience = 0`` runs all
+evaluations. Then
 alpha = <g*, tau> / ||g*||^2 and the residual is tau - alpha g*, so that
 ||e||^2 = (1 - cos^2) ||tau||^2.
 
@@ -46,11 +50,11 @@ class ThreeSFC(Compressor):
     biased = True
 
     def __init__(self, samples: int = 1, steps: int = 10, max_iter: int = 20, lambd: float = 0.0,
-                 history: int = 100, patience: int = 10, tol: float = 1e-4):
+                 history: int = 100, patience: int = 10, tol: float = 1e-4, lock_cos: float = 0.05):
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         self.samples, self.steps, self.max_iter, self.lambd, self.history = samples, steps, max_iter, lambd, history
-        self.patience, self.tol = patience, tol
+        self.patience, self.tol, self.lock_cos = patience, tol, lock_cos
 
     @classmethod
     def from_options(cls, samples: int = 1, steps: int = 10, max_iter: int = 20, lambd: float = 0.0,
@@ -90,7 +94,7 @@ class ThreeSFC(Compressor):
             if val < best["obj"]:  # NaN never compares smaller
                 best.update(obj=val, x=x.detach().clone(), y=y.detach().clone(), cos=abs(float(cos.detach())))
             best["stale"] = 0 if improved else best["stale"] + 1
-            if self.patience and best["stale"] >= self.patience:
+            if self.patience and best["stale"] >= self.patience and best["cos"] >= self.lock_cos:
                 raise _Converged
             return obj.detach()
 
