@@ -1,4 +1,4 @@
-"""Command line: ``e3sfc run`` (and later ``plot``, ``compare``).
+"""Command line: ``e3sfc run | fetch | plot | compare | plot-partition``.
 
 Errors in input (unknown names, impossible numbers, bad files) print one line
 naming the flag, the value and what is allowed, and exit with status 2.
@@ -89,7 +89,66 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("dataset", help="mnist, fmnist, emnist, cifar10, cifar100, digits")
     fetch.add_argument("--data-dir", default=None, help="folder to look in and download into")
     fetch.add_argument("--emnist-split", default="balanced")
+    plot = sub.add_parser("plot", help="plot runs: a metric against rounds and against megabytes sent")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--out", required=True, help="image file (.png, .pdf, .svg)")
+    plot.add_argument("--metric", default="accuracy", help="accuracy, loss or cosine")
+    cmp_ = sub.add_parser("compare", help="compare runs in a table (terminal and markdown)")
+    cmp_.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    cmp_.add_argument("--target", default=None, help="accuracy target for rounds / megabytes to reach it")
+    cmp_.add_argument("--markdown", default=None, metavar="FILE", help="also write the table to FILE")
+    part = sub.add_parser("plot-partition", help="plot the label distribution of a partition")
+    part.add_argument("--out", required=True)
+    for name in ("dataset", "clients", "partition", "alpha", "seed", "data_dir", "emnist_split", "train_subset"):
+        part.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=HELP.get(name))
     return p
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .report import load_run, plot_runs
+
+    out = plot_runs([load_run(r) for r in args.runs], args.out, args.metric)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import compare_rows, load_run, markdown_table
+
+    target = None
+    if args.target is not None:
+        try:
+            target = float(args.target)
+        except ValueError:
+            target = -1.0
+        if not 0 < target <= 1:
+            raise ConfigError(f"--target: {args.target!r} is not allowed; expected an accuracy in (0, 1]")
+    table = markdown_table(compare_rows([load_run(r) for r in args.runs], target), target)
+    print(table)
+    if args.markdown:
+        from .io import atomic_write
+        atomic_write(args.markdown, lambda f: f.write(table + "\n"))
+    return 0
+
+
+def cmd_plot_partition(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .data import load_dataset, partition
+    from .report import plot_partition
+
+    overrides = {k: getattr(args, k) for k in ("dataset", "clients", "partition", "alpha", "seed", "data_dir",
+                                                "emnist_split", "train_subset")}
+    cfg = RunConfig.from_sources(None, **overrides)
+    data = load_dataset(cfg.dataset, cfg.data_dir, emnist_split=cfg.emnist_split, train_subset=cfg.train_subset,
+                        seed=cfg.seed)
+    labels = data.train_y.numpy()
+    parts = partition(labels, cfg.clients, cfg.partition, cfg.alpha, cfg.seed)
+    counts = np.stack([np.bincount(labels[p], minlength=data.num_classes) for p in parts])
+    what = f"Dirichlet alpha={cfg.alpha:g}" if cfg.partition == "dirichlet" else "IID"
+    out = plot_partition(counts, args.out, f"{cfg.dataset}: {cfg.clients} clients, {what}, seed {cfg.seed}")
+    print(f"wrote {out}")
+    return 0
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -194,7 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"run": cmd_run, "fetch": cmd_fetch}[args.command](args)
+        commands = {"run": cmd_run, "fetch": cmd_fetch, "plot": cmd_plot, "compare": cmd_compare,
+                    "plot-partition": cmd_plot_partition}
+        return commands[args.command](args)
     except (ConfigError, DataError, PayloadError) as exc:
         print(f"e3sfc: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,165 @@
+"""Reading run folders back: comparison tables and plots (``e3sfc compare | plot``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ConfigError
+from .io import read_jsonl
+
+METRICS = ("accuracy", "loss", "cosine")
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    rows: list[dict]
+    summary: dict | None
+
+    @property
+    def label(self) -> str:
+        return self.path.name
+
+    def series(self, key: str) -> list[float | None]:
+        return [r.get(key) for r in self.rows]
+
+
+def load_run(path: str | Path) -> Run:
+    p = Path(path)
+    if not p.is_dir():
+        raise ConfigError(f"run folder {str(p)!r} does not exist")
+    if not (p / "config.json").is_file() or not (p / "metrics.jsonl").is_file():
+        raise ConfigError(f"{str(p)!r} is not a run folder (needs config.json and metrics.jsonl)")
+    try:
+        config = json.loads((p / "config.json").read_text())
+        rows = read_jsonl(p / "metrics.jsonl")
+        summary = json.loads((p / "summary.json").read_text()) if (p / "summary.json").is_file() else None
+    except (json.JSONDecodeError, OSError) as exc:
+        raise ConfigError(f"run folder {str(p)!r} has an unreadable record ({exc})") from None
+    if not rows:
+        raise ConfigError(f"run folder {str(p)!r} has no evaluated rounds yet")
+    return Run(p, config, rows, summary)
+
+
+def _acc_at(run: Run, frac: float) -> float | None:
+    target_round = max(1, math.ceil(frac * run.config["rounds"]))
+    best = [r for r in run.rows if r["round"] <= target_round]
+    return best[-1]["accuracy"] if best else None
+
+
+def compare_rows(runs: Sequence[Run], target: float | None = None) -> list[dict]:
+    out = []
+    for run in runs:
+        rows = run.rows
+        last = rows[-1]
+        parts = sum(r.get("participants") or 0 for r in rows) or 1
+        up = last["cum_uplink_bytes"] / parts if run.config.get("eval_every", 1) == 1 else None
+        down = last["cum_downlink_bytes"] / parts if run.config.get("eval_every", 1) == 1 else None
+        dense = run.summary["dense_bytes_per_transfer"] if run.summary else None
+        reach = next((r for r in rows if r["accuracy"] >= target), None) if target is not None else None
+        out.append({
+            "run": run.label,
+            "method": run.config["method"],
+            "up_bytes_per_client_round": up,
+            "down_bytes_per_client_round": down,
+            "ratio_vs_dense": (2 * dense / (up + down)) if dense and up is not None and (up + down) else None,
+            "acc_25": _acc_at(run, 0.25), "acc_50": _acc_at(run, 0.5), "acc_100": _acc_at(run, 1.0),
+            "rounds_to_target": reach["round"] if reach else None,
+            "mb_to_target": (reach["cum_uplink_bytes"] + reach["cum_downlink_bytes"]) / 1e6 if reach else None,
+            "seconds_per_round": last["seconds"] / last["round"],
+        })
+    return out
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def markdown_table(rows: list[dict], target: float | None = None) -> str:
+    t = f"{target:g}" if target is not None else "target"
+    head = ("| run | method | up B / client-round | down B / client-round | x less than dense | acc @25% | acc @50% "
+            f"| acc @100% | rounds to {t} | MB to {t} | s / round |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {r['method']} | {_fmt(r['up_bytes_per_client_round'], ',.0f')} "
+            f"| {_fmt(r['down_bytes_per_client_round'], ',.0f')} | {_fmt(r['ratio_vs_dense'], ',.1f')} "
+            f"| {_fmt(r['acc_25'], '.4f')} | {_fmt(r['acc_50'], '.4f')} | {_fmt(r['acc_100'], '.4f')} "
+            f"| {_fmt(r['rounds_to_target'], 'd')} | {_fmt(r['mb_to_target'], ',.2f')} "
+            f"| {_fmt(r['seconds_per_round'], '.2f')} |")
+    return "\n".join(lines)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("plotting needs matplotlib: pip install 'e3sfc[plot]'") from None
+    return plt
+
+
+def plot_runs(runs: Sequence[Run], out: str | Path, metric: str = "accuracy") -> Path:
+    """Three panels: ``metric`` against rounds, against cumulative uplink MB, and against up+down MB."""
+    if metric not in METRICS:
+        raise ConfigError(f"--metric: {metric!r} is not allowed; expected one of {', '.join(METRICS)}")
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    for run in runs:
+        ys = run.series(metric)
+        pts = [(r, y) for r, y in zip(run.rows, ys) if y is not None]
+        if not pts:
+            continue
+        rs = [r["round"] for r, _ in pts]
+        up = [r["cum_uplink_bytes"] / 1e6 for r, _ in pts]
+        both = [(r["cum_uplink_bytes"] + r["cum_downlink_bytes"]) / 1e6 for r, _ in pts]
+        vals = [y for _, y in pts]
+        axes[0].plot(rs, vals, label=run.label)
+        axes[1].plot(up, vals, label=run.label)
+        axes[2].plot(both, vals, label=run.label)
+    for ax, xl in zip(axes, ("round", "cumulative uplink MB (log)", "cumulative uplink + downlink MB (log)")):
+        ax.set_xlabel(xl)
+        ax.set_ylabel(metric)
+        ax.grid(True, alpha=0.3)
+    axes[1].set_xscale("log")
+    axes[2].set_xscale("log")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from .io import atomic_write
+    atomic_write(out, lambda f: fig.savefig(f, format=out.suffix.lstrip(".") or "png", dpi=120), mode="wb")
+    plt.close(fig)
+    return out
+
+
+def plot_partition(counts, out: str | Path, title: str) -> Path:
+    """Stacked bars: samples of each class held by each client. ``counts`` is (K, C)."""
+    import numpy as np
+
+    plt = _pyplot()
+    counts = np.asarray(counts)
+    k, c = counts.shape
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * k + 2), 4.5))
+    bottom = np.zeros(k)
+    cmap = plt.get_cmap("tab20" if c > 10 else "tab10")
+    for j in range(c):
+        ax.bar(range(k), counts[:, j], bottom=bottom, color=cmap(j % cmap.N), label=str(j) if c <= 20 else None)
+        bottom += counts[:, j]
+    ax.set_xlabel("client")
+    ax.set_ylabel("samples")
+    ax.set_title(title)
+    if c <= 20:
+        ax.legend(title="class", fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    out = Path(out)
+    from .io import atomic_write
+    atomic_write(out, lambda f: fig.savefig(f, format=out.suffix.lstrip(".") or "png", dpi=120), mode="wb")
+    plt.close(fig)
+    return out

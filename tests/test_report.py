@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import pytest
+
+from e3sfc.cli import main
+
+FAST = ["--dataset", "digits", "--clients", "3", "--rounds", "4", "--batch-size", "32", "--lr", "0.05"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    assert main(["run", *FAST, "--out", str(root / "fedavg")]) == 0
+    assert main(["run", *FAST, "--method", "topk", "--ratio", "0.05", "--out", str(root / "topk")]) == 0
+    return root
+
+
+def test_compare_table_and_markdown(two_runs, tmp_path, capsys):
+    md = tmp_path / "t.md"
+    assert main(["compare", str(two_runs / "fedavg"), str(two_runs / "topk"), "--target", "0.5",
+                 "--markdown", str(md)]) == 0
+    out = capsys.readouterr().out
+    assert "| fedavg | fedavg |" in out and "| topk | topk |" in out
+    text = md.read_text()
+    assert text.strip() == out.strip()
+    fedavg_row = next(line for line in text.splitlines() if line.startswith("| fedavg"))
+    cells = [c.strip() for c in fedavg_row.strip("|").split("|")]
+    # MLP on 8x8 digits: P = 64*200+200 + 200*200+200 + 200*10+10 = 55,210; dense payload 4P + 11
+    assert cells[2] == f"{4 * 55_210 + 11:,}"
+    assert float(cells[4]) == pytest.approx(1.0)  # fedavg sends exactly the dense model
+
+
+def test_plot_writes_png(two_runs, tmp_path):
+    out = tmp_path / "fig.png"
+    assert main(["plot", str(two_runs / "fedavg"), str(two_runs / "topk"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot", str(two_runs / "topk"), "--metric", "loss", "--out", str(tmp_path / "l.png")]) == 0
+
+
+def test_plot_and_compare_reject_bad_folders(tmp_path, capsys, two_runs):
+    assert main(["plot", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path)]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+    assert main(["plot", str(two_runs / "topk"), "--metric", "speed", "--out", str(tmp_path / "y.png")]) == 2
+    assert "--metric: 'speed'" in capsys.readouterr().err
+    assert main(["compare", str(two_runs / "topk"), "--target", "7"]) == 2
+
+
+def test_plot_partition(tmp_path):
+    out = tmp_path / "p.png"
+    assert main(["plot-partition", "--dataset", "digits", "--clients", "5", "--alpha", "0.3", "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
