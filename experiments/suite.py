@@ -1,0 +1,203 @@
+"""The reproduction suite: every method in the reference setting, the ConvNet, a non-IID sweep.
+
+    python experiments/suite.py [--groups reference,convnet,noniid] [--jobs 2] [--root runs]
+
+Runs go to ROOT/GROUP/NAME. A finished run (summary.json) is skipped; an
+interrupted one resumes from its checkpoint, so the suite can be stopped and
+started again. Each run uses one torch thread; ``--jobs`` runs that many at a
+time. docs/results.md gets a table per group and docs/GROUP.png its plot from
+whatever runs are finished (``--report-only`` rewrites the document from the
+runs on disk without running anything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from e3sfc.report import compare_rows, load_run, markdown_table, plot_runs  # noqa: E402
+
+BUDGET = 12_860_000  # 2x what E-3SFC at M = 1 sends in 100 rounds (20 payloads of 3,215 B a round)
+MATCHED = ("topk-match", "stc-match")
+COMMAND = "python experiments/suite.py --jobs 2"
+
+
+def reference_runs(base: str) -> dict[str, list[str]]:
+    runs = {
+        "fedavg": ["--method", "fedavg"],
+        "3sfc": ["--method", "3sfc", "--samples", "1", "--steps", "10"],
+        "3sfc-reference-lbfgs": ["--method", "3sfc", "--samples", "1", "--steps", "10", "--patience", "0"],
+        "e3sfc": ["--method", "e3sfc", "--samples", "1", "--steps", "10"],
+        "topk-match": ["--method", "topk", "--ratio", "match:3sfc"],
+        "stc-match": ["--method", "stc", "--ratio", "match:3sfc"],
+        "sign": ["--method", "sign"],
+        "topk-1pct": ["--method", "topk", "--ratio", "0.01"],
+        "stc-1pct": ["--method", "stc", "--ratio", "0.01"],
+        "qsgd-16": ["--method", "qsgd", "--levels", "16"],
+        "fedsynth": ["--method", "fedsynth", "--samples", "1"],
+    }
+    for s in ("constant", "decay", "adaptive"):
+        runs[f"e3sfc-budget-{s}"] = ["--method", "e3sfc", "--schedule", s, "--budget-bytes", str(BUDGET),
+                                     "--target-cosine", "0.3"]
+    return {k: ["--config", base, *v] for k, v in runs.items()}
+
+
+def best_baseline(ref_dir: Path) -> str:
+    """The matched-bytes baseline with the best final accuracy in the reference group (stc until known)."""
+    scores = {}
+    for name in MATCHED:
+        try:
+            scores[name] = load_run(ref_dir / name).rows[-1]["accuracy"]
+        except Exception:
+            pass
+    return max(scores, key=scores.get) if len(scores) == len(MATCHED) else "stc-match"
+
+
+def groups(root: Path) -> dict[str, dict[str, list[str]]]:
+    ref = reference_runs("configs/reference.toml")
+    conv = {k: ["--config", "configs/convnet.toml", *v[2:]]
+            for k, v in ref.items() if k in ("fedavg", "3sfc", "e3sfc", *MATCHED)}
+    best = best_baseline(root / "reference")
+    sweep = {}
+    for a in ("0.1", "0.5", "1.0"):
+        for name in ("3sfc", "e3sfc", best):
+            sweep[f"{name}-alpha{a}"] = [*ref[name], "--alpha", a]
+    return {"reference": ref, "convnet": conv, "noniid": sweep}
+
+
+def run_one(out: Path, args: list[str], bin_dir: Path) -> tuple[str, int]:
+    e3sfc = str(bin_dir / "e3sfc")
+    if (out / "summary.json").is_file():
+        return f"skip {out} (done)", 0
+    if (out / "checkpoint.pt").is_file():
+        cmd = [e3sfc, "run", "--resume", str(out)]
+    else:
+        cmd = [e3sfc, "run", *args, "--threads", "1", "--checkpoint-every", "10", "--out", str(out)]
+    t0 = time.time()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f"{out.name}.log", "w") as f:
+        rc = subprocess.call(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    return f"{'done' if rc == 0 else 'FAILED'} {out.name} in {time.time() - t0:.0f} s: {shlex.join(cmd)}", rc
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+TITLES = {
+    "reference": "Reference setting: Fashion-MNIST, MLP, 10 clients, Dirichlet alpha 1.0, 100 rounds",
+    "convnet": "ConvNet on Fashion-MNIST (otherwise the reference setting)",
+    "noniid": "Non-IID sweep: Dirichlet alpha 0.1, 0.5, 1.0 (MLP, Fashion-MNIST)",
+}
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    """Plain statements of where the synthesis methods win and lose, read off the table."""
+    by = {r["run"]: r for r in rows}
+    out = []
+    fed = by.get("fedavg")
+    for name in ("3sfc", "e3sfc"):
+        r = by.get(name)
+        if not (r and fed):
+            continue
+        up_ratio = fed["up_bytes_per_client_round"] / r["up_bytes_per_client_round"]
+        down_ratio = fed["down_bytes_per_client_round"] / r["down_bytes_per_client_round"]
+        gap = (fed["acc_100"] - r["acc_100"]) * 100
+        out.append(f"- {name} sends {up_ratio:,.0f}x fewer bytes up and {down_ratio:,.0f}x fewer down than FedAvg "
+                   f"and ends {abs(gap):.1f} points {'below' if gap > 0 else 'above'} it "
+                   f"({r['acc_100']:.4f} against {fed['acc_100']:.4f}); a round takes "
+                   f"{r['seconds_per_round'] / fed['seconds_per_round']:.1f}x as long.")
+        for b in MATCHED:
+            m = by.get(b)
+            if m:
+                d = (r["acc_100"] - m["acc_100"]) * 100
+                out.append(f"  - at equal uplink bytes it {'beats' if d > 0 else 'loses to'} {b} "
+                           f"by {abs(d):.1f} points ({r['acc_100']:.4f} against {m['acc_100']:.4f}).")
+    return out
+
+
+def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
+    from e3sfc.io import atomic_write
+
+    docs = REPO / "docs"
+    docs.mkdir(exist_ok=True)
+    parts = [
+        "# Results\n",
+        "Every number here comes from the runs of the command below on the machine below; nothing is typed in.",
+        "Columns: bytes per client-round up and down (headers included), how many times fewer bytes than the",
+        "dense model both ways, test accuracy at 25/50/100% of the rounds, rounds and megabytes (up + down) to",
+        "reach 0.70 accuracy, wall seconds per round (one torch thread per run, runs sharing the machine; see",
+        "benchmarks/RESULTS.md for timings taken side by side in one process).\n",
+        f"- command: `{COMMAND}`", f"- machine: {machine()}",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n",
+    ]
+    for group, runs in names.items():
+        done = [n for n in runs if (root / group / n / "summary.json").is_file()]
+        parts.append(f"## {TITLES[group]}\n")
+        if not done:
+            parts.append("Not run yet.\n")
+            continue
+        loaded = [load_run(root / group / n) for n in done]
+        rows = compare_rows(loaded, 0.70)
+        parts.append(markdown_table(rows, 0.70) + "\n")
+        missing = [n for n in runs if n not in done]
+        if missing:
+            parts.append(f"Not finished yet: {', '.join(missing)}.\n")
+        plot_runs(loaded, docs / f"{group}.png")
+        parts.append(f"![{group}]({group}.png)\n")
+        v = verdicts(rows)
+        if v:
+            parts.append("Where the synthesis methods win and lose:\n\n" + "\n".join(v) + "\n")
+    text = "\n".join(parts)
+    atomic_write(docs / "results.md", lambda f: f.write(text))
+    return docs / "results.md"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--groups", default="reference,convnet,noniid")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--root", default="runs")
+    ap.add_argument("--only", default=None, help="comma-separated run names to restrict to")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    root = (REPO / args.root).resolve()
+    bin_dir = Path(sys.executable).parent
+    wanted = args.groups.split(",")
+    unknown = [g for g in wanted if g not in groups(root)]
+    if unknown:
+        sys.exit(f"suite: unknown group(s) {unknown}; expected some of {', '.join(groups(root))}")
+    failed = 0
+    if not args.report_only:
+        for g in wanted:
+            todo = groups(root)[g]  # re-read: the non-IID sweep uses the reference group's best baseline
+            jobs = [(root / g / n, a) for n, a in todo.items() if args.only is None or n in args.only.split(",")]
+            with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+                for msg, rc in pool.map(lambda j: run_one(j[0], j[1], bin_dir), jobs):
+                    print(msg, flush=True)
+                    failed += rc != 0
+            write_report(root, groups(root))
+    print(f"wrote {write_report(root, groups(root))}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
