@@ -111,7 +111,7 @@ def test_identity_round_matches_manual_fedavg():
     sim = Simulation(cfg)
     w0 = sim.weights.clone()
     sim.run()
-    from e3sfc.federated.simulator import TRAINING, derive_seed
+    from e3sfc.federated.runtime import TRAINING, derive_seed
     deltas = []
     for k, (x, y) in enumerate(sim.client_data):
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, TRAINING, 1, k))

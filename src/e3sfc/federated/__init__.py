@@ -1,12 +1,14 @@
-"""Federated training: client step, server step, the in-process simulator."""
+"""Federated training: client step, server step, the shared runtimes, the in-process simulator."""
 
-from .client import ClientUpdate, client_lr, client_step, local_train
+from .client import ClientUpdate, apply_broadcast, client_lr, client_step, local_train
 from .evaluate import evaluate
 from .params import get_flat, set_flat
+from .runtime import ClientRuntime, ServerRuntime, TrainIns, derive_seed, sample_clients
 from .server import Aggregate, server_step
-from .simulator import Simulation, derive_seed, sample_clients
+from .simulator import Simulation
 
 __all__ = [
-    "ClientUpdate", "client_lr", "client_step", "local_train", "evaluate", "get_flat", "set_flat",
-    "Aggregate", "server_step", "Simulation", "derive_seed", "sample_clients",
+    "ClientUpdate", "apply_broadcast", "client_lr", "client_step", "local_train", "evaluate", "get_flat",
+    "set_flat", "ClientRuntime", "ServerRuntime", "TrainIns", "derive_seed", "sample_clients", "Aggregate",
+    "server_step", "Simulation",
 ]
