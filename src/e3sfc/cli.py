@@ -57,6 +57,7 @@ HELP = {
     "target_cosine": "adaptive schedule: raise M_t below this mean cosine, lower it above",
     "max_samples": "largest M_t a schedule may choose",
     "decay_rate": "decay schedule: gamma, the per-round factor of the budget share",
+    "engine": "inprocess (this process) or flower (Flower's simulation engine, one virtual node per client)",
     "seed": "the run's seed; all randomness derives from it",
     "device": "cpu or cuda",
     "threads": "torch CPU threads (0 = torch default)",
@@ -207,6 +208,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if (out / "config.json").exists():
             raise ConfigError(f"--out: {str(out)!r} already holds a run; pass --resume {out} or another --out")
         cfg = cfg.replace(out=str(out))
+        if cfg.engine == "flower":
+            return _run_flower(cfg, out)
         sim = Simulation(cfg, out_dir=out)
     update, bar = _progress(sim.cfg.rounds, sim.round)
     try:
@@ -220,6 +223,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _ratio(dense: int, ours: int) -> str:
     return f"{dense / ours:,.1f}x" if ours else "inf x"
+
+
+def _run_flower(cfg: RunConfig, out: Path) -> int:
+    import json
+
+    try:
+        from .flower import run_flower_simulation
+    except ImportError as exc:
+        raise ConfigError(f"--engine: 'flower' needs Flower: {exc}") from None
+    run_flower_simulation(cfg, out)
+    if not (out / "summary.json").is_file():
+        raise ConfigError(f"--engine flower: the Flower run did not finish; see the log above and {out}")
+    _print_summary(json.loads((out / "summary.json").read_text()), out)
+    return 0
 
 
 def _print_summary(s: dict, out: Path) -> None:

@@ -73,6 +73,7 @@ class RunConfig:
     max_samples: int = 64
     decay_rate: float = 0.97
     # run
+    engine: str = "inprocess"
     seed: int = 42
     device: str = "cpu"
     threads: int = 0
@@ -192,6 +193,7 @@ def _validate(c: RunConfig) -> None:
         ("downlink", ("auto", "dense", "3sfc")),
         ("init", ("auto", "seed", "broadcast")),
         ("schedule", ("constant", "decay", "adaptive")),
+        ("engine", ("inprocess", "flower")),
     ):
         value = getattr(c, name)
         _require(value in choices, name, value, "one of " + ", ".join(choices))

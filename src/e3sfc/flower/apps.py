@@ -1,0 +1,224 @@
+"""Flower ClientApp and ServerApp around :mod:`e3sfc.federated.runtime`.
+
+Messages (Flower's Message API):
+- ``query`` (server -> every node, once): the node replies its ``partition-id``, so
+  the server samples clients over partition ids with our seeded sampler (Flower's
+  own node sampling is not reproducible).
+- ``train`` (server -> participant, each round): a ConfigRecord ``ins`` holding the
+  round, M_t, the full model (bytes, when sent) and the broadcasts to replay
+  (lists of rounds, M and bytes). The reply holds the wire payload (bytes), the
+  sample count and the client's stats.
+The client keeps its runtime state (EF residual, times trained, replica) in the
+Flower context state, serialized with torch.save into one bytes field.
+
+Bytes: the ledger counts our payloads exactly as the in-process simulator does;
+``flower_up_bytes`` / ``flower_down_bytes`` add Flower's serialized message
+sizes (the sum of ``deflate()`` over each message's object tree), so the
+framework overhead is visible.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from ..config import RunConfig
+from ..data import load_dataset, partition
+from ..federated.client import ClientUpdate
+from ..federated.params import get_flat
+from ..federated.runtime import MODEL_INIT, ClientRuntime, TrainIns, derive_seed
+from ..federated.simulator import Simulation
+from ..models import build_model
+
+log = logging.getLogger(__name__)
+
+
+def config_from_run_config(run_config: dict[str, Any]) -> RunConfig:
+    """Flower run config (kebab-case keys mirroring the CLI flags) -> RunConfig; "" means unset."""
+    return RunConfig.from_dict({k: v for k, v in run_config.items() if v != ""})
+
+
+# ---------------------------------------------------------------------------- messages
+def ins_to_record(ins: TrainIns) -> RecordDict:
+    return RecordDict({"ins": ConfigRecord({
+        "round": ins.round, "samples": ins.samples or 0,
+        "model": ins.model if ins.model is not None else b"", "has-model": ins.model is not None,
+        "b-rounds": [s for s, _, _ in ins.broadcasts] or [0],
+        "b-samples": [m for _, _, m in ins.broadcasts] or [0],
+        "b-blobs": [b for _, b, _ in ins.broadcasts] or [b""],
+        "b-count": len(ins.broadcasts),
+    })})
+
+
+def ins_from_record(rec: RecordDict) -> TrainIns:
+    c = rec["ins"]
+    n = int(c["b-count"])
+    return TrainIns(
+        round=int(c["round"]), samples=int(c["samples"]) or None,
+        model=bytes(c["model"]) if c["has-model"] else None,
+        broadcasts=[(int(s), bytes(b), int(m)) for s, b, m in
+                    zip(c["b-rounds"][:n], c["b-blobs"][:n], c["b-samples"][:n])],
+    )
+
+
+def flower_bytes(obj) -> int:
+    """Serialized size of a Flower message: ``deflate()`` summed over its object tree."""
+    total = len(obj.deflate())
+    for child in (obj.children or {}).values():
+        total += flower_bytes(child)
+    return total
+
+
+# ---------------------------------------------------------------------------- client side
+_CACHE: dict[tuple, Any] = {}
+
+
+def _client_setup(cfg: RunConfig, pid: int):
+    """Data of partition ``pid`` and the two working models (cached per process)."""
+    key = (cfg.dataset, cfg.data_dir, cfg.emnist_split, cfg.holdout, cfg.train_subset, cfg.seed, cfg.clients,
+           cfg.partition, cfg.alpha, cfg.model, pid)
+    if key not in _CACHE:
+        data = load_dataset(cfg.dataset, cfg.data_dir, emnist_split=cfg.emnist_split, holdout=cfg.holdout,
+                            train_subset=cfg.train_subset, test_subset=1, seed=cfg.seed)
+        parts = partition(data.train_y.numpy(), cfg.clients, cfg.partition, cfg.alpha, cfg.seed)
+        idx = torch.from_numpy(parts[pid])
+        model = build_model(cfg.model, data.input_shape, data.num_classes, derive_seed(cfg.seed, MODEL_INIT))
+        work, train = build_model(cfg.model, data.input_shape, data.num_classes, 0), \
+            build_model(cfg.model, data.input_shape, data.num_classes, 0)
+        work.eval()
+        _CACHE[key] = (data.train_x[idx], data.train_y[idx], data.input_shape, data.num_classes,
+                       get_flat(model), work, train)
+    return _CACHE[key]
+
+
+def client_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    pid = int(context.node_config["partition-id"])
+    x, y, shape, classes, initial, work, train = _client_setup(cfg, pid)
+    rt = ClientRuntime(cfg, pid, shape, classes, initial)
+    if "e3sfc" in context.state:
+        rt.load_state_dict(torch.load(_io.BytesIO(bytes(context.state["e3sfc"]["state"])), weights_only=False))
+    u = rt.handle(ins_from_record(msg.content), work, train, x, y)
+    buf = _io.BytesIO()
+    torch.save(rt.state_dict(), buf)
+    context.state["e3sfc"] = ConfigRecord({"state": buf.getvalue()})
+    content = RecordDict({
+        "update": ConfigRecord({"blob": u.blob, "client": pid, "num-samples": u.num_samples}),
+        "stats": MetricRecord({k: float(v) for k, v in u.stats.items()}),
+    })
+    return Message(content, reply_to=msg)
+
+
+def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
+    """A ClientApp; with ``cfg`` None the config comes from Flower's run config."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return client_train(msg, context, cfg or config_from_run_config(dict(context.run_config)))
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        return Message(RecordDict({"node": ConfigRecord({"partition-id": int(context.node_config["partition-id"])})}),
+                       reply_to=msg)
+
+    return app
+
+
+# ---------------------------------------------------------------------------- server side
+class FlowerSimulation(Simulation):
+    """The in-process simulator's records and server runtime, with clients reached through a Flower Grid."""
+
+    def __init__(self, cfg: RunConfig, grid: Grid, out_dir: str | Path | None, wait_s: float = 120.0):
+        super().__init__(cfg, out_dir=out_dir)
+        self.grid = grid
+        self.node_of = self._discover(wait_s)
+
+    def _discover(self, wait_s: float) -> dict[int, int]:
+        """partition id -> node id, asking every node once (waits for the nodes to connect)."""
+        deadline = time.time() + wait_s
+        while True:
+            nodes = list(self.grid.get_node_ids())
+            if len(nodes) >= self.cfg.clients or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        msgs = [Message(RecordDict({}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+        node_of = {}
+        for r in self.grid.send_and_receive(msgs, timeout=wait_s):
+            if r.has_error():
+                log.warning("node %s did not say its partition: %s", r.metadata.src_node_id, r.error.reason)
+            else:
+                node_of[int(r.content["node"]["partition-id"])] = r.metadata.src_node_id
+        missing = [k for k in range(self.cfg.clients) if k not in node_of]
+        if missing:
+            log.warning("no node serves partition(s) %s; they will be skipped", missing[:10])
+        return node_of
+
+    def run_round(self, t: int) -> dict[str, float]:
+        participants, M, messages = self.server.begin_round(t)
+        msgs, down = [], 0
+        for k in participants:
+            if k not in self.node_of:
+                continue
+            m = Message(ins_to_record(messages[k]), dst_node_id=self.node_of[k], message_type=MessageType.TRAIN,
+                        group_id=str(t))
+            down += flower_bytes(m)
+            msgs.append(m)
+        updates, up = [], 0
+        for r in self.grid.send_and_receive(msgs, timeout=600):
+            if r.has_error():
+                log.warning("round %d: node %s failed: %s", t, r.metadata.src_node_id, r.error.reason)
+                continue
+            up += flower_bytes(r)
+            try:
+                c = r.content["update"]
+                stats = dict(r.content["stats"])
+                updates.append(ClientUpdate(int(c["client"]), bytes(c["blob"]), int(c["num-samples"]), stats))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("round %d: malformed reply from node %s: %s", t, r.metadata.src_node_id, exc)
+        updates.sort(key=lambda u: u.client)  # the in-process order
+        stats = self.server.end_round(t, M, updates)
+        stats["flower_down_bytes"] = down
+        stats["flower_up_bytes"] = up
+        return stats
+
+
+def make_server_app(cfg: RunConfig | None = None, out_dir: str | Path | None = None) -> ServerApp:
+    """A ServerApp running the whole federated run; with ``cfg`` None it reads Flower's run config."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        c = cfg or config_from_run_config(dict(context.run_config))
+        out = out_dir or c.out or f"runs/flower-{c.method}-{c.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        c = c.replace(out=str(out), engine="flower")
+        if c.threads:
+            torch.set_num_threads(c.threads)
+        sim = FlowerSimulation(c, grid, out)
+        summary = sim.run()
+        log.warning("e3sfc flower run finished: accuracy %.4f, %d B up, %d B down, folder %s",
+                    summary["final_accuracy"], summary["total_uplink_bytes"], summary["total_downlink_bytes"], out)
+
+    return app
+
+
+def run_flower_simulation(cfg: RunConfig, out_dir: str | Path, num_cpus: int = 2) -> None:
+    """``e3sfc run --engine flower``: the run on Flower's simulation engine (Ray), one virtual node per client."""
+    from flwr.simulation import run_simulation
+
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+               "init_args": {"num_cpus": num_cpus, "include_dashboard": False, "log_to_driver": False}}
+    run_simulation(make_server_app(cfg, out_dir), make_client_app(cfg), num_supernodes=cfg.clients,
+                   backend_config=backend)
+
+
+__all__ = ["make_client_app", "make_server_app", "run_flower_simulation", "FlowerSimulation"]
