@@ -49,3 +49,26 @@ def test_server_skips_a_malformed_reply_and_goes_on():
     bad = [ClientUpdate(1, good.blob[:-4], 10), ClientUpdate(2, b"\x00" * 7, 10)]
     stats = sim.server.end_round(1, M, [good, *bad])
     assert stats["rejected"] == 2
+
+
+def test_deployment_superlink_and_two_supernodes(tmp_path):
+    """SuperLink + 2 SuperNodes on 127.0.0.1, two rounds of E-3SFC through `flwr run`."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "flower-superlink").exists() or shutil.which("setsid") is None:
+        pytest.skip("flower-superlink or setsid not available")
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "deploy"
+    r = subprocess.run(["bash", str(repo / "scripts/flower-deploy-check.sh"), str(out), str(bin_dir)],
+                       cwd=repo, capture_output=True, text=True, timeout=420)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["rounds"] == 2 and s["final_accuracy"] is not None
+    assert s["total_uplink_bytes"] == 2 * 2 * (4 * (64 + 10 + 1) + 35)  # 2 rounds x 2 clients x one payload
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["flower_up_bytes"] > 0 for r in rows)
