@@ -138,7 +138,7 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
 class FlowerSimulation(Simulation):
     """The in-process simulator's records and server runtime, with clients reached through a Flower Grid."""
 
-    def __init__(self, cfg: RunConfig, grid: Grid, out_dir: str | Path | None, wait_s: float = 120.0):
+    def __init__(self, cfg: RunConfig, grid: Grid, out_dir: str | Path | None, wait_s: float = 900.0):
         super().__init__(cfg, out_dir=out_dir)
         self.grid = grid
         self.node_of = self._discover(wait_s)
@@ -159,6 +159,8 @@ class FlowerSimulation(Simulation):
             else:
                 node_of[int(r.content["node"]["partition-id"])] = r.metadata.src_node_id
         missing = [k for k in range(self.cfg.clients) if k not in node_of]
+        if len(missing) == self.cfg.clients:
+            raise RuntimeError(f"no Flower node answered within {wait_s:.0f} s; is any SuperNode connected?")
         if missing:
             log.warning("no node serves partition(s) %s; they will be skipped", missing[:10])
         return node_of
