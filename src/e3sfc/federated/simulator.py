@@ -101,9 +101,14 @@ class Simulation:
         updates = []
         for k in participants:
             x, y = self.client_data[k]
-            updates.append(self.client(k).handle(messages[k], self.client_model, self.train_model, x, y))
+            c = self.client(k)
+            updates.append(c.handle(messages[k], self.client_model, self.train_model, x, y))
             if not torch.equal(get_flat(self.client_model), self.server.weights):
                 raise RuntimeError(f"round {t}: client {k}'s replica differs from the server model")
+            if c.replica is not None:
+                # bit-identical replicas (checked just above) share one tensor in this process;
+                # nothing mutates it in place, so memory is one copy per version in use, not per client
+                c.replica = self.server.weights
         return self.server.end_round(t, M, updates)
 
     # ------------------------------------------------------------------ the loop
