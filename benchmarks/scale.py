@@ -1,8 +1,8 @@
 """Seconds per round and peak resident memory for 10, 100 and 1,000 clients.
 
 Each configuration runs in its own process (so its peak RSS is its own):
-MLP on Fashion-MNIST, Dirichlet 1.0, 10% participation at 1,000 clients (100 at
-100 and 10, which is the reference setting), for fedavg, 3sfc and e3sfc.
+MLP on Fashion-MNIST, Dirichlet 1.0, all clients at 10 clients and 10% participation at
+100 and 1,000 clients, for fedavg, 3sfc and e3sfc.
 Memory grows as clients first take part (each keeps its EF residual, and under
 E-3SFC its replica), so the table also says how many clients held state when
 the peak was read.
