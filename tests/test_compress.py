@@ -221,3 +221,17 @@ def test_decode_rejects_wrong_shape_and_bad_indices():
     bad = Payload.of(2, np.full(k, ctx.num_params + 5, np.int32), np.ones(k, np.float32))
     with pytest.raises(PayloadError, match="indices"):
         tk.decompress(tk.decode(wire.encode(bad), ctx), ctx)
+
+
+@pytest.mark.parametrize("model", ["mnistnet", "convnet", "lenet", "resnet18", "vgg11", "regnet"])
+def test_synthesis_methods_work_with_every_model(model):
+    """Double backprop (3SFC) and the differentiable unroll (FedSynth) through every architecture."""
+    shape = (3, 32, 32)
+    m = build_model(model, shape, 10, seed=0)
+    m.eval()
+    for method in ("3sfc", "fedsynth"):
+        ctx = Context(m, get_flat(m), shape, 10, generator=torch.Generator().manual_seed(0))
+        comp = make_compressor(method, steps=1, max_iter=2, synth_iters=1)
+        p, _ = comp.compress(target_like(ctx), ctx)
+        out = comp.decompress(comp.decode(comp.encode(p), ctx), ctx)
+        assert out.shape == (ctx.num_params,) and torch.isfinite(out).all() and out.abs().sum() > 0
