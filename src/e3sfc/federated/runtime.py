@@ -30,7 +30,6 @@ the server, which evaluates w_{T+1}, and would go out with a round T+1).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -293,7 +292,3 @@ class ServerRuntime:
         self.last_cosine = state["last_cosine"]
         self.schedule_log = list(state["schedule_log"])
 
-
-def scratch_models(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """A client's two working copies: one held at w_t (decoder), one to train."""
-    return copy.deepcopy(model), copy.deepcopy(model)
