@@ -4,7 +4,7 @@ Reference setting: Fashion-MNIST, MLP, 10 clients, Dirichlet 1.0, 1 local epoch,
 batch 64, lr 0.01, seed 42. Evaluation is left out of the timing. Ratios against
 FedAvg come from the same run, so they are comparable across machines.
 
-    python benchmarks/round_time.py --methods fedavg --rounds 5 --threads 1
+    python benchmarks/round_time.py --methods fedavg,3sfc,3sfc@patience=0 --rounds 5 --threads 1
 """
 
 from __future__ import annotations
@@ -19,7 +19,17 @@ from e3sfc.config import RunConfig
 from e3sfc.federated import Simulation
 
 
-def time_method(method: str, rounds: int, extra: dict) -> dict:
+def parse_method(spec: str) -> tuple[str, dict]:
+    """``3sfc`` or ``3sfc@patience=0@steps=5``: a method and RunConfig overrides (ints or floats)."""
+    name, *opts = spec.split("@")
+    extra = {}
+    for o in opts:
+        k, v = o.split("=", 1)
+        extra[k.replace("-", "_")] = float(v) if "." in v else int(v)
+    return name, extra
+
+
+def time_method(method: str, extra: dict, rounds: int) -> dict:
     cfg = RunConfig(method=method, dataset="fmnist", model="mlp", clients=10, alpha=1.0,
                     rounds=rounds + 1, local_epochs=1, batch_size=64, lr=0.01, seed=42,
                     eval_every=10_000, **extra)
@@ -32,7 +42,8 @@ def time_method(method: str, rounds: int, extra: dict) -> dict:
         times.append(time.perf_counter() - t0)
         comp.append(stats["compress_seconds"])
     up = sim.ledger.round_bytes(2, "up") / 10
-    return {"method": method, "s_round": sum(times) / len(times), "s_compress": sum(comp) / len(comp),
+    label = "@".join([method, *(f"{k}={v}" for k, v in extra.items())])
+    return {"method": label, "s_round": sum(times) / len(times), "s_compress": sum(comp) / len(comp),
             "up_bytes": up, "extra": extra}
 
 
@@ -43,7 +54,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [time_method(m, args.rounds, {}) for m in args.methods.split(",")]
+    rows = [time_method(*parse_method(m), args.rounds) for m in args.methods.split(",")]
     base = next((r["s_round"] for r in rows if r["method"] == "fedavg"), None)
     lines = ["| method | s / round | x FedAvg | compress s / round (all clients) | uplink B / client-round |",
              "|---|---|---|---|---|"]

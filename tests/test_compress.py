@@ -9,7 +9,8 @@ import torch
 from e3sfc import wire
 from e3sfc.compress import ErrorFeedback, available_methods, from_config, make_compressor
 from e3sfc.compress.base import Context
-from e3sfc.compress.synth import synth_grad
+from e3sfc.compress.lbfgs import FlatLBFGS
+from e3sfc.compress.synth import CosineMatch, synth_grad
 from e3sfc.config import RunConfig
 from e3sfc.errors import ConfigError, PayloadError
 from e3sfc.federated import client_step, get_flat
@@ -235,3 +236,74 @@ def test_synthesis_methods_work_with_every_model(model):
         p, _ = comp.compress(target_like(ctx), ctx)
         out = comp.decompress(comp.decode(comp.encode(p), ctx), ctx)
         assert out.shape == (ctx.num_params,) and torch.isfinite(out).all() and out.abs().sum() > 0
+
+
+def _torch_lbfgs_path(f, z0, steps, max_iter, history):
+    z = z0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([z], lr=1.0, max_iter=max_iter, history_size=history, line_search_fn=None)
+    path = []
+
+    def closure():
+        val = f(z)
+        z.grad = torch.autograd.grad(val, [z])[0]
+        path.append(z.detach().clone())
+        return val.detach()
+
+    for _ in range(steps):
+        opt.step(closure)
+    return path
+
+
+def _flat_lbfgs_path(f, z0, steps, max_iter, history):
+    z = z0.clone()
+    path = []
+
+    def objective(zk):
+        with torch.enable_grad():
+            zz = zk.detach().requires_grad_(True)
+            val = f(zz)
+            (g,) = torch.autograd.grad(val, [zz])
+        path.append(zk.clone())
+        return float(val), g
+
+    opt = FlatLBFGS(z, max_iter=max_iter, history=history)
+    for _ in range(steps):
+        opt.step(objective)
+    return path
+
+
+@pytest.mark.parametrize("history", [100, 3])  # 3: the history fills and shifts
+def test_flat_lbfgs_follows_torch_lbfgs(history):
+    """Same iterates as torch.optim.LBFGS (no line search), float64, across step() calls."""
+    n = 40
+    a = torch.randn(n, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    hess = a @ a.T / 4 + 0.01 * torch.eye(n, dtype=torch.float64)  # ill-conditioned: no early convergence
+    b = torch.randn(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def f(z):  # convex, not quadratic: curvature pairs change from step to step
+        return 0.5 * z @ hess @ z - b @ z + 0.1 * torch.log(torch.cosh(3 * z)).sum()
+
+    z0 = torch.randn(n, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3
+    ref = _torch_lbfgs_path(f, z0, steps=3, max_iter=6, history=history)
+    ours = _flat_lbfgs_path(f, z0, steps=3, max_iter=6, history=history)
+    assert len(ours) == len(ref) == 18  # 6 evaluations per step, the last move of a step unevaluated
+    for r, o in zip(ref, ours):
+        torch.testing.assert_close(o, r, rtol=1e-9, atol=1e-9)
+    assert float(f(ours[-1])) < float(f(z0)) - 1.0
+
+
+def test_cosine_match_gradient_is_autograd_through_cos():
+    ctx = small_ctx(dtype=torch.float64)
+    tau = target_like(ctx, dtype=torch.float64)
+    f = CosineMatch(ctx.model, tau, (2, 1, 8, 8), (2, 10), lambd=0.01)
+    z = torch.randn(2 * 64 + 20, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    val, cos, grad = f(z)
+    zz = z.clone().requires_grad_(True)
+    x, y = f.split(zz)
+    g = synth_grad(ctx.model, x, y, create_graph=True)
+    c = g.dot(tau) / (g.norm() * tau.norm())
+    ref = 1 - c.abs() + 0.01 * (x.norm() + y.norm())
+    (ref_grad,) = torch.autograd.grad(ref, [zz])
+    assert val == pytest.approx(float(ref), rel=1e-10)
+    assert cos == pytest.approx(abs(float(c)), rel=1e-10)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-8, atol=1e-12)

@@ -6,15 +6,22 @@ Encoder: find x (M, *input_shape), y (M, C) minimising
 with g(x, y) = grad_w L(w_t; x, y) (double backprop), by L-BFGS (lr 1,
 ``max_iter`` per step, history 100, no line search) for ``steps`` steps,
 keeping the best iterate seen (lowest objective; NaN never chosen).
-Early stop (ours, ``patience``): once the search has locked on (best |cos| >=
-``lock_cos`` = 0.05), it ends after ``patience`` objective evaluations in a row
-that improved the best objective by less than ``tol``. Typically L-BFGS reaches
-its best iterate within about 20 of its 200 evaluations and never improves
-after, so this keeps the cosine and cuts the time several-fold
-(benchmarks/RESULTS.md). Some searches sit near cos = 0 for 40 to 150
-evaluations before they climb; the lock-on rule lets those run as in the
-reference instead of stopping at a useless iterate. ``patience = 0`` runs all
-evaluations. Then
+Speed (issue 7, benchmarks/RESULTS.md), three measured changes that keep the
+algorithm:
+- the L-BFGS is torch's, rule for rule, with the two-loop recursion in matrix
+  form (:mod:`.lbfgs`): a constant number of tensor operations per iteration
+  instead of 4 per stored pair;
+- the objective's gradient is one backward pass of g with grad_outputs
+  df/dg (:class:`.synth.CosineMatch`) instead of autograd through cos;
+- early stop (ours, ``patience``, default 5): once the search has locked on
+  (best |cos| >= ``lock_cos`` = 0.05), it ends after ``patience`` objective
+  evaluations in a row that improved the best objective by less than ``tol``.
+  L-BFGS typically reaches its best iterate within about 20 of its 200
+  evaluations and barely improves after. Some searches sit near cos = 0 for
+  40 to 150 evaluations before they climb; the lock-on rule lets those run as
+  in the reference instead of stopping at a useless iterate. ``patience = 0``
+  runs all evaluations (the reference behaviour).
+Then
 alpha = <g*, tau> / ||g*||^2 and the residual is tau - alpha g*, so that
 ||e||^2 = (1 - cos^2) ||tau||^2.
 
@@ -36,7 +43,8 @@ import torch
 from ..wire import FieldSpec, Payload
 from . import register
 from .base import Compressor, Context
-from .synth import ls_scale, synth_grad
+from .lbfgs import FlatLBFGS
+from .synth import CosineMatch, ls_scale, synth_grad
 
 
 class _Converged(Exception):
@@ -50,7 +58,7 @@ class ThreeSFC(Compressor):
     biased = True
 
     def __init__(self, samples: int = 1, steps: int = 10, max_iter: int = 20, lambd: float = 0.0,
-                 history: int = 100, patience: int = 10, tol: float = 1e-4, lock_cos: float = 0.05):
+                 history: int = 100, patience: int = 5, tol: float = 1e-4, lock_cos: float = 0.05):
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         self.samples, self.steps, self.max_iter, self.lambd, self.history = samples, steps, max_iter, lambd, history
@@ -58,7 +66,7 @@ class ThreeSFC(Compressor):
 
     @classmethod
     def from_options(cls, samples: int = 1, steps: int = 10, max_iter: int = 20, lambd: float = 0.0,
-                     patience: int = 10, **_) -> "ThreeSFC":
+                     patience: int = 5, **_) -> "ThreeSFC":
         return cls(samples=samples, steps=steps, max_iter=max_iter, lambd=lambd, patience=patience)
 
     def fields(self, ctx: Context, samples: int | None = None) -> list[FieldSpec]:
@@ -68,46 +76,35 @@ class ThreeSFC(Compressor):
 
     def synthesize(self, target: torch.Tensor, ctx: Context, samples: int | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """L-BFGS on x, y; returns the best (x, y) and its |cos|."""
+        """L-BFGS on z = (x, y); returns the best (x, y) and its |cos|."""
         m = samples or ctx.samples or self.samples
-        model = ctx.model
-        dev = ctx.device
         g = ctx.generator
-        x = torch.randn((m, *ctx.input_shape), generator=g).to(dev, ctx.weights.dtype).requires_grad_(True)
-        y = torch.randn((m, ctx.num_classes), generator=g).to(dev, ctx.weights.dtype).requires_grad_(True)
-        tau = target.detach()
-        tau_norm = tau.norm()
-        best = {"obj": math.inf, "x": x.detach().clone(), "y": y.detach().clone(), "cos": 0.0, "stale": 0}
-        if float(tau_norm) == 0.0 or self.steps == 0:
-            return best["x"], best["y"], 0.0
+        x = torch.randn((m, *ctx.input_shape), generator=g).to(ctx.device, ctx.weights.dtype)
+        y = torch.randn((m, ctx.num_classes), generator=g).to(ctx.device, ctx.weights.dtype)
+        z = torch.cat([x.reshape(-1), y.reshape(-1)])
+        f = CosineMatch(ctx.model, target, tuple(x.shape), tuple(y.shape), self.lambd)
+        best = {"obj": math.inf, "z": z.clone(), "cos": 0.0, "stale": 0}
+        if f.tau_norm == 0.0 or self.steps == 0:
+            return x, y, 0.0
 
-        def closure() -> torch.Tensor:
-            gflat = synth_grad(model, x, y, create_graph=True)
-            # sqrt(g.g) rather than g.norm(): same value, but its backward is one multiply
-            # instead of norm's masked division (2.2x faster per evaluation on the MLP)
-            cos = gflat.dot(tau) / (torch.sqrt(gflat.dot(gflat)) * tau_norm + 1e-12)
-            obj = 1 - cos.abs()
-            if self.lambd:
-                obj = obj + self.lambd * (x.norm() + y.norm())
-            gx, gy = torch.autograd.grad(obj, [x, y])
-            x.grad, y.grad = gx, gy
-            val = float(obj.detach())
+        def objective(zk: torch.Tensor) -> tuple[float, torch.Tensor]:
+            val, cos, grad = f(zk)
             improved = val < best["obj"] - self.tol
             if val < best["obj"]:  # NaN never compares smaller
-                best.update(obj=val, x=x.detach().clone(), y=y.detach().clone(), cos=abs(float(cos.detach())))
+                best.update(obj=val, z=zk.clone(), cos=cos)
             best["stale"] = 0 if improved else best["stale"] + 1
             if self.patience and best["stale"] >= self.patience and best["cos"] >= self.lock_cos:
                 raise _Converged
-            return obj.detach()
+            return val, grad
 
-        opt = torch.optim.LBFGS([x, y], lr=1.0, max_iter=self.max_iter, history_size=self.history,
-                                line_search_fn=None)
+        opt = FlatLBFGS(z, lr=1.0, max_iter=self.max_iter, history=self.history)
         try:
             for _ in range(self.steps):
-                opt.step(closure)
+                opt.step(objective)
         except _Converged:
             pass
-        return best["x"], best["y"], best["cos"]
+        bx, by = f.split(best["z"])
+        return bx, by, best["cos"]
 
     def compress(self, target: torch.Tensor, ctx: Context) -> tuple[Payload, dict[str, float]]:
         x, y, _ = self.synthesize(target, ctx)
