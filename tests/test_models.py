@@ -28,3 +28,16 @@ def test_seeded_init_and_global_rng_untouched():
     assert torch.equal(torch.random.get_rng_state(), state)
     pa, pb, pc = (torch.nn.utils.parameters_to_vector(m.parameters()) for m in (a, b, c))
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+
+
+def test_convnet_pooling_is_avg_pool_2x2():
+    from e3sfc.models.convnet import AvgPool2x2
+
+    for shape in [(3, 32, 28, 28), (2, 5, 7, 7), (1, 4, 3, 3)]:  # odd sizes: floor mode, like nn.AvgPool2d(2)
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
+        ours, ref = AvgPool2x2()(x), torch.nn.AvgPool2d(2)(x)
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+        w = torch.randn_like(ref)
+        torch.testing.assert_close(torch.autograd.grad((ours * w).sum(), x)[0],
+                                   torch.autograd.grad((ref * w).sum(), x)[0], rtol=1e-12, atol=1e-12)
+    assert not list(AvgPool2x2().parameters())

@@ -3,9 +3,23 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import nn
 
 from ._util import flat_features
+
+
+class AvgPool2x2(nn.Module):
+    """``nn.AvgPool2d(2)`` computed as a depthwise 2x2 convolution with weights 1/4 and stride 2.
+
+    Same function (floor mode, no padding; forward equal, tested), no parameters. On CPU
+    torch's avg_pool2d and its backward took about a third of a ConvNet training step; the
+    convolution form makes the step about 1.4x faster (measured, 1 thread, batch 64).
+    """
+
+    def forward(self, x):
+        c = x.shape[1]
+        return F.conv2d(x, x.new_full((c, 1, 2, 2), 0.25), stride=2, groups=c)
 
 
 class ConvNet(nn.Module):
@@ -16,7 +30,7 @@ class ConvNet(nn.Module):
         for _ in range(depth):
             layers += [nn.Conv2d(c, width, 3, padding=1), nn.GroupNorm(width, width, affine=True), nn.ReLU()]
             if h >= 2:
-                layers.append(nn.AvgPool2d(2))  # (B, 32, h/2, w/2)
+                layers.append(AvgPool2x2())  # (B, 32, h/2, w/2)
                 h //= 2
             c = width
         layers.append(nn.Flatten())
