@@ -13,7 +13,7 @@ algorithm:
   instead of 4 per stored pair;
 - the objective's gradient is one backward pass of g with grad_outputs
   df/dg (:class:`.synth.CosineMatch`) instead of autograd through cos;
-- early stop (ours, ``patience``, default 5): once the search has locked on
+- early stop (ours, ``patience``, default 10): once the search has locked on
   (best |cos| >= ``lock_cos`` = 0.05), it ends after ``patience`` objective
   evaluations in a row that improved the best objective by less than ``tol``.
   L-BFGS typically reaches its best iterate within about 20 of its 200
@@ -58,7 +58,7 @@ class ThreeSFC(Compressor):
     biased = True
 
     def __init__(self, samples: int = 1, steps: int = 10, max_iter: int = 20, lambd: float = 0.0,
-                 history: int = 100, patience: int = 5, tol: float = 1e-4, lock_cos: float = 0.05):
+                 history: int = 100, patience: int = 10, tol: float = 1e-4, lock_cos: float = 0.05):
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         self.samples, self.steps, self.max_iter, self.lambd, self.history = samples, steps, max_iter, lambd, history
@@ -66,7 +66,7 @@ class ThreeSFC(Compressor):
 
     @classmethod
     def from_options(cls, samples: int = 1, steps: int = 10, max_iter: int = 20, lambd: float = 0.0,
-                     patience: int = 5, **_) -> "ThreeSFC":
+                     patience: int = 10, **_) -> "ThreeSFC":
         return cls(samples=samples, steps=steps, max_iter=max_iter, lambd=lambd, patience=patience)
 
     def fields(self, ctx: Context, samples: int | None = None) -> list[FieldSpec]:
