@@ -158,6 +158,7 @@ class ServerRuntime:
     def __init__(self, cfg: RunConfig, model: nn.Module, weights: torch.Tensor, input_shape, num_classes: int):
         self.cfg = cfg
         self.model = model                            # holds w_t between calls
+        self._model_blob: tuple[tuple, bytes] = ((), b"")  # ((round, w_t identity), dense w_t message)
         self.model.eval()
         self.input_shape, self.num_classes = tuple(input_shape), num_classes
         self.weights = weights
@@ -218,7 +219,12 @@ class ServerRuntime:
         plan = plan or self._plan_sync(t, k)
         ins = TrainIns(t, M)
         if plan == "model":
-            ins.model = self.dense.encode(self.dense.compress(self.weights, self.context(t, None))[0])
+            # one encoding per round, shared by every client it goes to (bytes are immutable):
+            # 100 ResNet-18 clients would otherwise hold 100 copies of a 44.7 MB message at once
+            key = (t, self.weights.data_ptr(), self.weights._version)
+            if self._model_blob[0] != key:
+                self._model_blob = (key, self.dense.encode(self.dense.compress(self.weights, self.context(t, None))[0]))
+            ins.model = self._model_blob[1]
         elif plan == "replay":
             ins.broadcasts = [(s, *self.history[s]) for s in range(int(self.version[k]), t)]
         if ins.nbytes():
