@@ -307,3 +307,84 @@ def test_cosine_match_gradient_is_autograd_through_cos():
     assert val == pytest.approx(float(ref), rel=1e-10)
     assert cos == pytest.approx(abs(float(c)), rel=1e-10)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-8, atol=1e-12)
+
+
+def _chain(sizes, bias=True):
+    from torch import nn
+
+    layers: list = [nn.Flatten()]
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers += [nn.Linear(a, b, bias=bias or i % 2 == 1), nn.ReLU()]
+    return nn.Sequential(*layers[:-1]).double()
+
+
+@pytest.mark.parametrize("sizes,bias,m", [((64, 20, 20, 10), True, 1), ((64, 20, 20, 10), True, 3),
+                                          ((64, 10), True, 2), ((64, 16, 12, 8, 10), False, 2)])
+def test_closed_form_objective_equals_autograd(sizes, bias, m):
+    """synth_mlp.MLPCosineMatch: value, |cos| and gradient of the 3SFC objective equal autograd
+    through cos (float64), for 1 to 4 layers, with and without biases, M = 1..3."""
+    from e3sfc.compress.synth_mlp import MLPCosineMatch, linear_relu_chain
+
+    torch.manual_seed(0)
+    model = _chain(sizes, bias)
+    lins = linear_relu_chain(model)
+    assert lins is not None and len(lins) == len(sizes) - 1
+    n = sum(p.numel() for p in model.parameters())
+    tau = torch.randn(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    f = MLPCosineMatch(lins, model, tau, (m, 1, 8, 8), (m, 10), lambd=0.01)
+    z = torch.randn(m * 74, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    val, cos, grad = f(z)
+    zz = z.clone().requires_grad_(True)
+    x, y = f.split(zz)
+    g = synth_grad(model, x, y, create_graph=True)
+    c = g.dot(tau) / (g.norm() * tau.norm())
+    ref = 1 - c.abs() + 0.01 * (x.norm() + y.norm())
+    (ref_grad,) = torch.autograd.grad(ref, [zz])
+    assert val == pytest.approx(float(ref), rel=1e-10)
+    assert cos == pytest.approx(abs(float(c)), rel=1e-10)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-8, atol=1e-12)
+
+
+def test_closed_form_is_used_only_for_linear_relu_chains():
+    from torch import nn
+
+    from e3sfc.compress.synth import cosine_match
+    from e3sfc.compress.synth_mlp import MLPCosineMatch, linear_relu_chain
+
+    mlp = build_model("mlp", (1, 8, 8), 10, seed=0)
+    assert linear_relu_chain(mlp) is not None
+    tau = torch.zeros(sum(p.numel() for p in mlp.parameters()))
+    assert isinstance(cosine_match(mlp, tau, (1, 1, 8, 8), (1, 10)), MLPCosineMatch)
+    conv = build_model("convnet", (1, 28, 28), 10, seed=0)
+    assert linear_relu_chain(conv) is None
+    tau = torch.zeros(sum(p.numel() for p in conv.parameters()))
+    assert isinstance(cosine_match(conv, tau, (1, 1, 28, 28), (1, 10)), CosineMatch)
+
+    class Doubled(nn.Sequential):  # a Sequential whose forward is not the chain
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    for other in (nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Tanh(), nn.Linear(10, 10)),
+                  nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.ReLU()),
+                  nn.Sequential(nn.Flatten(0), nn.Linear(64, 10)),
+                  Doubled(nn.Flatten(), nn.Linear(64, 10))):
+        assert linear_relu_chain(other) is None
+
+
+def test_threesfc_search_same_with_closed_form_and_autograd(monkeypatch):
+    """The 3SFC encoder finds the same synthetic data whichever objective form it uses (float64)."""
+    import e3sfc.compress.synth_mlp as sm
+
+    ctx = small_ctx(dtype=torch.float64)
+    gen = torch.Generator().manual_seed(4)  # target: the gradient of 8 random labelled inputs
+    xr = torch.randn(8, 1, 8, 8, generator=gen, dtype=torch.float64)
+    tau = synth_grad(ctx.model, xr, torch.eye(10, dtype=torch.float64)[torch.arange(8)])
+    comp = make_compressor("3sfc", steps=2, max_iter=10)
+    fast = comp.synthesize(tau, Context(ctx.model, ctx.weights, ctx.input_shape, 10,
+                                        generator=torch.Generator().manual_seed(5)))
+    monkeypatch.setattr(sm, "linear_relu_chain", lambda model: None)
+    slow = comp.synthesize(tau, Context(ctx.model, ctx.weights, ctx.input_shape, 10,
+                                        generator=torch.Generator().manual_seed(5)))
+    torch.testing.assert_close(fast[0], slow[0], rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(fast[1], slow[1], rtol=1e-6, atol=1e-9)
+    assert fast[2] == pytest.approx(slow[2], rel=1e-8) and fast[2] > 0.3
