@@ -1,6 +1,6 @@
 """The reproduction suite: every method in the reference setting, the ConvNet, a non-IID sweep.
 
-    python experiments/suite.py [--groups reference,convnet,noniid] [--jobs 2] [--root runs]
+    python experiments/suite.py [--groups reference,noniid,seeds,convnet] [--jobs 2] [--root runs]
 
 Runs go to ROOT/GROUP/NAME. A finished run (summary.json) is skipped; an
 interrupted one resumes from its checkpoint, so the suite can be stopped and
@@ -29,6 +29,7 @@ from e3sfc.report import compare_rows, load_run, markdown_table, plot_runs  # no
 
 BUDGET = 12_860_000  # 2x what E-3SFC at M = 1 sends in 100 rounds (20 payloads of 3,215 B a round)
 MATCHED = ("topk-match", "stc-match")
+SEEDS = (43, 44, 45)  # early-stopped 3SFC against the full L-BFGS search; seed 42 is the reference group's
 COMMAND = "python experiments/suite.py --jobs 2"
 
 
@@ -72,7 +73,9 @@ def groups(root: Path) -> dict[str, dict[str, list[str]]]:
     for a in ("0.1", "0.5", "1.0"):
         for name in ("3sfc", "e3sfc", best):
             sweep[f"{name}-alpha{a}"] = [*ref[name], "--alpha", a]
-    return {"reference": ref, "convnet": conv, "noniid": sweep}
+    seeds = {f"{name}-seed{s}": [*ref[name], "--seed", str(s)]
+             for s in SEEDS for name in ("3sfc", "3sfc-reference-lbfgs")}
+    return {"reference": ref, "convnet": conv, "noniid": sweep, "seeds": seeds}
 
 
 def run_one(out: Path, args: list[str], bin_dir: Path) -> tuple[str, int]:
@@ -106,7 +109,27 @@ TITLES = {
     "reference": "Reference setting: Fashion-MNIST, MLP, 10 clients, Dirichlet alpha 1.0, 100 rounds",
     "convnet": "ConvNet on Fashion-MNIST (otherwise the reference setting)",
     "noniid": "Non-IID sweep: Dirichlet alpha 0.1, 0.5, 1.0 (MLP, Fashion-MNIST)",
+    "seeds": "3SFC with early stop against the full L-BFGS search, more seeds (otherwise the reference setting)",
 }
+
+
+def seed_verdicts(root: Path) -> list[str]:
+    """Mean final accuracy of early-stopped 3SFC and the full L-BFGS search over every seed run so far."""
+    acc: dict[str, dict[int, float]] = {"3sfc": {}, "3sfc-reference-lbfgs": {}}
+    for name in acc:
+        for s, d in [(42, root / "reference" / name), *((s, root / "seeds" / f"{name}-seed{s}") for s in SEEDS)]:
+            if (d / "summary.json").is_file():
+                acc[name][s] = load_run(d).rows[-1]["accuracy"]
+    both = sorted(set(acc["3sfc"]) & set(acc["3sfc-reference-lbfgs"]))
+    if not both:
+        return []
+    a = [acc["3sfc"][s] for s in both]
+    b = [acc["3sfc-reference-lbfgs"][s] for s in both]
+    wins = sum(x >= y for x, y in zip(a, b))
+    return [f"- seeds {', '.join(map(str, both))}: 3SFC (early stop) ends at {sum(a) / len(a):.4f} on average, "
+            f"the full L-BFGS search at {sum(b) / len(b):.4f}; early stop is at least as accurate in "
+            f"{wins} of {len(both)} seeds (per seed: "
+            + ", ".join(f"{s}: {x:.4f} vs {y:.4f}" for s, x, y in zip(both, a, b)) + ")."]
 
 
 def verdicts(rows: list[dict]) -> list[str]:
@@ -163,7 +186,7 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
             parts.append(f"Not finished yet: {', '.join(missing)}.\n")
         plot_runs(loaded, docs / f"{group}.png")
         parts.append(f"![{group}]({group}.png)\n")
-        v = verdicts(rows)
+        v = seed_verdicts(root) if group == "seeds" else verdicts(rows)
         if v:
             parts.append("Where the synthesis methods win and lose:\n\n" + "\n".join(v) + "\n")
     text = "\n".join(parts)
@@ -173,7 +196,7 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--groups", default="reference,convnet,noniid")
+    ap.add_argument("--groups", default="reference,noniid,seeds,convnet")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--root", default="runs")
     ap.add_argument("--only", default=None, help="comma-separated run names to restrict to")
