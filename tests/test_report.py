@@ -51,3 +51,20 @@ def test_plot_partition(tmp_path):
     out = tmp_path / "p.png"
     assert main(["plot-partition", "--dataset", "digits", "--clients", "5", "--alpha", "0.3", "--out", str(out)]) == 0
     assert out.stat().st_size > 1000
+
+
+def test_tail_mean_accuracy_hand_case(tmp_path):
+    """acc_last10 is the mean accuracy of the evaluated rounds in the last 10% of the rounds."""
+    import json
+
+    from e3sfc.report import compare_rows, load_run
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"method": "fedavg", "rounds": 20, "eval_every": 1}))
+    rows = [{"round": t, "accuracy": t / 100, "cum_uplink_bytes": 10 * t, "cum_downlink_bytes": 10 * t,
+             "participants": 1, "seconds": float(t)} for t in range(1, 21)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (row,) = compare_rows([load_run(run)])
+    assert row["acc_last10"] == pytest.approx((0.19 + 0.20) / 2)  # rounds 19 and 20 of 20
+    assert row["acc_100"] == pytest.approx(0.20) and row["acc_25"] == pytest.approx(0.05)

@@ -52,6 +52,15 @@ def _acc_at(run: Run, frac: float) -> float | None:
     return best[-1]["accuracy"] if best else None
 
 
+def _acc_tail(run: Run, frac: float = 0.1) -> float | None:
+    """Mean test accuracy over the evaluated rounds in the last ``frac`` of the run's rounds: with M = 1
+    the synthesis methods move by several points from one round to the next, so the final round alone
+    says little."""
+    first = run.config["rounds"] - max(1, math.ceil(frac * run.config["rounds"]))
+    tail = [r["accuracy"] for r in run.rows if r["round"] > first]
+    return sum(tail) / len(tail) if tail else None
+
+
 def compare_rows(runs: Sequence[Run], target: float | None = None) -> list[dict]:
     out = []
     for run in runs:
@@ -69,6 +78,7 @@ def compare_rows(runs: Sequence[Run], target: float | None = None) -> list[dict]
             "down_bytes_per_client_round": down,
             "ratio_vs_dense": (2 * dense / (up + down)) if dense and up is not None and (up + down) else None,
             "acc_25": _acc_at(run, 0.25), "acc_50": _acc_at(run, 0.5), "acc_100": _acc_at(run, 1.0),
+            "acc_last10": _acc_tail(run),
             "rounds_to_target": reach["round"] if reach else None,
             "mb_to_target": (reach["cum_uplink_bytes"] + reach["cum_downlink_bytes"]) / 1e6 if reach else None,
             "seconds_per_round": last["seconds"] / last["round"],
@@ -83,14 +93,15 @@ def _fmt(v, spec: str) -> str:
 def markdown_table(rows: list[dict], target: float | None = None) -> str:
     t = f"{target:g}" if target is not None else "target"
     head = ("| run | method | up B / client-round | down B / client-round | x less than dense | acc @25% | acc @50% "
-            f"| acc @100% | rounds to {t} | MB to {t} | s / round |")
-    lines = [head, "|" + "---|" * 11]
+            f"| acc @100% | mean acc, last 10% | rounds to {t} | MB to {t} | s / round |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         lines.append(
             f"| {r['run']} | {r['method']} | {_fmt(r['up_bytes_per_client_round'], ',.0f')} "
             f"| {_fmt(r['down_bytes_per_client_round'], ',.0f')} | {_fmt(r['ratio_vs_dense'], ',.1f')} "
             f"| {_fmt(r['acc_25'], '.4f')} | {_fmt(r['acc_50'], '.4f')} | {_fmt(r['acc_100'], '.4f')} "
-            f"| {_fmt(r['rounds_to_target'], 'd')} | {_fmt(r['mb_to_target'], ',.2f')} "
+            f"| {_fmt(r['acc_last10'], '.4f')} | {_fmt(r['rounds_to_target'], 'd')} "
+            f"| {_fmt(r['mb_to_target'], ',.2f')} "
             f"| {_fmt(r['seconds_per_round'], '.2f')} |")
     return "\n".join(lines)
 
