@@ -56,7 +56,7 @@ class RunConfig:
     steps: int = 10
     max_iter: int = 20
     lambd: float = 0.0
-    patience: int = 10
+    patience: int = 20
     ef: bool = True
     ratio: str = "0.01"
     topk_scope: str = "tensor"
