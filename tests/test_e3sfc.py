@@ -137,3 +137,14 @@ def test_downlink_flag_works_for_any_method():
     sim = Simulation(RunConfig(**{**QUICK, "method": "topk"}, clients=3, rounds=2, downlink="3sfc", ratio="0.05"))
     sim.run()
     assert set(sim.ledger.per_client(2, "down").values()) == {synth_bytes(1)}
+
+
+def test_downlink_search_has_its_own_patience():
+    """The server's downlink search runs all evaluations by default, whatever the uplink's patience."""
+    from e3sfc.federated.runtime import downlink_compressor
+
+    cfg = RunConfig(method="e3sfc", patience=20)
+    assert cfg.downlink_patience == 0 and downlink_compressor(cfg).patience == 0
+    assert downlink_compressor(RunConfig(method="e3sfc", downlink_patience=7)).patience == 7
+    with pytest.raises(ConfigError, match="--downlink-patience: -1 is not allowed"):
+        RunConfig(method="e3sfc", downlink_patience=-1)

@@ -57,6 +57,7 @@ class RunConfig:
     max_iter: int = 20
     lambd: float = 0.0
     patience: int = 20
+    downlink_patience: int = 0
     ef: bool = True
     ratio: str = "0.01"
     topk_scope: str = "tensor"
@@ -222,6 +223,7 @@ def _validate(c: RunConfig) -> None:
     _require(c.max_iter >= 1, "max_iter", c.max_iter, "an integer >= 1")
     _require(math.isfinite(c.lambd) and c.lambd >= 0, "lambd", c.lambd, "a number >= 0")
     _require(c.patience >= 0, "patience", c.patience, "an integer >= 0 (0 = no early stop)")
+    _require(c.downlink_patience >= 0, "downlink_patience", c.downlink_patience, "an integer >= 0 (0 = no early stop)")
     _require(1 <= c.levels <= 65535, "levels", c.levels, "an integer in 1..65535")
     _require(c.unroll >= 1, "unroll", c.unroll, "an integer >= 1")
     _require(c.synth_iters >= 0, "synth_iters", c.synth_iters, "an integer >= 0")

@@ -76,7 +76,9 @@ def make_context(cfg: RunConfig, model: nn.Module, weights: torch.Tensor, input_
 
 
 def downlink_compressor(cfg: RunConfig) -> ThreeSFC:
-    return ThreeSFC.from_options(**{k: getattr(cfg, k) for k in ("samples", "steps", "max_iter", "lambd", "patience")})
+    """The E-3SFC downlink encoder: 3SFC with the run's knobs, early stop set by ``downlink_patience``."""
+    opts = {k: getattr(cfg, k) for k in ("samples", "steps", "max_iter", "lambd")}
+    return ThreeSFC.from_options(**opts, patience=cfg.downlink_patience)
 
 
 @dataclass
