@@ -131,7 +131,11 @@ class ThreeSFC(Compressor):
 class E3SFC(ThreeSFC):
     """``e3sfc`` (Zhou et al., TNNLS 2025): the 3SFC uplink of this file; the simulator
     adds the double-way downlink (the server compresses its aggregate the same way)
-    and the budget scheduler (DESIGN 1.2, 1.3). Same wire format as ``3sfc``."""
+    and the budget scheduler (DESIGN 1.2, 1.3). Same wire format as ``3sfc``. The server's
+    downlink search has its own early stop, ``downlink_patience`` (default 0: all
+    evaluations): it runs once a round and every client decodes it; with the uplink's
+    patience on the downlink too, E-3SFC's mean accuracy over the last 10 rounds was lower
+    at both seeds tried (43: 0.745 against 0.753; 44: 0.711 against 0.763)."""
 
     name = "e3sfc"
     method_id = 7
