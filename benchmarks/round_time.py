@@ -2,7 +2,8 @@
 
 Reference setting: Fashion-MNIST, MLP, 10 clients, Dirichlet 1.0, 1 local epoch,
 batch 64, lr 0.01, seed 42. Evaluation is left out of the timing. Ratios against
-FedAvg come from the same run, so they are comparable across machines.
+FedAvg come from the same run, so they are comparable across machines; the methods
+run interleaved round by round, so a slow spell of the machine hits them alike.
 
     python benchmarks/round_time.py --methods fedavg,3sfc,3sfc@patience=0 --rounds 5 --threads 1
 """
@@ -29,22 +30,31 @@ def parse_method(spec: str) -> tuple[str, dict]:
     return name, extra
 
 
-def time_method(method: str, extra: dict, rounds: int) -> dict:
-    cfg = RunConfig(method=method, dataset="fmnist", model="mlp", clients=10, alpha=1.0,
-                    rounds=rounds + 1, local_epochs=1, batch_size=64, lr=0.01, seed=42,
-                    eval_every=10_000, **extra)
-    sim = Simulation(cfg)
-    sim.run_round(1)  # warm-up
-    times, comp = [], []
+def time_methods(specs: list[tuple[str, dict]], rounds: int) -> list[dict]:
+    """All methods side by side, interleaved round by round (round t of every method, then round
+    t + 1), so that slow spells of the machine hit every method alike."""
+    sims = []
+    for method, extra in specs:
+        cfg = RunConfig(method=method, dataset="fmnist", model="mlp", clients=10, alpha=1.0,
+                        rounds=rounds + 1, local_epochs=1, batch_size=64, lr=0.01, seed=42,
+                        eval_every=10_000, **extra)
+        sim = Simulation(cfg)
+        sim.run_round(1)  # warm-up
+        sims.append(sim)
+    times = [[] for _ in sims]
+    comp = [[] for _ in sims]
     for t in range(2, rounds + 2):
-        t0 = time.perf_counter()
-        stats = sim.run_round(t)
-        times.append(time.perf_counter() - t0)
-        comp.append(stats["compress_seconds"])
-    up = sim.ledger.round_bytes(2, "up") / 10
-    label = "@".join([method, *(f"{k}={v}" for k, v in extra.items())])
-    return {"method": label, "s_round": sum(times) / len(times), "s_compress": sum(comp) / len(comp),
-            "up_bytes": up, "extra": extra}
+        for i, sim in enumerate(sims):
+            t0 = time.perf_counter()
+            stats = sim.run_round(t)
+            times[i].append(time.perf_counter() - t0)
+            comp[i].append(stats["compress_seconds"])
+    out = []
+    for (method, extra), sim, ts, cs in zip(specs, sims, times, comp):
+        label = "@".join([method, *(f"{k}={v}" for k, v in extra.items())])
+        out.append({"method": label, "s_round": sum(ts) / len(ts), "s_compress": sum(cs) / len(cs),
+                    "up_bytes": sim.ledger.round_bytes(2, "up") / 10, "extra": extra})
+    return out
 
 
 def main() -> None:
@@ -56,7 +66,7 @@ def main() -> None:
                     help="section of benchmarks/RESULTS.md to write (replaced if it exists)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [time_method(*parse_method(m), args.rounds) for m in args.methods.split(",")]
+    rows = time_methods([parse_method(m) for m in args.methods.split(",")], args.rounds)
     base = next((r["s_round"] for r in rows if r["method"] == "fedavg"), None)
     lines = ["| method | s / round | x FedAvg | compress s / round (all clients) | uplink B / client-round |",
              "|---|---|---|---|---|"]
