@@ -187,6 +187,18 @@ def verdicts(rows: list[dict]) -> list[str]:
     return out
 
 
+def progress(group_dir: Path, names) -> str:
+    """'(in progress: NAME at round T of R, ...)' for the unfinished runs that have metrics on disk."""
+    parts = []
+    for n in names:
+        try:
+            run = load_run(group_dir / n)
+        except Exception:
+            continue
+        parts.append(f"{n} at round {run.rows[-1]['round']} of {run.config['rounds']}")
+    return f" (in progress: {', '.join(parts)})" if parts else ""
+
+
 def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
     from e3sfc.io import atomic_write
 
@@ -206,14 +218,14 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
         done = [n for n in runs if (root / group / n / "summary.json").is_file()]
         parts.append(f"## {TITLES[group]}\n")
         if not done:
-            parts.append("Not run yet.\n")
+            parts.append("Not finished yet" + progress(root / group, runs) + ".\n")
             continue
         loaded = [load_run(root / group / n) for n in done]
         rows = compare_rows(loaded, 0.70)
         parts.append(markdown_table(rows, 0.70) + "\n")
         missing = [n for n in runs if n not in done]
         if missing:
-            parts.append(f"Not finished yet: {', '.join(missing)}.\n")
+            parts.append(f"Not finished yet: {', '.join(missing)}" + progress(root / group, missing) + ".\n")
         plot_runs(loaded, docs / f"{group}.png")
         parts.append(f"![{group}]({group}.png)\n")
         v = {"seeds": lambda: seed_verdicts(root), "noniid": lambda: noniid_verdicts(rows)}.get(
