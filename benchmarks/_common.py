@@ -8,6 +8,7 @@ import re
 import shlex
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -43,3 +44,37 @@ def write_section(title: str, body: str, path: Path = RESULTS) -> None:
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
     atomic_write(path, lambda f: f.write(text))
+
+
+@contextmanager
+def captured_targets(min_round: int = 1):
+    """While active, every 3SFC compression records (EF target, global weights, round, client) into
+    the yielded list, from round ``min_round`` on; the compression itself runs as usual."""
+    from e3sfc.compress.threesfc import ThreeSFC
+
+    targets, orig = [], ThreeSFC.compress
+
+    def spy(self, target, ctx):
+        if ctx.round >= min_round:
+            targets.append((target.clone(), ctx.weights.clone(), ctx.round, ctx.client))
+        return orig(self, target, ctx)
+
+    ThreeSFC.compress = spy
+    try:
+        yield targets
+    finally:
+        ThreeSFC.compress = orig
+
+
+def count_objective_evaluations() -> dict[str, int]:
+    """Make both forms of the 3SFC objective count their calls into the returned ``{"evals": n}``."""
+    from e3sfc.compress import synth, synth_mlp
+
+    n = {"evals": 0}
+    for cls in (synth.CosineMatch, synth_mlp.MLPCosineMatch):
+        def counted(self, z, _call=cls.__call__):
+            n["evals"] += 1
+            return _call(self, z)
+
+        cls.__call__ = counted
+    return n

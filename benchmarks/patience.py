@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-from _common import write_section
-from e3sfc.compress import synth, synth_mlp
+from _common import captured_targets, count_objective_evaluations, write_section
 from e3sfc.compress.base import Context
 from e3sfc.compress.threesfc import ThreeSFC
 from e3sfc.federated import Simulation
@@ -28,23 +27,14 @@ from e3sfc.federated.params import set_flat
 
 
 def late_targets(run_dirs: list[str]):
-    targets, orig = [], ThreeSFC.compress
-
-    def spy(self, target, ctx):
-        targets.append((target.clone(), ctx.weights.clone(), ctx.round, ctx.client))
-        return orig(self, target, ctx)
-
+    """The 3SFC targets of one more round of each run (resumed from a copy, the run left as it is)."""
     sim = None
-    for src in run_dirs:
-        with tempfile.TemporaryDirectory() as tmp:
-            dst = Path(tmp) / "run"
-            shutil.copytree(src, dst)
-            sim = Simulation.resume(dst)
-            ThreeSFC.compress = spy
-            try:
+    with captured_targets() as targets:
+        for src in run_dirs:
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copytree(src, Path(tmp) / "run")
+                sim = Simulation.resume(Path(tmp) / "run")
                 sim.run_round(sim.cfg.rounds + 1)
-            finally:
-                ThreeSFC.compress = orig
     return targets, sim
 
 
@@ -56,12 +46,7 @@ def main() -> None:
     torch.set_num_threads(1)
     targets, sim = late_targets(args.runs)
     model, shape = sim.client_model, tuple(sim.data.input_shape)
-    n = {"evals": 0}
-    for cls in (synth.CosineMatch, synth_mlp.MLPCosineMatch):
-        def counted(self, z, _call=cls.__call__):
-            n["evals"] += 1
-            return _call(self, z)
-        cls.__call__ = counted
+    n = count_objective_evaluations()
     lines = ["| patience | mean best cos | evaluations / client | ms / client |", "|---|---|---|---|"]
     for pat in (int(p) for p in args.patience.split(",")):
         comp, cos, n["evals"] = ThreeSFC(samples=1, steps=10, patience=pat), [], 0

@@ -19,8 +19,9 @@ import time
 
 import torch
 
-from _common import write_section
+from _common import captured_targets, count_objective_evaluations, write_section
 from e3sfc.compress.base import Context
+from e3sfc.compress import synth_mlp
 from e3sfc.compress.synth import synth_grad
 from e3sfc.compress.threesfc import ThreeSFC
 from e3sfc.config import RunConfig
@@ -70,37 +71,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    targets = []
-    orig = ThreeSFC.compress
-
-    def spy(self, target, ctx):
-        if ctx.round >= 2:
-            targets.append((target.clone(), ctx.weights.clone(), ctx.round, ctx.client))
-        return orig(self, target, ctx)
-
-    ThreeSFC.compress = spy
     cfg = RunConfig(method="3sfc", dataset="fmnist", model="mlp", clients=10, alpha=1.0, rounds=args.rounds + 1,
                     local_epochs=1, batch_size=64, lr=0.01, seed=42, eval_every=10_000)
     sim = Simulation(cfg)
-    for t in range(1, args.rounds + 2):
-        sim.run_round(t)
-    ThreeSFC.compress = orig
+    with captured_targets(min_round=2) as targets:
+        for t in range(1, args.rounds + 2):
+            sim.run_round(t)
     model = sim.client_model
     comp = ThreeSFC(samples=1, steps=10, patience=10)
-    n_eval = {"ours": 0}
-    from e3sfc.compress import synth, synth_mlp
-
-    def counting(cls):
-        call = cls.__call__
-
-        def counted(self, z):
-            n_eval["ours"] += 1
-            return call(self, z)
-
-        cls.__call__ = counted
-
-    counting(synth.CosineMatch)
-    counting(synth_mlp.MLPCosineMatch)
+    n_eval = count_objective_evaluations()
     chain = synth_mlp.linear_relu_chain
     rows = {}
     for name in ("torch.optim.LBFGS + autograd (before)", "FlatLBFGS + CosineMatch (autograd form)",
@@ -109,7 +88,7 @@ def main() -> None:
         synth_mlp.linear_relu_chain = chain if "closed" in name else (lambda m: None)
         best_t, coss, evals = math.inf, [], 0
         for _ in range(args.repeats):
-            coss, evals, n_eval["ours"] = [], 0, 0
+            coss, evals, n_eval["evals"] = [], 0, 0
             t0 = time.perf_counter()
             for tau, w, r, c in targets:
                 set_flat(model, w)
@@ -123,7 +102,7 @@ def main() -> None:
                 coss.append(cos)
             best_t = min(best_t, time.perf_counter() - t0)
             if not name.startswith("torch"):
-                evals = n_eval["ours"]
+                evals = n_eval["evals"]
         rows[name] = (best_t / len(targets) * 1e3, evals / len(targets), sum(coss) / len(coss))
     synth_mlp.linear_relu_chain = chain
     base = rows["torch.optim.LBFGS + autograd (before)"][0]

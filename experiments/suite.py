@@ -25,12 +25,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from e3sfc.errors import ConfigError  # noqa: E402
 from e3sfc.report import compare_rows, load_run, markdown_table, plot_runs  # noqa: E402
 
 BUDGET = 12_860_000  # 2x what E-3SFC at M = 1 sends in 100 rounds (20 payloads of 3,215 B a round)
 MATCHED = ("topk-match", "stc-match")
 SEEDS = (43, 44, 45)  # early stop against the full L-BFGS search; seed 42 is the reference group's
 PAIRS = (("3sfc", "3sfc-reference-lbfgs"), ("e3sfc", "e3sfc-reference-lbfgs"))
+ALPHAS = ("0.1", "0.5", "1.0")  # the non-IID sweep
 COMMAND = "python experiments/suite.py --jobs 2"
 
 
@@ -71,7 +73,7 @@ def groups(root: Path) -> dict[str, dict[str, list[str]]]:
             for k, v in ref.items() if k in ("fedavg", "3sfc", "e3sfc", *MATCHED)}
     best = best_baseline(root / "reference")
     sweep = {}
-    for a in ("0.1", "0.5", "1.0"):
+    for a in ALPHAS:
         for name in ("3sfc", "e3sfc", best):
             sweep[f"{name}-alpha{a}"] = [*ref[name], "--alpha", a]
     ref_full = {**ref, "e3sfc-reference-lbfgs": [*ref["e3sfc"], "--patience", "0"]}
@@ -147,7 +149,7 @@ def noniid_verdicts(rows: list[dict]) -> list[str]:
     """Per alpha: 3SFC and E-3SFC against the matched-bytes baseline, on the mean accuracy of the last 10%."""
     by = {r["run"]: r for r in rows}
     out = []
-    for a in ("0.1", "0.5", "1.0"):
+    for a in ALPHAS:
         base = next((r for n, r in by.items() if n.endswith(f"-alpha{a}") and n.split("-alpha")[0] in MATCHED), None)
         for name in ("3sfc", "e3sfc"):
             r = by.get(f"{name}-alpha{a}")
@@ -193,7 +195,7 @@ def progress(group_dir: Path, names) -> str:
     for n in names:
         try:
             run = load_run(group_dir / n)
-        except Exception:
+        except ConfigError:  # not started, or nothing evaluated yet
             continue
         parts.append(f"{n} at round {run.rows[-1]['round']} of {run.config['rounds']}")
     return f" (in progress: {', '.join(parts)})" if parts else ""
