@@ -16,6 +16,7 @@ import argparse
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -90,6 +91,8 @@ def run_one(out: Path, args: list[str], bin_dir: Path) -> tuple[str, int]:
     if (out / "checkpoint.pt").is_file():
         cmd = [e3sfc, "run", "--resume", str(out)]
     else:
+        if (out / "config.json").is_file():  # started, stopped before its first checkpoint: start again
+            shutil.rmtree(out)
         cmd = [e3sfc, "run", *args, "--threads", "1", "--checkpoint-every", "10", "--out", str(out)]
     t0 = time.time()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -86,6 +86,19 @@ def test_resume_cli(tmp_path, capsys):
     assert main(["run", "--resume", str(out), "--rounds", "9"]) == 2
 
 
+def test_resume_keeps_the_runs_thread_setting(tmp_path, monkeypatch):
+    import torch
+
+    pinned = []
+    monkeypatch.setattr(torch, "set_num_threads", pinned.append)  # and leaves this process's alone
+    out = tmp_path / "run"
+    assert main(["run", *FAST, "--rounds", "3", "--threads", "1", "--checkpoint-every", "1",
+                 "--out", str(out)]) == 0
+    (out / "summary.json").unlink()  # pretend it stopped after its last checkpoint
+    assert main(["run", "--resume", str(out)]) == 0
+    assert pinned == [1, 1]
+
+
 def test_end_to_end_real_fashion_mnist(tmp_path, capsys):
     require_fmnist()
     out = tmp_path / "fm"

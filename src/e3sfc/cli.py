@@ -163,6 +163,13 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_threads(n: int) -> None:
+    """Pin torch's intra-op threads (0 = torch's default)."""
+    if n:
+        import torch
+        torch.set_num_threads(n)
+
+
 def _default_out(cfg: RunConfig) -> str:
     return str(Path("runs") / f"{cfg.method}-{cfg.dataset}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
 
@@ -201,11 +208,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume: takes no other settings (got --{what}); the run's config.json is used")
         sim = Simulation.resume(args.resume)
         out = Path(args.resume)
+        _set_threads(sim.cfg.threads)  # the run's own setting, as when it started
     else:
         cfg = RunConfig.from_sources(args.config, **overrides)
-        if cfg.threads:
-            import torch
-            torch.set_num_threads(cfg.threads)
+        _set_threads(cfg.threads)
         out = Path(cfg.out or _default_out(cfg))
         if (out / "config.json").exists():
             raise ConfigError(f"--out: {str(out)!r} already holds a run; pass --resume {out} or another --out")
