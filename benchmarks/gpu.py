@@ -65,8 +65,9 @@ def part1(device: str, rounds: int) -> tuple[list[str], bool]:
         rep = a.get("replicas_equal")
         good = same_bytes and finite and close and rep is not False and a["weights_device"].startswith(device)
         ok &= good
-        lines.append(f"| {m} | {a['weights_device']} | {'yes' if same_bytes else 'NO'} | {a['acc']:.4f} / "
-                     f"{b['acc']:.4f} | {'yes' if finite else 'NO'} | {'-' if rep is None else ('yes' if rep else 'NO')} |")
+        yes = lambda v: "yes" if v else "NO"  # noqa: E731
+        lines.append(f"| {m} | {a['weights_device']} | {yes(same_bytes)} | {a['acc']:.4f} / {b['acc']:.4f} | "
+                     f"{yes(finite)} | {'-' if rep is None else yes(rep)} |")
         print(lines[-1], f"({time.perf_counter() - t0:.1f} s)", flush=True)
     return lines, ok
 
