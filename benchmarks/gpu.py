@@ -72,15 +72,16 @@ def part1(device: str, rounds: int) -> tuple[list[str], bool]:
     return lines, ok
 
 
-def time_resnet(device: str, data_dir: str, rounds: int, train_subset: int, threads: int) -> dict:
+def time_resnet(device: str, data_dir: str, rounds: int, train_subset: int, threads: int, evals: dict) -> dict:
     cfg = RunConfig(method="3sfc", dataset="cifar10", data_dir=data_dir, model="resnet18", clients=10,
                     fraction=1.0, rounds=rounds + 1, batch_size=64, train_subset=train_subset,
                     eval_every=10_000, device=device, threads=threads)
     sim = Simulation(cfg)
-    times, comp, train = [], [], []
+    times, comp, train, n = [], [], [], []
     for t in range(1, rounds + 1):  # stops before the last configured round, which would evaluate
         if device == "cuda":
             torch.cuda.synchronize()
+        evals["evals"] = 0
         t0 = time.perf_counter()
         row = sim.run_round(t)
         if device == "cuda":
@@ -88,11 +89,13 @@ def time_resnet(device: str, data_dir: str, rounds: int, train_subset: int, thre
         times.append(time.perf_counter() - t0)
         comp.append(row["compress_seconds"])
         train.append(row["train_seconds"])
-        print(f"  {device} train_subset={train_subset} round {t}: {times[-1]:.2f} s "
-              f"(train {train[-1]:.2f}, compress {comp[-1]:.2f}, cos {row['cosine']:.3f})", flush=True)
+        n.append(evals["evals"])
+        print(f"  {device} train_subset={train_subset} round {t}: {times[-1]:.2f} s (train {train[-1]:.2f}, "
+              f"compress {comp[-1]:.2f}, {n[-1]} objective evaluations, cos {row['cosine']:.3f})", flush=True)
     k = slice(1, None) if rounds > 1 and device == "cuda" else slice(0, None)
     mean = lambda xs: sum(xs[k]) / len(xs[k])  # noqa: E731
-    return {"s_round": mean(times), "train": mean(train), "compress": mean(comp), "rounds": len(times[k])}
+    return {"s_round": mean(times), "train": mean(train), "compress": mean(comp), "evals": mean(n),
+            "rounds": len(times[k])}
 
 
 def main() -> None:
@@ -110,7 +113,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.quick:
         args.check_rounds, args.rounds, args.train_subset, args.skip_full = 2, 2, 100, True
-    from _common import write_section
+    from _common import count_objective_evaluations, write_section
     from memory_resnet import write_cifar10
 
     gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else "none"
@@ -122,31 +125,40 @@ def main() -> None:
         body += [f"Every method on `--device {args.device}` against cpu: digits, MLP, 4 clients, "
                  f"{args.check_rounds} rounds, seed 7.", "", *lines, ""]
         figures["check_ok"] = ok
+    table = ["| device | training images per round | s / round | of which training | of which compression "
+             "| objective evaluations per round | ms per evaluation | vs cpu, same images |",
+             "|---|---|---|---|---|---|---|---|"]
+    res: list = []
+
+    def report() -> None:  # after each row, so that a run stopped by a time limit keeps what it measured
+        base = {sub: r for dev, sub, r in res if dev == "cpu"}
+        rows = []
+        for dev, sub, r in res:
+            ratio = f"{base[sub]['s_round'] / r['s_round']:.1f}x faster" if sub in base and dev != "cpu" else "-"
+            ms = 1000 * r["compress"] / max(r["evals"], 1)
+            rows.append(f"| {dev} | {sub:,} | {r['s_round']:.2f} | {r['train']:.2f} | {r['compress']:.2f} | "
+                        f"{r['evals']:.0f} | {ms:.1f} | {ratio} |")
+        text = "\n".join([*body, "3SFC round, ResNet-18, CIFAR-shaped random data, 10 clients all taking part, "
+                          f"defaults (M = 1, patience 20); cuda: mean of the rounds after a warm-up round "
+                          f"({args.rounds} in all); cpu: {args.cpu_rounds} round(s).", "", *table, *rows])
+        print(text, flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=1))
+        if not args.quick:
+            write_section(f"GPU: every method on {args.device}, ResNet-18 3SFC round against CPU", text)
+
+    evals = count_objective_evaluations()
     with tempfile.TemporaryDirectory() as tmp:
         write_cifar10(Path(tmp))
         threads = torch.get_num_threads()
-        rows = [(args.device, args.train_subset), ("cpu", args.train_subset)]
+        todo = [(args.device, args.train_subset), ("cpu", args.train_subset)]
         if not args.skip_full and args.device == "cuda":
-            rows.append(("cuda", 50_000))
-        res = []
-        for dev, sub in rows:
-            r = time_resnet(dev, tmp, args.rounds if dev == "cuda" else args.cpu_rounds, sub, threads)
+            todo.append(("cuda", 50_000))
+        for dev, sub in todo:
+            r = time_resnet(dev, tmp, args.rounds if dev == "cuda" else args.cpu_rounds, sub, threads, evals)
             res.append((dev, sub, r))
             figures[f"{dev}_{sub}"] = r
-    base = {sub: r for dev, sub, r in res if dev == "cpu"}
-    body += ["3SFC round, ResNet-18, CIFAR-shaped random data, 10 clients all taking part, defaults "
-             f"(M = 1, patience 20); cuda: mean of {res[0][2]['rounds']} round(s) after a warm-up round; cpu: "
-             f"{args.cpu_rounds} round(s).", "",
-             "| device | training images per round | s / round | of which training | of which compression "
-             "| vs cpu, same images |", "|---|---|---|---|---|---|"]
-    for dev, sub, r in res:
-        ratio = f"{base[sub]['s_round'] / r['s_round']:.1f}x faster" if sub in base and dev != "cpu" else "-"
-        body.append(f"| {dev} | {sub:,} | {r['s_round']:.2f} | {r['train']:.2f} | {r['compress']:.2f} | {ratio} |")
-    print("\n".join(body), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=1))
-    if not args.quick:
-        write_section(f"GPU: every method on {args.device}, ResNet-18 3SFC round against CPU", "\n".join(body))
+            report()
     if not ok:
         sys.exit("gpu check: a method failed on the device (see the table)")
 
