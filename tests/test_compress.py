@@ -388,3 +388,33 @@ def test_threesfc_search_same_with_closed_form_and_autograd(monkeypatch):
     torch.testing.assert_close(fast[0], slow[0], rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(fast[1], slow[1], rtol=1e-6, atol=1e-9)
     assert fast[2] == pytest.approx(slow[2], rel=1e-8) and fast[2] > 0.3
+
+
+def test_threesfc_searches_driven_together_equal_each_alone():
+    """search() hands its evaluations out: three searches whose points are evaluated round-robin
+    (as a batching driver would) end exactly where each ends alone, early stops included."""
+    ctx = small_ctx()
+    gen = torch.Generator().manual_seed(11)
+    taus = [synth_grad(ctx.model, torch.randn(4, 1, 8, 8, generator=gen), torch.randn(4, 10, generator=gen))
+            for _ in range(3)]
+    comp = make_compressor("3sfc", steps=3, max_iter=10, patience=4)
+
+    def c(k):
+        return Context(ctx.model, ctx.weights, ctx.input_shape, 10, generator=torch.Generator().manual_seed(k))
+
+    alone = [comp.synthesize(tau, c(k)) for k, tau in enumerate(taus)]
+    searches = {k: comp.search(tau, c(k)) for k, tau in enumerate(taus)}
+    pending = {k: next(s) for k, s in searches.items()}
+    together, evals = {}, 0
+    while pending:
+        for k in list(pending):
+            f, z = pending.pop(k)
+            evals += 1
+            try:
+                pending[k] = searches[k].send(f(z))
+            except StopIteration as done:
+                together[k] = done.value
+    assert evals > 3
+    for k in range(3):
+        assert torch.equal(together[k][0], alone[k][0]) and torch.equal(together[k][1], alone[k][1])
+        assert together[k][2] == alone[k][2]

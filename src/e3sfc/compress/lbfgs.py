@@ -20,7 +20,7 @@ torch's to float rounding (tests/test_compress.py compares the two).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Generator
 
 import torch
 
@@ -80,7 +80,20 @@ class FlatLBFGS:
     @torch.no_grad()
     def step(self, objective: Objective) -> None:
         """One ``torch.optim.LBFGS.step``: up to ``max_iter`` iterations."""
-        loss, g = objective(self.z)
+        steps = self.steps()
+        try:
+            z = next(steps)
+            while True:
+                z = steps.send(objective(z))
+        except StopIteration:
+            pass
+
+    @torch.no_grad()  # on a generator torch enters no_grad at each resume and leaves it at each yield
+    def steps(self) -> Generator[torch.Tensor, tuple[float, torch.Tensor], None]:
+        """:meth:`step` with the objective outside: yields the point to evaluate (``self.z`` itself, left
+        untouched until the answer comes) and takes (f, grad f) back through ``send``. A caller
+        may evaluate many optimisers' points together this way (or stop sending to end early)."""
+        loss, g = yield self.z
         evals = 1
         if g.abs().max() <= self.tol_grad:
             return
@@ -111,7 +124,7 @@ class FlatLBFGS:
             self.z.add_(d, alpha=float(self.t))
             opt_cond = False
             if n_iter != self.max_iter:
-                loss, g = objective(self.z)
+                loss, g = yield self.z
                 opt_cond = bool(g.abs().max() <= self.tol_grad)
                 evals += 1
             if n_iter == self.max_iter or evals >= self.max_eval or opt_cond:

@@ -43,6 +43,7 @@ MLP on 28x28, C = 10, M = 1: 3,180 + 35 = 3,215 bytes (dense: 796,851).
 from __future__ import annotations
 
 import math
+from typing import Callable, Generator
 
 import numpy as np
 import torch
@@ -54,8 +55,18 @@ from .lbfgs import FlatLBFGS
 from .synth import cosine_match, ls_scale, synth_grad
 
 
-class _Converged(Exception):
-    """Raised inside the L-BFGS closure to end the search early."""
+Search = Generator[tuple[Callable, torch.Tensor], tuple[float, float, torch.Tensor],
+                   tuple[torch.Tensor, torch.Tensor, float]]
+
+
+def run_search(search: Search) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Drive a :meth:`ThreeSFC.search` to its end, evaluating each point as it comes."""
+    try:
+        f, z = next(search)
+        while True:
+            f, z = search.send(f(z))
+    except StopIteration as done:
+        return done.value
 
 
 @register
@@ -84,34 +95,42 @@ class ThreeSFC(Compressor):
     def synthesize(self, target: torch.Tensor, ctx: Context, samples: int | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """L-BFGS on z = (x, y); returns the best (x, y) and its |cos|."""
+        return run_search(self.search(target, ctx, samples))
+
+    def search(self, target: torch.Tensor, ctx: Context, samples: int | None = None) -> Search:
+        """:meth:`synthesize` with the objective's evaluations outside: yields (f, z), the objective
+        and the point to evaluate, takes f(z) = (value, |cos|, gradient) back through ``send`` and
+        returns the best (x, y) and its |cos|. :func:`run_search` drives it one point at a time; a
+        driver may instead evaluate several searches' points together."""
         m = samples or ctx.samples or self.samples
         g = ctx.generator
         x = torch.randn((m, *ctx.input_shape), generator=g).to(ctx.device, ctx.weights.dtype)
         y = torch.randn((m, ctx.num_classes), generator=g).to(ctx.device, ctx.weights.dtype)
         z = torch.cat([x.reshape(-1), y.reshape(-1)])
         f = cosine_match(ctx.model, target, tuple(x.shape), tuple(y.shape), self.lambd)
-        best = {"obj": math.inf, "z": z.clone(), "cos": 0.0, "stale": 0}
         if f.tau_norm == 0.0 or self.steps == 0:
             return x, y, 0.0
-
-        def objective(zk: torch.Tensor) -> tuple[float, torch.Tensor]:
-            val, cos, grad = f(zk)
-            improved = val < best["obj"] - self.tol
-            if val < best["obj"]:  # NaN never compares smaller
-                best.update(obj=val, z=zk.clone(), cos=cos)
-            best["stale"] = 0 if improved else best["stale"] + 1
-            if self.patience and best["stale"] >= self.patience and best["cos"] >= self.lock_cos:
-                raise _Converged
-            return val, grad
-
+        best_obj, best_z, best_cos, stale = math.inf, z.clone(), 0.0, 0
         opt = FlatLBFGS(z, lr=1.0, max_iter=self.max_iter, history=self.history)
-        try:
-            for _ in range(self.steps):
-                opt.step(objective)
-        except _Converged:
-            pass
-        bx, by = f.split(best["z"])
-        return bx, by, best["cos"]
+        for _ in range(self.steps):
+            steps = opt.steps()
+            zk = next(steps)
+            while True:
+                val, cos, grad = yield f, zk
+                improved = val < best_obj - self.tol
+                if val < best_obj:  # NaN never compares smaller
+                    best_obj, best_z, best_cos = val, zk.clone(), cos
+                stale = 0 if improved else stale + 1
+                if self.patience and stale >= self.patience and best_cos >= self.lock_cos:
+                    steps.close()  # converged: the early stop
+                    bx, by = f.split(best_z)
+                    return bx, by, best_cos
+                try:
+                    zk = steps.send((val, grad))
+                except StopIteration:
+                    break
+        bx, by = f.split(best_z)
+        return bx, by, best_cos
 
     def compress(self, target: torch.Tensor, ctx: Context) -> tuple[Payload, dict[str, float]]:
         x, y, _ = self.synthesize(target, ctx)
