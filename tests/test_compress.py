@@ -9,6 +9,7 @@ import torch
 from e3sfc import wire
 from e3sfc.compress import ErrorFeedback, available_methods, from_config, make_compressor
 from e3sfc.compress.base import Context
+from torch import nn
 from e3sfc.compress.lbfgs import FlatLBFGS
 from e3sfc.compress.synth import CosineMatch, synth_grad
 from e3sfc.config import RunConfig
@@ -418,3 +419,49 @@ def test_threesfc_searches_driven_together_equal_each_alone():
     for k in range(3):
         assert torch.equal(together[k][0], alone[k][0]) and torch.equal(together[k][1], alone[k][1])
         assert together[k][2] == alone[k][2]
+
+
+@pytest.mark.parametrize("m,lambd,bias", [(1, 0.0, True), (3, 0.01, True), (2, 0.0, False)])
+def test_mlp_objectives_evaluated_in_one_batch_equal_each_alone(m, lambd, bias):
+    from e3sfc.compress.synth_mlp import MLPCosineMatch, MLPCosineMatchBatch, linear_relu_chain
+
+    gen = torch.Generator().manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16, bias=bias), nn.ReLU(), nn.Linear(16, 10, bias=bias)).double()
+    lins = linear_relu_chain(model)
+    P = sum(p.numel() for p in model.parameters())
+    fs = [MLPCosineMatch(lins, model, torch.randn(P, generator=gen, dtype=torch.float64), (m, 1, 8, 8), (m, 10),
+                         lambd) for _ in range(4)]
+    zs = [torch.randn(m * 74, generator=gen, dtype=torch.float64) for _ in range(4)]
+    for f, z, (val, cos, grad) in zip(fs, zs, MLPCosineMatchBatch(fs)(zs)):
+        val1, cos1, grad1 = f(z)
+        assert val == pytest.approx(val1, rel=1e-12, abs=1e-14) and cos == pytest.approx(cos1, rel=1e-12)
+        torch.testing.assert_close(grad, grad1, rtol=1e-10, atol=1e-14)
+    other = MLPCosineMatch(lins, model, fs[0].tau, (m, 1, 8, 8), (m, 10), lambd + 1.0)
+    with pytest.raises(ValueError, match="different models, shapes or lambdas"):
+        MLPCosineMatchBatch([fs[0], other])
+
+
+def test_searches_run_together_match_each_alone_float64():
+    """run_together (the simulator's --batch-search) batches the closed-form evaluations of several
+    3SFC searches; in float64 every search ends where it ends alone, to rounding."""
+    from e3sfc.compress.synth_mlp import run_together
+
+    ctx = small_ctx(dtype=torch.float64)
+    gen = torch.Generator().manual_seed(12)
+    taus = [synth_grad(ctx.model, torch.randn(4, 1, 8, 8, generator=gen, dtype=torch.float64),
+                       torch.randn(4, 10, generator=gen, dtype=torch.float64)) for _ in range(3)]
+    comp = make_compressor("3sfc", steps=2, max_iter=8, patience=5)
+
+    def c(k):
+        return Context(ctx.model, ctx.weights, ctx.input_shape, 10, generator=torch.Generator().manual_seed(k))
+
+    alone = [comp.synthesize(tau, c(k)) for k, tau in enumerate(taus)]
+    started = {}
+    for k, tau in enumerate(taus):
+        s = comp.search(tau, c(k))
+        started[k] = (s, next(s), None)
+    together = run_together(started)
+    for k in range(3):
+        torch.testing.assert_close(together[k][0], alone[k][0], rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(together[k][1], alone[k][1], rtol=1e-7, atol=1e-9)
+        assert together[k][2] == pytest.approx(alone[k][2], rel=1e-8)

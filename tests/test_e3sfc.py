@@ -148,3 +148,34 @@ def test_downlink_search_has_its_own_patience():
     assert downlink_compressor(RunConfig(method="e3sfc", downlink_patience=7)).patience == 7
     with pytest.raises(ConfigError, match="--downlink-patience: -1 is not allowed"):
         RunConfig(method="e3sfc", downlink_patience=-1)
+
+
+@pytest.mark.parametrize("method", ["3sfc", "e3sfc"])
+def test_batch_search_keeps_bytes_ef_identity_and_replicas(method):
+    """--batch-search changes only the order of floating-point sums in the search: the same bytes
+    each round, the EF identity per client, and (E-3SFC) bit-identical replicas; cosines close."""
+    cfg = dict(QUICK, method=method, clients=6, fraction=0.5, rounds=3)
+    seq = Simulation(RunConfig(**cfg))
+    seq.run()
+    bat = Simulation(RunConfig(**cfg, batch_search=True))
+    targets = {}
+    orig = ErrorFeedback.update
+
+    def spy(self, k, target, decoded):
+        orig(self, k, target, decoded)
+        targets[k] = (target.clone(), decoded.clone(), self.residuals[k].clone())
+
+    ErrorFeedback.update = spy
+    try:
+        bat.run()
+    finally:
+        ErrorFeedback.update = orig
+    for t in (1, 2, 3):
+        for way in ("up", "down"):
+            assert bat.ledger.per_client(t, way) == seq.ledger.per_client(t, way)
+    assert targets and all(torch.allclose(d + e, tau, rtol=0, atol=1e-6) for tau, d, e in targets.values())
+    for a, b in zip(seq.metrics, bat.metrics):
+        assert a["cosine"] == pytest.approx(b["cosine"], abs=0.05)
+    if method == "e3sfc":
+        for k in range(6):
+            assert torch.equal(bat.sync(bat.round + 1, k), bat.weights)

@@ -58,6 +58,7 @@ class RunConfig:
     lambd: float = 0.0
     patience: int = 20
     downlink_patience: int = 0
+    batch_search: bool = False
     ef: bool = True
     ratio: str = "0.01"
     topk_scope: str = "tensor"

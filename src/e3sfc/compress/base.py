@@ -10,13 +10,28 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Generator
 
 import torch
 from torch import nn
 
 from .. import wire
 from ..wire import FieldSpec, Payload
+
+
+Steps = Generator[tuple[Callable, torch.Tensor], Any, Any]
+"""A computation that hands out its objective evaluations: yields (objective, point), is sent
+objective(point), and returns its result."""
+
+
+def run_steps(steps: Steps) -> Any:
+    """Drive ``steps`` to its end, evaluating each point as it comes; its result."""
+    try:
+        f, z = next(steps)
+        while True:
+            f, z = steps.send(f(z))
+    except StopIteration as done:
+        return done.value
 
 
 @dataclass
@@ -61,6 +76,13 @@ class Compressor(ABC):
     @abstractmethod
     def compress(self, target: torch.Tensor, ctx: Context) -> tuple[Payload, dict[str, float]]:
         """Encode ``target`` (P,) into a payload; also return stats (e.g. cosine)."""
+
+    def compress_steps(self, target: torch.Tensor, ctx: Context) -> Steps:
+        """:meth:`compress` with any search's objective evaluations handed out: a generator that
+        yields (objective, point) and takes objective(point) back (see ``ThreeSFC.search``),
+        returning what ``compress`` returns. Methods without such a search yield nothing."""
+        return self.compress(target, ctx)
+        yield  # makes this a generator  # noqa
 
     @abstractmethod
     def decompress(self, payload: Payload, ctx: Context) -> torch.Tensor:

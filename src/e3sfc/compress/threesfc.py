@@ -43,30 +43,15 @@ MLP on 28x28, C = 10, M = 1: 3,180 + 35 = 3,215 bytes (dense: 796,851).
 from __future__ import annotations
 
 import math
-from typing import Callable, Generator
 
 import numpy as np
 import torch
 
 from ..wire import FieldSpec, Payload
 from . import register
-from .base import Compressor, Context
+from .base import Compressor, Context, Steps, run_steps
 from .lbfgs import FlatLBFGS
 from .synth import cosine_match, ls_scale, synth_grad
-
-
-Search = Generator[tuple[Callable, torch.Tensor], tuple[float, float, torch.Tensor],
-                   tuple[torch.Tensor, torch.Tensor, float]]
-
-
-def run_search(search: Search) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Drive a :meth:`ThreeSFC.search` to its end, evaluating each point as it comes."""
-    try:
-        f, z = next(search)
-        while True:
-            f, z = search.send(f(z))
-    except StopIteration as done:
-        return done.value
 
 
 @register
@@ -95,12 +80,12 @@ class ThreeSFC(Compressor):
     def synthesize(self, target: torch.Tensor, ctx: Context, samples: int | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """L-BFGS on z = (x, y); returns the best (x, y) and its |cos|."""
-        return run_search(self.search(target, ctx, samples))
+        return run_steps(self.search(target, ctx, samples))
 
-    def search(self, target: torch.Tensor, ctx: Context, samples: int | None = None) -> Search:
+    def search(self, target: torch.Tensor, ctx: Context, samples: int | None = None) -> Steps:
         """:meth:`synthesize` with the objective's evaluations outside: yields (f, z), the objective
         and the point to evaluate, takes f(z) = (value, |cos|, gradient) back through ``send`` and
-        returns the best (x, y) and its |cos|. :func:`run_search` drives it one point at a time; a
+        returns the best (x, y) and its |cos|. :func:`~.base.run_steps` drives it one point at a time; a
         driver may instead evaluate several searches' points together."""
         m = samples or ctx.samples or self.samples
         g = ctx.generator
@@ -133,7 +118,10 @@ class ThreeSFC(Compressor):
         return bx, by, best_cos
 
     def compress(self, target: torch.Tensor, ctx: Context) -> tuple[Payload, dict[str, float]]:
-        x, y, _ = self.synthesize(target, ctx)
+        return run_steps(self.compress_steps(target, ctx))
+
+    def compress_steps(self, target: torch.Tensor, ctx: Context) -> Steps:
+        x, y, _ = yield from self.search(target, ctx)
         g = synth_grad(ctx.model, x, y)
         alpha = ls_scale(g, target)
         cos = abs(float(torch.nn.functional.cosine_similarity(g, target, dim=0))) if alpha else 0.0

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import Compressor, Context, ErrorFeedback
+from ..compress.base import Steps, run_steps
 from .params import get_flat, set_flat
 
 
@@ -59,7 +60,12 @@ def local_train(
     return get_flat(model) - start
 
 
-def client_step(
+def client_step(train_model: nn.Module, ctx: Context, x: torch.Tensor, y: torch.Tensor, **kw) -> ClientUpdate:
+    """Train, compress (with EF) and serialize one client's update. ``ctx.model`` stays at w_t."""
+    return run_steps(client_step_steps(train_model, ctx, x, y, **kw))
+
+
+def client_step_steps(
     train_model: nn.Module,
     ctx: Context,
     x: torch.Tensor,
@@ -71,15 +77,16 @@ def client_step(
     batch_size: int,
     lr: float,
     generator: torch.Generator,
-) -> ClientUpdate:
-    """Train, compress (with EF) and serialize one client's update. ``ctx.model`` stays at w_t."""
+) -> Steps:
+    """:func:`client_step` with the compressor's objective evaluations handed out
+    (``Compressor.compress_steps``); returns the :class:`ClientUpdate`."""
     t0 = time.perf_counter()
     delta = local_train(train_model, ctx.weights, x, y, epochs=epochs, batch_size=batch_size,
                         lr=lr, generator=generator)
     t1 = time.perf_counter()
     use_ef = ef.enabled and compressor.biased
     target = ef.target(ctx.client, delta) if use_ef else delta
-    payload, stats = compressor.compress(target, ctx)
+    payload, stats = yield from compressor.compress_steps(target, ctx)
     blob = compressor.encode(payload)
     if use_ef:
         ef.update(ctx.client, target, compressor.decompress(payload, ctx))

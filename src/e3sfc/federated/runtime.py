@@ -37,12 +37,13 @@ import torch
 from torch import nn
 
 from ..compress import Compressor, Context, ErrorFeedback, from_config
+from ..compress.base import Steps, run_steps
 from ..compress.fedavg import Dense
 from ..compress.threesfc import ThreeSFC
 from ..config import SYNTH_METHODS, RunConfig
 from ..metrics import DOWN, UP, Ledger
 from .budget import BudgetScheduler
-from .client import ClientUpdate, apply_broadcast, client_lr, client_step
+from .client import ClientUpdate, apply_broadcast, client_lr, client_step_steps
 from .params import set_flat
 from .server import server_downlink, server_step
 
@@ -132,13 +133,19 @@ class ClientRuntime:
     def handle(self, ins: TrainIns, model: nn.Module, train_model: nn.Module, x: torch.Tensor,
                y: torch.Tensor) -> ClientUpdate:
         """Round t at this client: catch up, train from w_t, compress with EF. ``model`` ends at w_t."""
+        return run_steps(self.handle_steps(ins, model, train_model, x, y))
+
+    def handle_steps(self, ins: TrainIns, model: nn.Module, train_model: nn.Module, x: torch.Tensor,
+                     y: torch.Tensor) -> Steps:
+        """:meth:`handle` with the compressor's objective evaluations handed out (``client_step_steps``);
+        everything up to the first evaluation (catch-up, training) runs at the first ``next``."""
         if self.compressor is None:
             self.compressor = from_config(self.cfg, self._ctx(model, self.initial, 0, None))
         w = self.catch_up(ins, model)
         set_flat(model, w)
         cfg = self.cfg
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, TRAINING, ins.round, self.cid))
-        u = client_step(train_model, self._ctx(model, w, ins.round, ins.samples), x, y,
+        u = yield from client_step_steps(train_model, self._ctx(model, w, ins.round, ins.samples), x, y,
                         compressor=self.compressor, ef=self.ef, epochs=cfg.local_epochs,
                         batch_size=cfg.batch_size, lr=client_lr(cfg.lr, cfg.lr_decay, self.trained), generator=g)
         self.trained += 1

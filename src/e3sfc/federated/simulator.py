@@ -25,6 +25,7 @@ from ..config import RunConfig
 from ..data import FedData, load_dataset, partition
 from ..errors import ConfigError
 from ..metrics import DOWN, UP
+from ..compress.synth_mlp import run_together
 from ..models import build_model, num_params
 from .evaluate import evaluate
 from .params import get_flat
@@ -98,17 +99,31 @@ class Simulation:
     # ------------------------------------------------------------------ one round
     def run_round(self, t: int) -> dict[str, float]:
         participants, M, messages = self.server.begin_round(t)
-        updates = []
+        updates, started = [], {}
         for k in participants:
             x, y = self.client_data[k]
             c = self.client(k)
-            updates.append(c.handle(messages[k], self.client_model, self.train_model, x, y))
+            if self.cfg.batch_search:  # catch up and train now; the searches run together below
+                steps = c.handle_steps(messages[k], self.client_model, self.train_model, x, y)
+                try:
+                    started[k] = (steps, next(steps), None)
+                except StopIteration as end:
+                    started[k] = (steps, None, end.value)
+            else:
+                updates.append(c.handle(messages[k], self.client_model, self.train_model, x, y))
             if not torch.equal(get_flat(self.client_model), self.server.weights):
                 raise RuntimeError(f"round {t}: client {k}'s replica differs from the server model")
             if c.replica is not None:
                 # bit-identical replicas (checked just above) share one tensor in this process;
                 # nothing mutates it in place, so memory is one copy per version in use, not per client
                 c.replica = self.server.weights
+        if started:
+            t0 = time.perf_counter()
+            done = run_together(started)
+            share = (time.perf_counter() - t0) / len(done)  # each client's compress_seconds: an equal share
+            updates = [done[k] for k in participants]
+            for u in updates:
+                u.stats["compress_seconds"] = share
         return self.server.end_round(t, M, updates)
 
     # ------------------------------------------------------------------ the loop
