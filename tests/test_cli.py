@@ -22,6 +22,7 @@ def _err(capsys):
     (["--dataset", "imagenet"], "--dataset: 'imagenet'"),
     (["--model", "gpt"], "--model: 'gpt'"),
     (["--rounds", "0"], "--rounds: 0 is not allowed; expected an integer >= 1"),
+    (["--batch-search", "--engine", "flower"], "--batch-search: True is not allowed; expected only with --engine"),
     (["--rounds", "ten"], "--rounds: 'ten' is not a valid int"),
     (["--fraction", "1.5"], "--fraction: 1.5 is not allowed; expected a number in (0, 1]"),
     (["--lr", "-0.1"], "--lr"),

@@ -240,6 +240,9 @@ def _validate(c: RunConfig) -> None:
         _require(c.method in SYNTH_METHODS, flag, getattr(c, flag),
                  f"only with a method whose payload size is set by --samples ({', '.join(SYNTH_METHODS)}); "
                  f"--method is {c.method}")
+    if c.batch_search:
+        _require(c.engine == "inprocess", "batch_search", True,
+                 f"only with --engine inprocess (Flower clients search apart); --engine is {c.engine}")
     _require(c.seed >= 0, "seed", c.seed, "an integer >= 0")
     _require(c.threads >= 0, "threads", c.threads, "an integer >= 0 (0 = torch default)")
     _require(c.eval_every >= 1, "eval_every", c.eval_every, "an integer >= 1")
