@@ -33,6 +33,7 @@ BUDGET = 12_860_000  # 2x what E-3SFC at M = 1 sends in 100 rounds (20 payloads 
 MATCHED = ("topk-match", "stc-match")
 SEEDS = (43, 44, 45)  # early stop against the full L-BFGS search; seed 42 is the reference group's
 PAIRS = (("3sfc", "3sfc-reference-lbfgs"), ("e3sfc", "e3sfc-reference-lbfgs"))
+BATCHED = (("3sfc-batched", "3sfc-reference-lbfgs"), ("e3sfc-batched", "e3sfc-reference-lbfgs"))  # --batch-search
 ALPHAS = ("0.1", "0.5", "1.0")  # the non-IID sweep
 COMMAND = "python experiments/suite.py --jobs 2"
 
@@ -81,6 +82,9 @@ def groups(root: Path) -> dict[str, dict[str, list[str]]]:
     seeds = {f"{name}-seed{s}": [*ref_full[name], "--seed", str(s)]
              for s in SEEDS for pair in PAIRS for name in pair}
     seeds["e3sfc-reference-lbfgs-seed42"] = [*ref_full["e3sfc-reference-lbfgs"], "--seed", "42"]
+    for s in (42, *SEEDS):
+        for name in ("3sfc", "e3sfc"):
+            seeds[f"{name}-batched-seed{s}"] = [*ref[name], "--batch-search", "--seed", str(s)]
     return {"reference": ref, "convnet": conv, "noniid": sweep, "seeds": seeds}
 
 
@@ -117,8 +121,8 @@ TITLES = {
     "reference": "Reference setting: Fashion-MNIST, MLP, 10 clients, Dirichlet alpha 1.0, 100 rounds",
     "convnet": "ConvNet on Fashion-MNIST (otherwise the reference setting)",
     "noniid": "Non-IID sweep: Dirichlet alpha 0.1, 0.5, 1.0 (MLP, Fashion-MNIST)",
-    "seeds": "3SFC and E-3SFC with early stop against the full L-BFGS search, more seeds (otherwise the reference "
-             "setting)",
+    "seeds": "3SFC and E-3SFC with early stop (and with --batch-search) against the full L-BFGS search, more seeds "
+             "(otherwise the reference setting)",
 }
 
 
@@ -127,7 +131,8 @@ def seed_verdicts(root: Path) -> list[str]:
     (seed 42 from the reference group where it has the run). Compared: the mean accuracy over the last
     10% of rounds (the final round alone moves by points from round to round)."""
     out = []
-    for fast, full in PAIRS:
+    labelled = [(p, "early stop") for p in PAIRS] + [(p, "early stop, batched search") for p in BATCHED]
+    for (fast, full), what in labelled:
         acc: dict[str, dict[int, float]] = {fast: {}, full: {}}
         for name in acc:
             for s in (42, *SEEDS):
@@ -141,7 +146,7 @@ def seed_verdicts(root: Path) -> list[str]:
             continue
         a, b = [acc[fast][s] for s in both], [acc[full][s] for s in both]
         wins = sum(x >= y for x, y in zip(a, b))
-        out.append(f"- {fast} (early stop) against {full}, mean accuracy over the last 10 rounds, seeds "
+        out.append(f"- {fast} ({what}) against {full}, mean accuracy over the last 10 rounds, seeds "
                    f"{', '.join(map(str, both))}: {sum(a) / len(a):.4f} against {sum(b) / len(b):.4f} on average; "
                    f"early stop at least as accurate in {wins} of {len(both)} seeds (per seed: "
                    + ", ".join(f"{s}: {x:.4f} vs {y:.4f}" for s, x, y in zip(both, a, b)) + ").")
