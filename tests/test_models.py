@@ -16,6 +16,14 @@ def test_every_model_builds_and_runs(name, shape, classes):
     assert not any(isinstance(x, nn.modules.batchnorm._BatchNorm) for x in m.modules())
 
 
+def test_model_too_small_inputs_give_a_one_line_config_error():
+    from e3sfc.errors import ConfigError
+
+    # 8x8 reaches the ConvNet's fourth block at 1x1, where its instance norm has one value
+    with pytest.raises(ConfigError, match=r"--model: 'convnet' cannot take inputs of shape \(1, 8, 8\)"):
+        build_model("convnet", (1, 8, 8), 10, seed=0)
+
+
 def test_mlp_parameter_count_matches_design():
     assert num_params(build_model("mlp", (1, 28, 28), 10, seed=0)) == 199_210
 

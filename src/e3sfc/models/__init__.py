@@ -46,7 +46,12 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed:
         raise ConfigError(f"--model: input shape must be (C, H, W), got {tuple(input_shape)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _REGISTRY[name](tuple(input_shape), num_classes)
+        try:
+            return _REGISTRY[name](tuple(input_shape), num_classes)
+        except (ValueError, RuntimeError) as exc:  # e.g. too small for its pooling stages
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"--model: {name!r} cannot take inputs of shape {tuple(input_shape)} ({first}); "
+                              f"expected a model suited to these inputs, e.g. mlp") from None
 
 
 def num_params(model: nn.Module) -> int:
