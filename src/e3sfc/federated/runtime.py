@@ -145,9 +145,10 @@ class ClientRuntime:
         set_flat(model, w)
         cfg = self.cfg
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, TRAINING, ins.round, self.cid))
-        u = yield from client_step_steps(train_model, self._ctx(model, w, ins.round, ins.samples), x, y,
-                        compressor=self.compressor, ef=self.ef, epochs=cfg.local_epochs,
-                        batch_size=cfg.batch_size, lr=client_lr(cfg.lr, cfg.lr_decay, self.trained), generator=g)
+        u = yield from client_step_steps(
+            train_model, self._ctx(model, w, ins.round, ins.samples), x, y, compressor=self.compressor, ef=self.ef,
+            epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=client_lr(cfg.lr, cfg.lr_decay, self.trained),
+            generator=g)
         self.trained += 1
         return u
 

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from .. import io
+from ..compress.synth_mlp import run_together
 from ..config import RunConfig
 from ..data import FedData, load_dataset, partition
 from ..errors import ConfigError
 from ..metrics import DOWN, UP
-from ..compress.synth_mlp import run_together
 from ..models import build_model, num_params
 from .evaluate import evaluate
 from .params import get_flat
