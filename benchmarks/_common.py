@@ -52,28 +52,28 @@ def captured_targets(min_round: int = 1):
     the yielded list, from round ``min_round`` on; the compression itself runs as usual."""
     from e3sfc.compress.threesfc import ThreeSFC
 
-    targets, orig = [], ThreeSFC.compress
+    targets, orig = [], ThreeSFC.compress_steps
 
     def spy(self, target, ctx):
         if ctx.round >= min_round:
             targets.append((target.clone(), ctx.weights.clone(), ctx.round, ctx.client))
-        return orig(self, target, ctx)
+        return (yield from orig(self, target, ctx))
 
-    ThreeSFC.compress = spy
+    ThreeSFC.compress_steps = spy
     try:
         yield targets
     finally:
-        ThreeSFC.compress = orig
+        ThreeSFC.compress_steps = orig
 
 
 def count_objective_evaluations() -> dict[str, int]:
-    """Make both forms of the 3SFC objective count their calls into the returned ``{"evals": n}``."""
+    """Make every form of the 3SFC objective count its evaluations into the returned ``{"evals": n}``."""
     from e3sfc.compress import synth, synth_mlp
 
     n = {"evals": 0}
-    for cls in (synth.CosineMatch, synth_mlp.MLPCosineMatch):
+    for cls in (synth.CosineMatch, synth_mlp.MLPCosineMatch, synth_mlp.MLPCosineMatchBatch):
         def counted(self, z, _call=cls.__call__):
-            n["evals"] += 1
+            n["evals"] += len(z) if isinstance(z, list) else 1  # a batch: one evaluation per point
             return _call(self, z)
 
         cls.__call__ = counted

@@ -83,14 +83,24 @@ def main() -> None:
     chain = synth_mlp.linear_relu_chain
     rows = {}
     for name in ("torch.optim.LBFGS + autograd (before)", "FlatLBFGS + CosineMatch (autograd form)",
-                 "FlatLBFGS + closed form (ours, MLP)"):
+                 "FlatLBFGS + closed form (ours, MLP)", "closed form, a round's clients batched (--batch-search)"):
         # the closed form is used for Linear/ReLU chains; hiding the chain forces the autograd form
         synth_mlp.linear_relu_chain = chain if "closed" in name else (lambda m: None)
         best_t, coss, evals = math.inf, [], 0
         for _ in range(args.repeats):
             coss, evals, n_eval["evals"] = [], 0, 0
             t0 = time.perf_counter()
-            for tau, w, r, c in targets:
+            if "batched" in name:
+                for r in sorted({r for _, _, r, _ in targets}):
+                    started = {}
+                    for tau, w, rr, c in targets:
+                        if rr == r:
+                            set_flat(model, w)  # one global model per round
+                            search = comp.search(tau, Context(model, w, (1, 28, 28), 10, round=r, client=c,
+                                                              generator=torch.Generator().manual_seed(r * 100 + c)))
+                            started[c] = (search, next(search), None)
+                    coss += [res[2] for res in synth_mlp.run_together(started).values()]
+            for tau, w, r, c in ([] if "batched" in name else targets):
                 set_flat(model, w)
                 ctx = Context(model, w, (1, 28, 28), 10, round=r, client=c,
                               generator=torch.Generator().manual_seed(r * 100 + c))
