@@ -98,7 +98,7 @@ def main() -> None:
                             set_flat(model, w)  # one global model per round
                             search = comp.search(tau, Context(model, w, (1, 28, 28), 10, round=r, client=c,
                                                               generator=torch.Generator().manual_seed(r * 100 + c)))
-                            started[c] = (search, next(search), None)
+                            started[c] = synth_mlp.start(search)
                     coss += [res[2] for res in synth_mlp.run_together(started).values()]
             for tau, w, r, c in ([] if "batched" in name else targets):
                 set_flat(model, w)

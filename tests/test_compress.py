@@ -444,7 +444,7 @@ def test_mlp_objectives_evaluated_in_one_batch_equal_each_alone(m, lambd, bias):
 def test_searches_run_together_match_each_alone_float64():
     """run_together (the simulator's --batch-search) batches the closed-form evaluations of several
     3SFC searches; in float64 every search ends where it ends alone, to rounding."""
-    from e3sfc.compress.synth_mlp import run_together
+    from e3sfc.compress.synth_mlp import run_together, start
 
     ctx = small_ctx(dtype=torch.float64)
     gen = torch.Generator().manual_seed(12)
@@ -458,8 +458,7 @@ def test_searches_run_together_match_each_alone_float64():
     alone = [comp.synthesize(tau, c(k)) for k, tau in enumerate(taus)]
     started = {}
     for k, tau in enumerate(taus):
-        s = comp.search(tau, c(k))
-        started[k] = (s, next(s), None)
+        started[k] = start(comp.search(tau, c(k)))
     together = run_together(started)
     for k in range(3):
         torch.testing.assert_close(together[k][0], alone[k][0], rtol=1e-7, atol=1e-9)

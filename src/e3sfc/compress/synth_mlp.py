@@ -233,10 +233,18 @@ class MLPCosineMatchBatch:
         return [(o, c, grads[k]) for k, (o, c) in enumerate(zip(obj.tolist(), cos.abs().tolist()))]
 
 
+def start(steps) -> tuple:
+    """Advance a step generator to its first request: (generator, first request, None), or
+    (generator, None, its result) when it ends without asking for any; what run_together takes."""
+    try:
+        return steps, next(steps), None
+    except StopIteration as end:
+        return steps, None, end.value
+
+
 def run_together(started: dict) -> dict:
     """Drive several started step generators (``Compressor.compress_steps`` and what wraps it) to
-    their ends together. ``started`` maps a key to (generator, its first request or None when it
-    has already ended, then with its result as a third item). At each turn the pending points of
+    their ends together. ``started`` maps a key to what :func:`start` returned for its generator. At each turn the pending points of
     closed-form MLP objectives of one model are evaluated in one :class:`MLPCosineMatchBatch`;
     any other point alone. Returns each generator's result by key."""
     done = {k: v[2] for k, v in started.items() if v[1] is None}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .. import io
-from ..compress.synth_mlp import run_together
+from ..compress.synth_mlp import run_together, start
 from ..config import RunConfig
 from ..data import FedData, load_dataset, partition
 from ..errors import ConfigError
@@ -104,11 +104,7 @@ class Simulation:
             x, y = self.client_data[k]
             c = self.client(k)
             if self.cfg.batch_search:  # catch up and train now; the searches run together below
-                steps = c.handle_steps(messages[k], self.client_model, self.train_model, x, y)
-                try:
-                    started[k] = (steps, next(steps), None)
-                except StopIteration as end:
-                    started[k] = (steps, None, end.value)
+                started[k] = start(c.handle_steps(messages[k], self.client_model, self.train_model, x, y))
             else:
                 updates.append(c.handle(messages[k], self.client_model, self.train_model, x, y))
             if not torch.equal(get_flat(self.client_model), self.server.weights):
