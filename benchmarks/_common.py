@@ -71,7 +71,7 @@ def count_objective_evaluations() -> dict[str, int]:
     from e3sfc.compress import synth, synth_mlp
 
     n = {"evals": 0}
-    for cls in (synth.CosineMatch, synth_mlp.MLPCosineMatch, synth_mlp.MLPCosineMatchBatch):
+    for cls in (synth.CosineMatch, synth.CosineMatchBatch, synth_mlp.MLPCosineMatch, synth_mlp.MLPCosineMatchBatch):
         def counted(self, z, _call=cls.__call__):
             n["evals"] += len(z) if isinstance(z, list) else 1  # a batch: one evaluation per point
             return _call(self, z)

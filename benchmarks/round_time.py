@@ -6,6 +6,7 @@ FedAvg come from the same run, so they are comparable across machines; the metho
 run interleaved round by round, so a slow spell of the machine hits them alike.
 
     python benchmarks/round_time.py --methods fedavg,3sfc,3sfc@patience=0 --rounds 5 --threads 1
+    python benchmarks/round_time.py --model convnet --methods fedavg,3sfc,3sfc@batch_search=1 --rounds 3
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ def parse_method(spec: str) -> tuple[str, dict]:
     return name, extra
 
 
-def time_methods(specs: list[tuple[str, dict]], rounds: int) -> list[dict]:
+def time_methods(specs: list[tuple[str, dict]], rounds: int, model: str = "mlp") -> list[dict]:
     """All methods side by side, interleaved round by round (round t of every method, then round
     t + 1), so that slow spells of the machine hit every method alike."""
     sims = []
     for method, extra in specs:
-        cfg = RunConfig(method=method, dataset="fmnist", model="mlp", clients=10, alpha=1.0,
+        cfg = RunConfig(method=method, dataset="fmnist", model=model, clients=10, alpha=1.0,
                         rounds=rounds + 1, local_epochs=1, batch_size=64, lr=0.01, seed=42,
                         eval_every=10_000, **extra)
         sim = Simulation(cfg)
@@ -62,11 +63,12 @@ def main() -> None:
     ap.add_argument("--methods", default="fedavg")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per method (after one warm-up)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", default="mlp", help="model of the otherwise reference setting")
     ap.add_argument("--title", default="Seconds per round, reference setting",
                     help="section of benchmarks/RESULTS.md to write (replaced if it exists)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows = time_methods([parse_method(m) for m in args.methods.split(",")], args.rounds)
+    rows = time_methods([parse_method(m) for m in args.methods.split(",")], args.rounds, args.model)
     base = next((r["s_round"] for r in rows if r["method"] == "fedavg"), None)
     lines = ["| method | s / round | x FedAvg | compress s / round (all clients) | uplink B / client-round |",
              "|---|---|---|---|---|"]
@@ -75,7 +77,8 @@ def main() -> None:
         lines.append(f"| {r['method']} | {r['s_round']:.3f} | {ratio} | {r['s_compress']:.3f} | {r['up_bytes']:,.0f} |")
     table = "\n".join(lines)
     print(table)
-    note = "Authors' code on this machine (from the issue): FedAvg 1.45 s/round, 3SFC 8.26 s/round (one thread)."
+    note = ("Authors' code on this machine (from the issue, MLP): FedAvg 1.45 s/round, 3SFC 8.26 s/round (one thread)."
+            if args.model == "mlp" else f"Model: {args.model}.")
     write_section(args.title, table + "\n\n" + note)
 
 

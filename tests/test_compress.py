@@ -441,14 +441,43 @@ def test_mlp_objectives_evaluated_in_one_batch_equal_each_alone(m, lambd, bias):
         MLPCosineMatchBatch([fs[0], other])
 
 
-def test_searches_run_together_match_each_alone_float64():
-    """run_together (the simulator's --batch-search) batches the closed-form evaluations of several
-    3SFC searches; in float64 every search ends where it ends alone, to rounding."""
-    from e3sfc.compress.synth_mlp import run_together, start
+@pytest.mark.parametrize("model,shape,m,lambd,chunk", [("convnet", (1, 28, 28), 1, 0.0, None),
+                                                      ("lenet", (1, 28, 28), 2, 0.01, 2),
+                                                      ("resnet18", (3, 16, 16), 1, 0.0, 2)])
+def test_autograd_objectives_evaluated_in_one_batch_equal_each_alone(model, shape, m, lambd, chunk, monkeypatch):
+    """CosineMatchBatch (torch.func: vmap of grad, one vjp) gives each objective's value, |cos| and
+    gradient as CosineMatch alone does; also when a large model is cut into chunks."""
+    from e3sfc.compress.synth import CosineMatch, CosineMatchBatch
 
-    ctx = small_ctx(dtype=torch.float64)
+    ctx = small_ctx(shape=shape, model=model, dtype=torch.float64)
+    P = ctx.num_params
+    if chunk:
+        monkeypatch.setattr(CosineMatchBatch, "max_floats", chunk * P)
+    gen = torch.Generator().manual_seed(5)
+    nz = m * (math.prod(shape) + 10)
+    fs = [CosineMatch(ctx.model, torch.randn(P, generator=gen, dtype=torch.float64), (m, *shape), (m, 10), lambd)
+          for _ in range(3)]
+    zs = [torch.randn(nz, generator=gen, dtype=torch.float64) for _ in range(3)]
+    batch = CosineMatchBatch(fs)
+    assert batch.chunk == (chunk or batch.chunk) and len(batch(zs)) == 3
+    for f, z, (val, cos, grad) in zip(fs, zs, batch(zs)):
+        val1, cos1, grad1 = f(z)
+        assert val == pytest.approx(val1, rel=1e-10, abs=1e-12) and cos == pytest.approx(cos1, rel=1e-10)
+        torch.testing.assert_close(grad, grad1, rtol=1e-8, atol=1e-12)
+    with pytest.raises(ValueError, match="different models, shapes or lambdas"):
+        CosineMatchBatch([fs[0], CosineMatch(ctx.model, fs[0].tau, (m, *shape), (m, 10), lambd + 1.0)])
+
+
+@pytest.mark.parametrize("model,shape", [("mlp", (1, 8, 8)), ("convnet", (1, 28, 28))])
+def test_searches_run_together_match_each_alone_float64(model, shape):
+    """run_together (the simulator's --batch-search) batches the objective evaluations of several
+    3SFC searches (closed form for the MLP, torch.func for the ConvNet); in float64 every search
+    ends where it ends alone, to rounding."""
+    from e3sfc.compress.synth import run_together, start
+
+    ctx = small_ctx(shape=shape, model=model, dtype=torch.float64)
     gen = torch.Generator().manual_seed(12)
-    taus = [synth_grad(ctx.model, torch.randn(4, 1, 8, 8, generator=gen, dtype=torch.float64),
+    taus = [synth_grad(ctx.model, torch.randn(4, *shape, generator=gen, dtype=torch.float64),
                        torch.randn(4, 10, generator=gen, dtype=torch.float64)) for _ in range(3)]
     comp = make_compressor("3sfc", steps=2, max_iter=8, patience=5)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from e3sfc.compress import ErrorFeedback, make_compressor
+from e3sfc.compress import ErrorFeedback, make_compressor, synth, synth_mlp
 from e3sfc.config import RunConfig
 from e3sfc.errors import ConfigError
 from e3sfc.federated import Simulation
@@ -150,11 +150,12 @@ def test_downlink_search_has_its_own_patience():
         RunConfig(method="e3sfc", downlink_patience=-1)
 
 
-@pytest.mark.parametrize("method", ["3sfc", "e3sfc"])
-def test_batch_search_keeps_bytes_ef_identity_and_replicas(method):
+@pytest.mark.parametrize("method,model", [("3sfc", "mlp"), ("e3sfc", "mlp"), ("e3sfc", "lenet")])
+def test_batch_search_keeps_bytes_ef_identity_and_replicas(method, model, monkeypatch):
     """--batch-search changes only the order of floating-point sums in the search: the same bytes
-    each round, the EF identity per client, and (E-3SFC) bit-identical replicas; cosines close."""
-    cfg = dict(QUICK, method=method, clients=6, fraction=0.5, rounds=3)
+    each round, the EF identity per client, and (E-3SFC) bit-identical replicas; cosines close.
+    The MLP batches the closed-form objective, LeNet the autograd form (torch.func)."""
+    cfg = dict(QUICK, method=method, model=model, clients=6, fraction=0.5, rounds=3)
     seq = Simulation(RunConfig(**cfg))
     seq.run()
     bat = Simulation(RunConfig(**cfg, batch_search=True))
@@ -165,11 +166,15 @@ def test_batch_search_keeps_bytes_ef_identity_and_replicas(method):
         orig(self, k, target, decoded)
         targets[k] = (target.clone(), decoded.clone(), self.residuals[k].clone())
 
+    batched = []  # sizes of the batched evaluations, to see that the batch ran
+    cls = synth_mlp.MLPCosineMatchBatch if model == "mlp" else synth.CosineMatchBatch
+    monkeypatch.setattr(cls, "__call__", lambda self, zs, _call=cls.__call__: batched.append(len(zs)) or _call(self, zs))
     ErrorFeedback.update = spy
     try:
         bat.run()
     finally:
         ErrorFeedback.update = orig
+    assert batched and max(batched) == 3  # the 3 participants' searches evaluated together
     for t in (1, 2, 3):
         for way in ("up", "down"):
             assert bat.ledger.per_client(t, way) == seq.ledger.per_client(t, way)

@@ -45,7 +45,7 @@ HELP = {
     "patience": "3SFC: stop the search after this many evaluations without improvement (0 = never)",
     "downlink_patience": "E-3SFC: the same for the server's downlink search (default 0: its one search a round "
                          "reaches every client, so it runs all evaluations)",
-    "batch_search": "simulator: run a round's 3SFC searches together, evaluating the MLP objectives in one batch",
+    "batch_search": "simulator: run a round's 3SFC searches together, their objective evaluations batched",
     "ef": "error feedback for the biased methods (--no-ef for the ablation)",
     "ratio": "topk/stc: kept fraction in (0, 1], or match:METHOD for equal uplink bytes",
     "topk_scope": "topk/stc: tensor (per tensor) or global",

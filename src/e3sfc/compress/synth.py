@@ -62,6 +62,9 @@ class CosineMatch:
         self.x_shape, self.y_shape = x_shape, y_shape
         self.nx = math.prod(x_shape)
 
+        # objectives with equal keys can be evaluated together (CosineMatchBatch): one model object
+        self.key = (id(model), x_shape, y_shape, lambd, self.tau.dtype, self.tau.device)
+
     def split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return z[:self.nx].view(self.x_shape), z[self.nx:].view(self.y_shape)
 
@@ -88,6 +91,122 @@ class CosineMatch:
                 outs, grads = [*outs, reg], [*grads, torch.ones_like(reg)]
             (dz,) = torch.autograd.grad(outs, [z], grad_outputs=grads)
         return obj, abs(cos), dz
+
+
+def batch_results(cos: torch.Tensor, x: torch.Tensor, y: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor,
+                  lambd: float) -> list[tuple[float, float, torch.Tensor]]:
+    """The end of a batched objective: from cos (B,), the points x (B, nx), y (B, ny) and the
+    gradients of -|cos| with respect to them, add lambda (||x|| + ||y||) and return
+    (f, |cos|, df/dz) per objective (the norm's gradient at 0 taken as 0)."""
+    obj = 1.0 - cos.abs()
+    if lambd:
+        xn, yn = x.norm(dim=1, keepdim=True), y.norm(dim=1, keepdim=True)
+        obj = obj + lambd * (xn + yn).squeeze(1)
+        dx = dx + torch.where(xn > 0, x * (lambd / xn.clamp_min(1e-300)), torch.zeros_like(x))
+        dy = dy + torch.where(yn > 0, y * (lambd / yn.clamp_min(1e-300)), torch.zeros_like(y))
+    grads = torch.cat([dx, dy], 1)
+    return [(o, c, grads[k]) for k, (o, c) in enumerate(zip(obj.tolist(), cos.abs().tolist()))]
+
+
+class CosineMatchBatch:
+    """Several :class:`CosineMatch` objectives of one model (same shapes and lambda, each its own
+    target) evaluated together: g for every point at once with ``torch.func`` (vmap over the
+    objectives of grad through ``functional_call``), then one vector-Jacobian product with the
+    stacked df/dg gives every df/dz. Same value and gradient as each alone, to float rounding
+    (tested). Large models go in chunks of at most ``max_floats`` gradient numbers (B x P), so
+    the stacked gradients stay bounded."""
+
+    max_floats = 2 ** 26
+
+    def __init__(self, fs: list[CosineMatch]):
+        f0 = fs[0]
+        if any(f.key != f0.key for f in fs):
+            raise ValueError("CosineMatchBatch: objectives of different models, shapes or lambdas")
+        self.fs, self.model, self.lambd = fs, f0.model, f0.lambd
+        self.nx, self.x_shape, self.y_shape = f0.nx, f0.x_shape, f0.y_shape
+        self.params = {n: p.detach() for n, p in f0.model.named_parameters()}
+        self.chunk = max(1, self.max_floats // max(1, sum(f0.sizes)))
+
+    def _grad(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        def loss(params):
+            out = torch.func.functional_call(self.model, params, (x,))
+            return -(y * F.log_softmax(out, dim=1)).sum(1).mean()
+        return torch.cat([g.reshape(-1) for g in torch.func.grad(loss)(self.params).values()])
+
+    def __call__(self, zs: list[torch.Tensor]) -> list[tuple[float, float, torch.Tensor]]:
+        """(f(z), |cos|, df/dz) for each objective at its point, in order."""
+        out = []
+        for i in range(0, len(zs), self.chunk):
+            out += self._call(self.fs[i:i + self.chunk], zs[i:i + self.chunk])
+        return out
+
+    @torch.no_grad()
+    def _call(self, fs: list[CosineMatch], zs: list[torch.Tensor]) -> list[tuple[float, float, torch.Tensor]]:
+        B = len(fs)
+        Z = torch.stack(zs)
+        X, Y = Z[:, :self.nx].reshape(B, *self.x_shape), Z[:, self.nx:].reshape(B, *self.y_shape)
+        with torch.enable_grad():
+            G, vjp = torch.func.vjp(torch.func.vmap(self._grad), X, Y)
+        gt = torch.stack([g @ f.tau for g, f in zip(G, fs)])
+        n = (G * G).sum(1).sqrt()
+        tn = torch.tensor([f.tau_norm for f in fs], dtype=G.dtype, device=G.device)
+        D = n * tn + 1e-12
+        cos = gt / D
+        sgn = -torch.sign(cos)
+        V = G * torch.where(n > 0, -sgn * gt * tn / (D * D * n.clamp_min(1e-300)), torch.zeros_like(n))[:, None]
+        for k, f in enumerate(fs):
+            V[k].add_(f.tau, alpha=float(sgn[k] / D[k]))
+        dX, dY = vjp(V)
+        return batch_results(cos, Z[:, :self.nx], Z[:, self.nx:], dX.reshape(B, -1), dY.reshape(B, -1), self.lambd)
+
+
+def start(steps) -> tuple:
+    """Advance a step generator to its first request: (generator, first request, None), or
+    (generator, None, its result) when it ends without asking for any; what run_together takes."""
+    try:
+        return steps, next(steps), None
+    except StopIteration as end:
+        return steps, None, end.value
+
+
+def run_together(started: dict) -> dict:
+    """Drive several started step generators (``Compressor.compress_steps`` and what wraps it) to
+    their ends together. ``started`` maps a key to what :func:`start` returned for its generator.
+    At each turn the pending points of objectives of one model are evaluated in one batch
+    (:class:`.synth_mlp.MLPCosineMatchBatch` for the closed form, :class:`CosineMatchBatch` for
+    the autograd form); any other point alone. Returns each generator's result by key."""
+    from .synth_mlp import MLPCosineMatch, MLPCosineMatchBatch
+
+    batch_of = {MLPCosineMatch: MLPCosineMatchBatch, CosineMatch: CosineMatchBatch}
+    done = {k: v[2] for k, v in started.items() if v[1] is None}
+    gens = {k: v[0] for k, v in started.items() if v[1] is not None}
+    pending = {k: v[1] for k, v in started.items() if v[1] is not None}
+    batches: dict[tuple, object] = {}
+    while pending:
+        answers, groups = {}, {}
+        for k, (f, z) in pending.items():
+            if type(f) in batch_of:
+                groups.setdefault((type(f), f.key), []).append(k)
+            else:
+                answers[k] = f(z)
+        kept = {}
+        for ks in groups.values():
+            if len(ks) == 1:
+                f, z = pending[ks[0]]
+                answers[ks[0]] = f(z)
+                continue
+            ids = tuple(id(pending[k][0]) for k in ks)
+            # who is still searching changed: build (stack the targets of) the batch again
+            batch = kept[ids] = batches.get(ids) or batch_of[type(pending[ks[0]][0])]([pending[k][0] for k in ks])
+            answers.update(zip(ks, batch([pending[k][1] for k in ks])))
+        batches = kept
+        for k, a in answers.items():
+            try:
+                pending[k] = gens[k].send(a)
+            except StopIteration as end:
+                del pending[k]
+                done[k] = end.value
+    return done
 
 
 def cosine_match(model: nn.Module, target: torch.Tensor, x_shape: tuple[int, ...], y_shape: tuple[int, ...],

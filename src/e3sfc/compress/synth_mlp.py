@@ -24,6 +24,8 @@ import math
 import torch
 from torch import nn
 
+from .synth import batch_results
+
 
 def linear_relu_chain(model: nn.Module) -> list[nn.Linear] | None:
     """The Linear layers of ``model`` when it is exactly [Flatten,] Linear (ReLU Linear)*, else None."""
@@ -220,57 +222,5 @@ class MLPCosineMatchBatch:
             aA[i] = aA[i] + ah @ self.layers[i][0]
             if i > 0:
                 ah = aA[i] * mask[i - 1]
-        dx = aA[0].reshape(B, -1)
-        dy = dy.reshape(B, -1)
-        obj = 1.0 - cos.abs()
-        if self.lambd:
-            xf, yf = x.reshape(B, -1), y.reshape(B, -1)
-            xn, yn = xf.norm(dim=1, keepdim=True), yf.norm(dim=1, keepdim=True)
-            obj = obj + self.lambd * (xn + yn).squeeze(1)
-            dx = dx + torch.where(xn > 0, xf * (self.lambd / xn.clamp_min(1e-300)), torch.zeros_like(xf))
-            dy = dy + torch.where(yn > 0, yf * (self.lambd / yn.clamp_min(1e-300)), torch.zeros_like(yf))
-        grads = torch.cat([dx, dy], 1)
-        return [(o, c, grads[k]) for k, (o, c) in enumerate(zip(obj.tolist(), cos.abs().tolist()))]
-
-
-def start(steps) -> tuple:
-    """Advance a step generator to its first request: (generator, first request, None), or
-    (generator, None, its result) when it ends without asking for any; what run_together takes."""
-    try:
-        return steps, next(steps), None
-    except StopIteration as end:
-        return steps, None, end.value
-
-
-def run_together(started: dict) -> dict:
-    """Drive several started step generators (``Compressor.compress_steps`` and what wraps it) to
-    their ends together. ``started`` maps a key to what :func:`start` returned for its generator. At each turn the pending points of
-    closed-form MLP objectives of one model are evaluated in one :class:`MLPCosineMatchBatch`;
-    any other point alone. Returns each generator's result by key."""
-    done = {k: v[2] for k, v in started.items() if v[1] is None}
-    gens = {k: v[0] for k, v in started.items() if v[1] is not None}
-    pending = {k: v[1] for k, v in started.items() if v[1] is not None}
-    batch_ids, batch = (), None
-    while pending:
-        answers, groups = {}, {}
-        for k, (f, z) in pending.items():
-            if isinstance(f, MLPCosineMatch):
-                groups.setdefault(f.key, []).append(k)
-            else:
-                answers[k] = f(z)
-        for ks in groups.values():
-            if len(ks) == 1:
-                f, z = pending[ks[0]]
-                answers[ks[0]] = f(z)
-                continue
-            ids = tuple(id(pending[k][0]) for k in ks)
-            if ids != batch_ids:  # who is still searching changed: stack their targets again
-                batch_ids, batch = ids, MLPCosineMatchBatch([pending[k][0] for k in ks])
-            answers.update(zip(ks, batch([pending[k][1] for k in ks])))
-        for k, a in answers.items():
-            try:
-                pending[k] = gens[k].send(a)
-            except StopIteration as end:
-                del pending[k]
-                done[k] = end.value
-    return done
+        return batch_results(cos, x.reshape(B, -1), y.reshape(B, -1), aA[0].reshape(B, -1), dy.reshape(B, -1),
+                             self.lambd)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .. import io
-from ..compress.synth_mlp import run_together, start
+from ..compress.synth import run_together, start
 from ..config import RunConfig
 from ..data import FedData, load_dataset, partition
 from ..errors import ConfigError
