@@ -10,13 +10,14 @@ and never modified: gradients are taken with ``torch.autograd.grad``, so no
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def soft_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def soft_ce(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """L(w; x, y) = mean_m -sum_c y_mc log_softmax(f_w(x_m))_c ; x (M, *in), y (M, C)."""
     return -(y * F.log_softmax(model(x), dim=1)).sum(1).mean()
 
@@ -129,8 +130,7 @@ class CosineMatchBatch:
 
     def _grad(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         def loss(params):
-            out = torch.func.functional_call(self.model, params, (x,))
-            return -(y * F.log_softmax(out, dim=1)).sum(1).mean()
+            return soft_ce(lambda inp: torch.func.functional_call(self.model, params, (inp,)), x, y)
         return torch.cat([g.reshape(-1) for g in torch.func.grad(loss)(self.params).values()])
 
     def __call__(self, zs: list[torch.Tensor]) -> list[tuple[float, float, torch.Tensor]]:
