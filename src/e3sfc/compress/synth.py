@@ -154,8 +154,9 @@ class CosineMatchBatch:
         cos = gt / D
         sgn = -torch.sign(cos)
         V = G * torch.where(n > 0, -sgn * gt * tn / (D * D * n.clamp_min(1e-300)), torch.zeros_like(n))[:, None]
-        for k, f in enumerate(fs):
-            V[k].add_(f.tau, alpha=float(sgn[k] / D[k]))
+        a = sgn / D
+        for k, f in enumerate(fs):  # V[k] += a[k] tau_k, without stacking the targets or a device sync
+            V[k].addcmul_(f.tau, a[k])
         dX, dY = vjp(V)
         return batch_results(cos, Z[:, :self.nx], Z[:, self.nx:], dX.reshape(B, -1), dY.reshape(B, -1), self.lambd)
 
