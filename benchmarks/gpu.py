@@ -10,8 +10,9 @@ server's model bit for bit on cuda.
 Part 2 (how fast): ResNet-18 (11.2 M parameters) on CIFAR-shaped random data written in the exact
 CIFAR-10 pickle format, 10 clients, all take part, ``--train-subset`` training images in all,
 3SFC at its defaults; seconds per round on cuda (mean of rounds 2.., round 1 warms up) and on the
-machine's CPU (all of torch's threads; ``--cpu-rounds``, no warm-up needed) in the same process. A cuda-only row trains
-on the whole 50,000-image set.
+machine's CPU (all of torch's threads; ``--cpu-rounds``, no warm-up needed) in the same process.
+A second device row runs with ``--batch-search`` (a round's ten searches evaluated together with
+torch.func); a cuda-only row trains on the whole 50,000-image set.
 
     python benchmarks/gpu.py                         # on a machine with a GPU
     python benchmarks/gpu.py --quick --device cpu    # the script itself, CPU only (a check)
@@ -72,10 +73,11 @@ def part1(device: str, rounds: int) -> tuple[list[str], bool]:
     return lines, ok
 
 
-def time_resnet(device: str, data_dir: str, rounds: int, train_subset: int, threads: int, evals: dict) -> dict:
+def time_resnet(device: str, data_dir: str, rounds: int, train_subset: int, threads: int, evals: dict,
+                batch_search: bool = False) -> dict:
     cfg = RunConfig(method="3sfc", dataset="cifar10", data_dir=data_dir, model="resnet18", clients=10,
                     fraction=1.0, rounds=rounds + 1, batch_size=64, train_subset=train_subset,
-                    eval_every=10_000, device=device, threads=threads)
+                    eval_every=10_000, device=device, threads=threads, batch_search=batch_search)
     sim = Simulation(cfg)
     times, comp, train, n = [], [], [], []
     for t in range(1, rounds + 1):  # stops before the last configured round, which would evaluate
@@ -90,7 +92,7 @@ def time_resnet(device: str, data_dir: str, rounds: int, train_subset: int, thre
         comp.append(row["compress_seconds"])
         train.append(row["train_seconds"])
         n.append(evals["evals"])
-        print(f"  {device} train_subset={train_subset} round {t}: {times[-1]:.2f} s (train {train[-1]:.2f}, "
+        print(f"  {device} train_subset={train_subset} batch_search={batch_search} round {t}: {times[-1]:.2f} s (train {train[-1]:.2f}, "
               f"compress {comp[-1]:.2f}, {n[-1]} objective evaluations, cos {row['cosine']:.3f})", flush=True)
     k = slice(1, None) if rounds > 1 and device == "cuda" else slice(0, None)
     mean = lambda xs: sum(xs[k]) / len(xs[k])  # noqa: E731
@@ -125,18 +127,18 @@ def main() -> None:
         body += [f"Every method on `--device {args.device}` against cpu: digits, MLP, 4 clients, "
                  f"{args.check_rounds} rounds, seed 7.", "", *lines, ""]
         figures["check_ok"] = ok
-    table = ["| device | training images per round | s / round | of which training | of which compression "
+    table = ["| device | search | training images per round | s / round | of which training | of which compression "
              "| objective evaluations per round | ms per evaluation | vs cpu, same images |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     res: list = []
 
     def report() -> None:  # after each row, so that a run stopped by a time limit keeps what it measured
-        base = {sub: r for dev, sub, r in res if dev == "cpu"}
+        base = {sub: r for dev, sub, bat, r in res if dev == "cpu" and not bat}
         rows = []
-        for dev, sub, r in res:
+        for dev, sub, bat, r in res:
             ratio = f"{base[sub]['s_round'] / r['s_round']:.1f}x faster" if sub in base and dev != "cpu" else "-"
             ms = 1000 * r["compress"] / max(r["evals"], 1)
-            rows.append(f"| {dev} | {sub:,} | {r['s_round']:.2f} | {r['train']:.2f} | {r['compress']:.2f} | "
+            rows.append(f"| {dev} | {'batched' if bat else 'one at a time'} | {sub:,} | {r['s_round']:.2f} | {r['train']:.2f} | {r['compress']:.2f} | "
                         f"{r['evals']:.0f} | {ms:.1f} | {ratio} |")
         text = "\n".join([*body, "3SFC round, ResNet-18, CIFAR-shaped random data, 10 clients all taking part, "
                           f"defaults (M = 1, patience 20); cuda: mean of the rounds after a warm-up round "
@@ -151,13 +153,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_cifar10(Path(tmp))
         threads = torch.get_num_threads()
-        todo = [(args.device, args.train_subset), ("cpu", args.train_subset)]
+        # the device alone, then with --batch-search (a round's searches batched with torch.func), then cpu
+        todo = [(args.device, args.train_subset, False), (args.device, args.train_subset, True),
+                ("cpu", args.train_subset, False)]
         if not args.skip_full and args.device == "cuda":
-            todo.append(("cuda", 50_000))
-        for dev, sub in todo:
-            r = time_resnet(dev, tmp, args.rounds if dev == "cuda" else args.cpu_rounds, sub, threads, evals)
-            res.append((dev, sub, r))
-            figures[f"{dev}_{sub}"] = r
+            todo.append(("cuda", 50_000, False))
+        for dev, sub, bat in todo:
+            r = time_resnet(dev, tmp, args.rounds if dev == "cuda" else args.cpu_rounds, sub, threads, evals, bat)
+            res.append((dev, sub, bat, r))
+            figures[f"{dev}_{sub}{'_batched' if bat else ''}"] = r
             report()
     if not ok:
         sys.exit("gpu check: a method failed on the device (see the table)")
