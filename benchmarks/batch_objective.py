@@ -21,7 +21,8 @@ from e3sfc.compress.synth import CosineMatchBatch, cosine_match
 from e3sfc.compress.synth_mlp import MLPCosineMatch, MLPCosineMatchBatch
 from e3sfc.models import build_model
 
-MODELS = {"mlp": (1, 28, 28), "convnet": (1, 28, 28), "lenet": (1, 28, 28), "resnet18": (3, 32, 32)}
+MODELS = {"mlp": (1, 28, 28), "convnet": (1, 28, 28), "lenet": (1, 28, 28), "mnistnet": (1, 28, 28),
+          "regnet": (3, 32, 32), "vgg11": (3, 32, 32), "resnet18": (3, 32, 32)}
 
 
 def best_of(repeats: int, fn) -> float:
