@@ -92,7 +92,8 @@ def time_resnet(device: str, data_dir: str, rounds: int, train_subset: int, thre
         comp.append(row["compress_seconds"])
         train.append(row["train_seconds"])
         n.append(evals["evals"])
-        print(f"  {device} train_subset={train_subset} batch_search={batch_search} round {t}: {times[-1]:.2f} s (train {train[-1]:.2f}, "
+        print(f"  {device} train_subset={train_subset} batch_search={batch_search} round {t}: "
+              f"{times[-1]:.2f} s (train {train[-1]:.2f}, "
               f"compress {comp[-1]:.2f}, {n[-1]} objective evaluations, cos {row['cosine']:.3f})", flush=True)
     k = slice(1, None) if rounds > 1 and device == "cuda" else slice(0, None)
     mean = lambda xs: sum(xs[k]) / len(xs[k])  # noqa: E731
@@ -138,7 +139,8 @@ def main() -> None:
         for dev, sub, bat, r in res:
             ratio = f"{base[sub]['s_round'] / r['s_round']:.1f}x faster" if sub in base and dev != "cpu" else "-"
             ms = 1000 * r["compress"] / max(r["evals"], 1)
-            rows.append(f"| {dev} | {'batched' if bat else 'one at a time'} | {sub:,} | {r['s_round']:.2f} | {r['train']:.2f} | {r['compress']:.2f} | "
+            rows.append(f"| {dev} | {'batched' if bat else 'one at a time'} | {sub:,} | {r['s_round']:.2f} | "
+                        f"{r['train']:.2f} | {r['compress']:.2f} | "
                         f"{r['evals']:.0f} | {ms:.1f} | {ratio} |")
         text = "\n".join([*body, "3SFC round, ResNet-18, CIFAR-shaped random data, 10 clients all taking part, "
                           f"defaults (M = 1, patience 20); cuda: mean of the rounds after a warm-up round "
