@@ -194,7 +194,21 @@ def verdicts(rows: list[dict]) -> list[str]:
                 d = (r["acc_last10"] - m["acc_last10"]) * 100
                 out.append(f"  - at equal uplink bytes it {'beats' if d > 0 else 'loses to'} {b} "
                            f"by {abs(d):.1f} points ({r['acc_last10']:.4f} against {m['acc_last10']:.4f}).")
+        out.append("  - " + mb_verdict(r, [by[b] for b in ("fedavg", *MATCHED) if b in by]))
     return out
+
+
+def mb_verdict(r: dict, others: list[dict]) -> str:
+    """Megabytes sent up and down in all until the run first reached the target accuracy, against
+    the others of its group: what a user paying for both directions compares."""
+    mb = r["mb_to_target"]
+    if mb is None:
+        return "it never reached 0.70 accuracy."
+    fewer = [o for o in others if o["mb_to_target"] is not None and o["mb_to_target"] <= mb]
+    against = ", ".join(f"{o['run']} {o['mb_to_target']:,.2f}" if o["mb_to_target"] is not None else f"{o['run']} never"
+                        for o in others)
+    return (f"to reach 0.70 it sent {mb:,.2f} MB up and down in all ({against}): "
+            + ("the fewest of these." if not fewer else f"more than {', '.join(o['run'] for o in fewer)}."))
 
 
 def progress(group_dir: Path, names) -> str:

@@ -68,3 +68,20 @@ def test_tail_mean_accuracy_hand_case(tmp_path):
     (row,) = compare_rows([load_run(run)])
     assert row["acc_last10"] == pytest.approx((0.19 + 0.20) / 2)  # rounds 19 and 20 of 20
     assert row["acc_100"] == pytest.approx(0.20) and row["acc_25"] == pytest.approx(0.05)
+
+
+def test_suite_states_megabytes_to_target_against_the_group():
+    """experiments/suite.py's verdict on megabytes (up + down) to 0.70, on a hand-made group."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("suite", Path(__file__).parents[1] / "experiments" / "suite.py")
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    fed, topk, never = ({"run": "fedavg", "mb_to_target": 4.58}, {"run": "topk-match", "mb_to_target": 7.07},
+                        {"run": "stc-match", "mb_to_target": None})
+    assert suite.mb_verdict({"run": "e3sfc", "mb_to_target": 3.31}, [fed, topk, never]) == (
+        "to reach 0.70 it sent 3.31 MB up and down in all (fedavg 4.58, topk-match 7.07, stc-match never): "
+        "the fewest of these.")
+    assert suite.mb_verdict({"run": "e3sfc", "mb_to_target": 4.92}, [fed, topk]).endswith("more than fedavg.")
+    assert suite.mb_verdict({"run": "e3sfc", "mb_to_target": None}, [fed]) == "it never reached 0.70 accuracy."
