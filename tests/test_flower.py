@@ -51,8 +51,9 @@ def test_server_skips_a_malformed_reply_and_goes_on():
     assert stats["rejected"] == 2
 
 
-def test_deployment_superlink_and_two_supernodes(tmp_path):
-    """SuperLink + 2 SuperNodes on 127.0.0.1, two rounds of E-3SFC through `flwr run`."""
+def test_deployment_tls_and_supernode_auth(tmp_path):
+    """SuperLink + 2 registered SuperNodes on 127.0.0.1 over TLS with SuperNode authentication, two rounds of
+    E-3SFC through `flwr run`; a third SuperNode with an unregistered key is refused."""
     import json
     import shutil
     import subprocess
@@ -65,8 +66,9 @@ def test_deployment_superlink_and_two_supernodes(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "deploy"
     r = subprocess.run(["bash", str(repo / "scripts/flower-deploy-check.sh"), str(out), str(bin_dir)],
-                       cwd=repo, capture_output=True, text=True, timeout=420)
+                       cwd=repo, capture_output=True, text=True, timeout=480)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "unregistered supernode refused: [code: 2004] Failed to activate SuperNode." in r.stdout, r.stdout[-3000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["rounds"] == 2 and s["final_accuracy"] is not None
     assert s["total_uplink_bytes"] == 2 * 2 * (4 * (64 + 10 + 1) + 35)  # 2 rounds x 2 clients x one payload

@@ -60,6 +60,11 @@ HELP = {
     "target_cosine": "adaptive schedule: raise M_t below this mean cosine, lower it above",
     "max_samples": "largest M_t a schedule may choose",
     "decay_rate": "decay schedule: gamma, the per-round factor of the budget share",
+    "norm_clip": "robust aggregation: scale each decoded update down to at most this multiple of the round's "
+                 "median update norm (0 = off; default 3)",
+    "adversary": "fault injection: what the hostile clients send (nan, huge, scale, garbage, wrong-shape, drop)",
+    "adversaries": "fault injection: how many of the K clients are hostile (a seeded choice)",
+    "round_timeout": "Flower: seconds the server waits for a round's replies before it goes on without the rest",
     "engine": "inprocess (this process) or flower (Flower's simulation engine, one virtual node per client)",
     "seed": "the run's seed; all randomness derives from it",
     "device": "cpu or cuda",

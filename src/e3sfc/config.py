@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -74,6 +75,11 @@ class RunConfig:
     target_cosine: float = 0.5
     max_samples: int = 64
     decay_rate: float = 0.97
+    # robustness and fault injection
+    norm_clip: float = 3.0
+    adversary: str = "none"
+    adversaries: int = 0
+    round_timeout: float = 120.0
     # run
     engine: str = "inprocess"
     seed: int = 42
@@ -136,8 +142,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"--config: {path} is not valid TOML ({exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config: {path} is not valid TOML (UTF-8 text expected; {exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path} ({exc.strerror})") from None
     # allow an optional [run] table
     if "run" in data and isinstance(data["run"], dict):
         data = {**{k: v for k, v in data.items() if k != "run"}, **data["run"]}
@@ -196,6 +204,7 @@ def _validate(c: RunConfig) -> None:
         ("init", ("auto", "seed", "broadcast")),
         ("schedule", ("constant", "decay", "adaptive")),
         ("engine", ("inprocess", "flower")),
+        ("adversary", ("none", *ADVERSARY_KINDS)),
     ):
         value = getattr(c, name)
         _require(value in choices, name, value, "one of " + ", ".join(choices))
@@ -243,8 +252,19 @@ def _validate(c: RunConfig) -> None:
     if c.batch_search:
         _require(c.engine == "inprocess", "batch_search", True,
                  f"only with --engine inprocess (Flower clients search apart); --engine is {c.engine}")
+    _require(math.isfinite(c.norm_clip) and (c.norm_clip == 0 or c.norm_clip >= 1), "norm_clip", c.norm_clip,
+             "0 (off) or a number >= 1 (multiple of the round's median update norm)")
+    _require(0 <= c.adversaries <= c.clients, "adversaries", c.adversaries, f"an integer in 0..--clients ({c.clients})")
+    if c.adversary != "none" or c.adversaries:
+        _require(c.adversary != "none", "adversaries", c.adversaries,
+                 f"0 without --adversary (one of {', '.join(ADVERSARY_KINDS)})")
+        _require(c.adversaries >= 1, "adversaries", c.adversaries, f"an integer >= 1 with --adversary {c.adversary}")
+    _require(math.isfinite(c.round_timeout) and 0 < c.round_timeout <= 86400, "round_timeout", c.round_timeout,
+             "seconds in (0, 86400]")
     _require(c.seed >= 0, "seed", c.seed, "an integer >= 0")
-    _require(c.threads >= 0, "threads", c.threads, "an integer >= 0 (0 = torch default)")
+    cpus = os.cpu_count() or 1
+    _require(0 <= c.threads <= cpus, "threads", c.threads, f"an integer in 0..{cpus} (this machine's CPU count; "
+             "0 = torch default)")
     _require(c.eval_every >= 1, "eval_every", c.eval_every, "an integer >= 1")
     _require(
         c.checkpoint_every >= 0, "checkpoint_every", c.checkpoint_every,
@@ -253,6 +273,8 @@ def _validate(c: RunConfig) -> None:
 
 
 SYNTH_METHODS = ("3sfc", "e3sfc", "fedsynth")
+# --adversary: what a hostile client sends (e3sfc.federated.adversary implements each)
+ADVERSARY_KINDS = ("nan", "huge", "scale", "garbage", "wrong-shape", "drop")
 
 
 def parse_ratio(value: str) -> float | str:

@@ -77,12 +77,16 @@ def client_step_steps(
     batch_size: int,
     lr: float,
     generator: torch.Generator,
+    update_scale: float = 1.0,
 ) -> Steps:
     """:func:`client_step` with the compressor's objective evaluations handed out
-    (``Compressor.compress_steps``); returns the :class:`ClientUpdate`."""
+    (``Compressor.compress_steps``); returns the :class:`ClientUpdate`. ``update_scale`` multiplies
+    the trained update before EF and compression (fault injection's ``scale`` adversary; 1 = honest)."""
     t0 = time.perf_counter()
     delta = local_train(train_model, ctx.weights, x, y, epochs=epochs, batch_size=batch_size,
                         lr=lr, generator=generator)
+    if update_scale != 1.0:
+        delta.mul_(update_scale)
     t1 = time.perf_counter()
     use_ef = ef.enabled and compressor.biased
     target = ef.target(ctx.client, delta) if use_ef else delta

@@ -42,10 +42,11 @@ from ..compress.fedavg import Dense
 from ..compress.threesfc import ThreeSFC
 from ..config import SYNTH_METHODS, RunConfig
 from ..metrics import DOWN, UP, Ledger
+from . import adversary
 from .budget import BudgetScheduler
 from .client import ClientUpdate, apply_broadcast, client_lr, client_step_steps
 from .params import set_flat
-from .server import server_downlink, server_step
+from .server import admit, server_downlink, server_step
 
 # purposes for derive_seed
 MODEL_INIT, SAMPLING, TRAINING, COMPRESSION = 1, 2, 3, 4
@@ -110,6 +111,8 @@ class ClientRuntime:
         self.ef = ErrorFeedback(enabled=cfg.ef)
         self.trained = 0
         self.replica: torch.Tensor | None = None    # kept between rounds under the 3SFC downlink only
+        hostile = adversary.hostile_clients(cfg.seed, cfg.clients, cfg.adversaries, derive_seed)
+        self.hostile = cfg.adversary if cid in hostile else None  # fault injection (--adversary)
 
     def _ctx(self, model, weights, round, samples):
         return make_context(self.cfg, model, weights, self.input_shape, self.num_classes, round, self.cid, samples)
@@ -131,8 +134,9 @@ class ClientRuntime:
         return w
 
     def handle(self, ins: TrainIns, model: nn.Module, train_model: nn.Module, x: torch.Tensor,
-               y: torch.Tensor) -> ClientUpdate:
-        """Round t at this client: catch up, train from w_t, compress with EF. ``model`` ends at w_t."""
+               y: torch.Tensor) -> ClientUpdate | None:
+        """Round t at this client: catch up, train from w_t, compress with EF. ``model`` ends at w_t.
+        None: no reply (a ``drop`` adversary)."""
         return run_steps(self.handle_steps(ins, model, train_model, x, y))
 
     def handle_steps(self, ins: TrainIns, model: nn.Module, train_model: nn.Module, x: torch.Tensor,
@@ -143,13 +147,18 @@ class ClientRuntime:
             self.compressor = from_config(self.cfg, self._ctx(model, self.initial, 0, None))
         w = self.catch_up(ins, model)
         set_flat(model, w)
+        if self.hostile == "drop":  # took the message, sends nothing back
+            return None
         cfg = self.cfg
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, TRAINING, ins.round, self.cid))
         u = yield from client_step_steps(
             train_model, self._ctx(model, w, ins.round, ins.samples), x, y, compressor=self.compressor, ef=self.ef,
             epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=client_lr(cfg.lr, cfg.lr_decay, self.trained),
-            generator=g)
+            generator=g, update_scale=adversary.SCALE if self.hostile == "scale" else 1.0)
         self.trained += 1
+        if self.hostile not in (None, "scale"):
+            rng = np.random.default_rng(derive_seed(cfg.seed, adversary.ADVERSARY, ins.round, self.cid))
+            u.blob = adversary.corrupt(self.hostile, u.blob, rng)
         return u
 
     def state_dict(self) -> dict:
@@ -165,8 +174,11 @@ class ClientRuntime:
 class ServerRuntime:
     """The server's state and its half of every round."""
 
-    def __init__(self, cfg: RunConfig, model: nn.Module, weights: torch.Tensor, input_shape, num_classes: int):
+    def __init__(self, cfg: RunConfig, model: nn.Module, weights: torch.Tensor, input_shape, num_classes: int,
+                 sizes: dict[int, int] | None = None):
         self.cfg = cfg
+        self.sizes = sizes                            # partition sizes: the bound on a reply's num_samples
+        self.asked: list[int] = []                    # this round's participants
         self.model = model                            # holds w_t between calls
         self._model_blob: tuple[tuple, bytes] = ((), b"")  # ((round, w_t identity), dense w_t message)
         self.model.eval()
@@ -222,6 +234,7 @@ class ServerRuntime:
                 remaining, self.last_cosine)
             self.schedule_log.append(M)
         set_flat(self.model, self.weights)
+        self.asked = participants
         return participants, M, {k: self.sync_message(t, k, M, plans[k]) for k in participants}
 
     def sync_message(self, t: int, k: int, M: int | None, plan: str | None = None) -> TrainIns:
@@ -255,10 +268,13 @@ class ServerRuntime:
 
     # ------------------------------------------------------------------ round t, second half
     def end_round(self, t: int, M: int | None, updates: list[ClientUpdate]) -> dict[str, float]:
-        for u in updates:
-            self.ledger.add(t, u.client, UP, len(u.blob))
+        """Admit the replies (envelope checks), decode, bound and aggregate them, then move the
+        model (and, under the 3SFC downlink, compress the aggregate for the next broadcast)."""
         ctx = self.context(t, M)
-        agg = server_step(ctx, updates, self.compressor, weighted=self.cfg.weighted)
+        updates, refused, received = admit(updates, set(self.asked), self.compressor.payload_bytes(ctx), self.sizes)
+        for k, n in received.items():
+            self.ledger.add(t, k, UP, n)
+        agg = server_step(ctx, updates, self.compressor, weighted=self.cfg.weighted, norm_clip=self.cfg.norm_clip)
         down_cos = float("nan")
         if self.synth_down:
             b = server_downlink(ctx, agg.delta, self.down, self.ef)
@@ -273,11 +289,14 @@ class ServerRuntime:
         else:
             self.weights = self.weights + agg.delta
         set_flat(self.model, self.weights)
-        cos = [u.stats["cosine"] for u in updates if "cosine" in u.stats]
+        ok = set(agg.accepted)
+        cos = [u.stats["cosine"] for u in updates if "cosine" in u.stats and u.client in ok]
         self.last_cosine = float(np.mean(cos)) if cos else None
         return {
-            "participants": len(updates),
-            "rejected": len(agg.rejected),
+            "participants": len(agg.accepted),
+            "rejected": len(agg.rejected) + len(refused),
+            "missing": len(set(self.asked) - set(received)),
+            "clipped": len(agg.clipped),
             "cosine": float(np.mean(cos)) if cos else float("nan"),
             "downlink_cosine": down_cos,
             "samples": float("nan") if M is None else M,

@@ -1,14 +1,30 @@
-"""The server step, shared by every driver: decode, decompress, aggregate.
+"""The server step, shared by every driver: admit, decode, bound, aggregate.
 
-w_{t+1} = w_t + sum_k a_k * decoded_k with a_k = 1/|S| (uniform) or n_k / sum n
-(sample-weighted). A payload that fails to decode is rejected with a logged
-reason and the round goes on with the remaining clients.
+w_{t+1} = w_t + sum_k a_k * clip(decoded_k) with a_k = 1/|S| (uniform) or n_k / sum n
+(sample-weighted). Nothing a client sends is trusted:
+
+- :func:`admit` checks each reply's envelope before anything is allocated from it: the
+  client id must be one the server asked this round, one reply per client, the payload
+  must be bytes of exactly the method's size, ``num_samples`` a positive integer no
+  larger than that client's partition, stats finite numbers (a cosine in [-1, 1]);
+- :func:`server_step` decodes each admitted payload (the wire decoder checks magic,
+  method, shapes and finiteness) and rejects an update whose values or norm are not
+  finite;
+- robust aggregation (``norm_clip``, default 3): an update whose norm exceeds
+  ``norm_clip`` times the round's (lower) median norm is scaled down to that bound, so
+  one client can move the mean by at most ``norm_clip`` honest-sized steps divided by
+  the number of clients. Honest updates of a round have similar norms, so they are
+  rarely touched (a round where none is scaled is bit-identical to the unclipped mean).
+
+Every rejection is logged with its reason and counted in the round's ``rejected``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -18,12 +34,68 @@ from .client import ClientUpdate
 
 log = logging.getLogger(__name__)
 
+# a well-formed payload may still fail in a method's decoder; none of these may stop a round
+DECODE_ERRORS = (PayloadError, ValueError, RuntimeError, IndexError, TypeError, OverflowError)
+KEEP_DECODED_BYTES = 1 << 28  # decoded updates held between the two passes up to this size, else decoded again
+
 
 @dataclass
 class Aggregate:
     delta: torch.Tensor            # (P,) mean decoded update
     accepted: list[int]
     rejected: dict[int, str]
+    clipped: list[int] = field(default_factory=list)
+
+
+def _clean_stats(stats: Any) -> dict[str, float]:
+    """A reply's stats, kept only where they are finite numbers (a cosine in [-1, 1])."""
+    out: dict[str, float] = {}
+    if not isinstance(stats, dict):
+        return out
+    for k, v in list(stats.items())[:64]:
+        if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            if k != "cosine" or -1.0 <= v <= 1.0:
+                out[k] = float(v)
+    return out
+
+
+def admit(
+    updates: list[Any],
+    asked: set[int],
+    payload_bytes: int,
+    sizes: dict[int, int] | None = None,
+) -> tuple[list[ClientUpdate], dict[int, str], dict[int, int]]:
+    """Check every reply's envelope before use. Returns the admitted updates (in the order
+    given, stats cleaned), the rejected ones by client id with the reason, and the bytes each
+    asked client sent (its first reply's payload length, for the ledger). A reply whose id is
+    not one of ``asked``, or a second reply for an id, is dropped and logged."""
+    admitted: list[ClientUpdate] = []
+    rejected: dict[int, str] = {}
+    received: dict[int, int] = {}
+    for u in updates:
+        cid = getattr(u, "client", None)
+        if not isinstance(u, ClientUpdate) or isinstance(cid, bool) or not isinstance(cid, int) or cid not in asked:
+            log.warning("dropped a reply from a client the server did not ask this round (client %r)", cid)
+            continue
+        if cid in received:
+            log.warning("dropped a second reply of client %d this round", cid)
+            continue
+        blob, n = u.blob, u.num_samples
+        received[cid] = len(blob) if isinstance(blob, (bytes, bytearray)) else 0
+        if not isinstance(blob, (bytes, bytearray)):
+            reason = f"payload is {type(blob).__name__}, not bytes"
+        elif len(blob) != payload_bytes:
+            reason = f"payload is {len(blob)} bytes; this round's payload is exactly {payload_bytes}"
+        elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            reason = f"num_samples {n!r} is not a positive integer"
+        elif sizes is not None and n > sizes.get(cid, 0):
+            reason = f"num_samples {n} exceeds the client's partition ({sizes.get(cid, 0)} samples)"
+        else:
+            admitted.append(ClientUpdate(cid, bytes(blob), n, _clean_stats(u.stats)))
+            continue
+        log.warning("rejected the reply of client %d: %s", cid, reason)
+        rejected[cid] = reason
+    return admitted, rejected, received
 
 
 def server_step(
@@ -32,33 +104,59 @@ def server_step(
     compressor: Compressor,
     *,
     weighted: bool = False,
+    norm_clip: float = 0.0,
 ) -> Aggregate:
-    """Decode every update at w_t (``ctx``) and average the accepted ones.
+    """Decode every (admitted) update at w_t (``ctx``), bound its norm and average.
 
-    Streaming: each decoded update is added to one running sum and dropped, so the
-    server holds two model-sized tensors however many clients report (100 ResNet-18
-    updates would otherwise be 4.5 GB at once)."""
-    accepted: list[int] = []
+    Two passes: the first decodes and checks each update and takes its norm; the second
+    adds each one, scaled down where its norm exceeds ``norm_clip`` x the lower median,
+    into one running sum. Decoded updates are kept between the passes while they fit in
+    ``KEEP_DECODED_BYTES``, else decoded again (decoding is deterministic), so the server
+    holds a bounded number of model-sized tensors however many clients report."""
     rejected: dict[int, str] = {}
-    delta = torch.zeros_like(ctx.weights)
-    total = 0.0
-    for u in updates:
+    norms: dict[int, float] = {}
+    keep = len(updates) * ctx.num_params * 4 <= KEEP_DECODED_BYTES
+    decoded: dict[int, torch.Tensor] = {}
+    for i, u in enumerate(updates):
         try:
-            payload = compressor.decode(u.blob, ctx)
-            upd = compressor.decompress(payload, ctx)
-            if not torch.isfinite(upd).all():
-                raise PayloadError("decoded update is not finite")
-        except PayloadError as exc:
+            upd = _decode(u, compressor, ctx)
+            norm = float(torch.linalg.vector_norm(upd.double()))
+            if not math.isfinite(norm):
+                raise PayloadError("decoded update's norm is not finite")
+        except DECODE_ERRORS as exc:
             log.warning("round %d: rejected update of client %d: %s", ctx.round, u.client, exc)
-            rejected[u.client] = str(exc)
+            rejected[u.client] = str(exc) if isinstance(exc, PayloadError) else f"payload cannot be decoded ({exc})"
             continue
+        norms[i] = norm
+        if keep:
+            decoded[i] = upd
+    bound = math.inf
+    if norm_clip and norms:
+        bound = norm_clip * sorted(norms.values())[(len(norms) - 1) // 2]
+    delta = torch.zeros_like(ctx.weights)
+    total, accepted, clipped = 0.0, [], []
+    for i, norm in norms.items():
+        u = updates[i]
+        upd = decoded.pop(i) if keep else _decode(u, compressor, ctx)
         a = float(u.num_samples) if weighted else 1.0
-        delta.add_(upd, alpha=a)
+        if norm > bound:
+            clipped.append(u.client)
+            log.info("round %d: update of client %d scaled from norm %.4g to %.4g", ctx.round, u.client, norm, bound)
+            delta.add_(upd, alpha=a * bound / norm)
+        else:
+            delta.add_(upd, alpha=a)
         total += a
         accepted.append(u.client)
     if total > 0:
         delta.div_(total)
-    return Aggregate(delta, accepted, rejected)
+    return Aggregate(delta, accepted, rejected, clipped)
+
+
+def _decode(u: ClientUpdate, compressor: Compressor, ctx: Context) -> torch.Tensor:
+    upd = compressor.decompress(compressor.decode(u.blob, ctx), ctx)
+    if not torch.isfinite(upd).all():
+        raise PayloadError("decoded update is not finite")
+    return upd
 
 
 @dataclass

@@ -63,7 +63,8 @@ class Simulation:
         # the clients' working models (one pair, reused by every in-process client)
         self.client_model, self.train_model = copy.deepcopy(model), copy.deepcopy(model)
         self.client_model.eval()
-        self.server = ServerRuntime(cfg, model, self.initial_weights.clone(), data.input_shape, data.num_classes)
+        self.server = ServerRuntime(cfg, model, self.initial_weights.clone(), data.input_shape, data.num_classes,
+                                    sizes={k: len(p) for k, p in enumerate(self.parts)})
         self.clients: dict[int, ClientRuntime] = {}
         self.round = 0
         self.metrics: list[dict] = []
@@ -117,10 +118,10 @@ class Simulation:
             t0 = time.perf_counter()
             done = run_together(started)
             share = (time.perf_counter() - t0) / len(done)  # each client's compress_seconds: an equal share
-            updates = [done[k] for k in participants]
+            updates = [done[k] for k in participants if done[k] is not None]
             for u in updates:
                 u.stats["compress_seconds"] = share
-        return self.server.end_round(t, M, updates)
+        return self.server.end_round(t, M, [u for u in updates if u is not None])  # None: no reply
 
     # ------------------------------------------------------------------ the loop
     def run(self, progress: Callable[[int, dict], None] | None = None, stop_after: int | None = None) -> dict:
