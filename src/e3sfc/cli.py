@@ -212,19 +212,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         if given or args.config:
             what = given[0].replace("_", "-") if given else "config"
             raise ConfigError(f"--resume: takes no other settings (got --{what}); the run's config.json is used")
+        _set_threads(Simulation.resume_config(args.resume).threads)  # before any data or model is built
         sim = Simulation.resume(args.resume)
         out = Path(args.resume)
-        _set_threads(sim.cfg.threads)  # the run's own setting, as when it started
     else:
         cfg = RunConfig.from_sources(args.config, **overrides)
         _set_threads(cfg.threads)
         out = Path(cfg.out or _default_out(cfg))
-        if (out / "config.json").exists():
-            raise ConfigError(f"--out: {str(out)!r} already holds a run; pass --resume {out} or another --out")
+        created = not out.exists()
+        _check_out(out)
         cfg = cfg.replace(out=str(out))
-        if cfg.engine == "flower":
-            return _run_flower(cfg, out)
-        sim = Simulation(cfg, out_dir=out)
+        try:
+            if cfg.engine == "flower":
+                return _run_flower(cfg, out)
+            sim = Simulation(cfg, out_dir=out)
+        except (ConfigError, DataError):
+            if created and not any(out.iterdir()):
+                out.rmdir()  # leave nothing behind for a run that could not start
+            raise
     update, bar = _progress(sim.cfg.rounds, sim.round)
     try:
         summary = sim.run(progress=update)
@@ -233,6 +238,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             bar.close()
     _print_summary(summary, out)
     return 0
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a folder we can create and write, and hold no checkpointed run."""
+    from .federated.simulator import CHECKPOINT
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {str(out)!r} is a file; expected a folder for the run")
+    if (out / CHECKPOINT).exists():
+        raise ConfigError(f"--out: {str(out)!r} already holds a run; pass --resume {out} or another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot create a run folder at {str(out)!r} ({exc.strerror or exc}); "
+                          "expected a writable folder path") from None
 
 
 def _ratio(dense: int, ours: int) -> str:

@@ -19,6 +19,7 @@ floats, always with a :class:`~e3sfc.errors.PayloadError` naming the problem.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from typing import Sequence
@@ -77,9 +78,7 @@ def header_size(shapes: Sequence[Sequence[int]]) -> int:
 
 def encoded_size(specs: Sequence[FieldSpec]) -> int:
     """Exact ``len(encode(p))`` for a payload with these fields."""
-    return header_size([s.shape for s in specs]) + sum(
-        int(np.prod(s.shape, dtype=np.int64)) * s.dtype.itemsize for s in specs
-    )
+    return header_size([s.shape for s in specs]) + sum(math.prod(s.shape) * s.dtype.itemsize for s in specs)
 
 
 def _le(dt: np.dtype) -> np.dtype:
@@ -141,15 +140,16 @@ def decode(
         want = [(str(np.dtype(s.dtype)), tuple(s.shape)) for s in expect]
         if got != want:
             raise PayloadError(f"payload has fields {got}; expected {want}")
-    need = off + sum(int(np.prod(s, dtype=np.int64)) * d.itemsize for d, s in heads)
+    need = off + sum(math.prod(s) * d.itemsize for d, s in heads)  # Python ints: no wrap-around
     if n < need:
         raise PayloadError(f"payload is truncated: {n} bytes, its header promises {need}")
     if n > need:
         raise PayloadError(f"payload is oversized: {n} bytes, its header promises {need}")
     fields = []
     for d, s in heads:
-        size = int(np.prod(s, dtype=np.int64)) * d.itemsize
-        a = np.frombuffer(data, dtype=d, count=int(np.prod(s, dtype=np.int64)), offset=off).reshape(s)
+        count = math.prod(s)
+        size = count * d.itemsize
+        a = np.frombuffer(data, dtype=d, count=count, offset=off).reshape(s)
         off += size
         if d.kind == "f" and not np.isfinite(a).all():
             raise PayloadError("payload holds non-finite values (NaN or inf)")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import struct
 import zlib
@@ -50,7 +51,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if ndim == 0 or len(raw) < header:
         raise DataError(f"dataset file {path} is truncated (incomplete IDX header)")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: dimensions cannot wrap around
     got = len(raw) - header
     if got != expected:
         what = "truncated" if got < expected else "too long"
@@ -60,12 +61,26 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, numbers and numpy arrays, nothing else: a pickle that
+    names any other callable (the way a pickle runs code) is refused before it is called."""
+
+    ALLOWED = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
+    ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}; a CIFAR batch holds only arrays and lists")
+        return super().find_class(module, name)
+
+
 def read_cifar_batch(path: str | Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Read one CIFAR python pickle: images (N, 3, 32, 32) uint8 and labels (N,) int64."""
+    """Read one CIFAR python pickle: images (N, 3, 32, 32) uint8 and labels (N,) int64.
+    Read with an unpickler that can build arrays and lists only (no code runs)."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = _ArrayUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
         raise DataError(f"dataset file {path} is missing") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:

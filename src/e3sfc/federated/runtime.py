@@ -310,7 +310,7 @@ class ServerRuntime:
     def state_dict(self) -> dict:
         return {
             "weights": self.weights.cpu(), "ef": self.ef.state_dict(), "ledger": self.ledger.state_dict(),
-            "version": self.version.copy(), "owed": self.owed.copy(), "history": dict(self.history),
+            "version": self.version.tolist(), "owed": self.owed.tolist(), "history": dict(self.history),
             "scheduler": self.scheduler.state_dict(), "last_cosine": self.last_cosine,
             "schedule_log": list(self.schedule_log),
         }

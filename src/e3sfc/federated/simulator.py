@@ -5,7 +5,16 @@ The round itself (sampling, catch-up downlink, client step, server step, E-3SFC
 downlink, budget) lives in :mod:`e3sfc.federated.runtime`, shared with the
 Flower driver. All randomness is derived from the run's seed and the round and
 client ids, so no generator state needs saving: a run resumed from a checkpoint
-replays exactly what an uninterrupted run does (tested).
+replays exactly what an uninterrupted run does (tested across processes after a
+kill -9, given the same thread count, which the CLI sets from the run's config
+before anything is built).
+
+Run folders: :meth:`Simulation.run` holds an exclusive lock on ``RUN_DIR/.lock``
+while it writes (a second writer stops with a one-line error), removes temporary
+files a killed writer left, and starts a new run only in a folder without a
+checkpoint. Checkpoints hold tensors, numbers, strings and bytes only and are read
+with ``torch.load(weights_only=True)``: a checkpoint cannot run code, and one that
+is corrupt or belongs to another model or run is refused with one line.
 """
 
 from __future__ import annotations
@@ -13,7 +22,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +45,66 @@ from .runtime import MODEL_INIT, ClientRuntime, ServerRuntime, derive_seed
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+RUN_FILES = ("config.json", "metrics.jsonl", "ledger.jsonl", "summary.json")
+
+
+@contextmanager
+def locked_run_dir(path: Path):
+    """Hold an exclusive lock on ``path/.lock`` (a second writer gets a ConfigError naming the folder)
+    and remove the temporary files a killed writer left behind."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (not POSIX): no lock
+        fcntl = None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot write a run folder at {str(path)!r} ({exc.strerror or exc}); "
+                          "expected a writable folder") from None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(f"--out: {str(path)!r} is in use by another e3sfc run; wait for it to finish "
+                                  "or pick another --out") from None
+        for tmp in path.glob(".*.tmp"):  # what io.atomic_write leaves when killed mid-write
+            tmp.unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)
+
+
+def estimate_memory(cfg: RunConfig, num_params: int, input_shape, num_classes: int) -> tuple[int, str]:
+    """Bytes a run allocates beyond its data and one model, at most, and the flag that drives them.
+
+    Error-feedback residuals (one model-sized vector per client that ever trains, biased
+    methods) and the 3SFC search (L-BFGS keeps 2 x 100 vectors of the synthetic set's size,
+    plus the set's gradient); a coarse upper bound for refusing runs that cannot fit."""
+    from ..compress import get_compressor_class
+
+    per_round = max(1, int(np.floor(cfg.fraction * cfg.clients + 0.5)))
+    holders = min(cfg.clients, per_round * cfg.rounds)
+    residuals = holders * num_params * 4 if cfg.ef and get_compressor_class(cfg.method).biased else 0
+    search = 0
+    if cfg.method in ("3sfc", "e3sfc", "fedsynth") or cfg.resolved_downlink == "3sfc":
+        m = cfg.max_samples if cfg.schedule != "constant" or cfg.budget_bytes else cfg.samples
+        d = int(np.prod(input_shape)) + num_classes
+        search = m * d * 4 * (2 * 100 + 16)
+    parts = {"clients": residuals, "samples": search}
+    return residuals + search, max(parts, key=parts.get)
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (bytes), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 class Simulation:
@@ -59,6 +130,14 @@ class Simulation:
         model = build_model(cfg.model, data.input_shape, data.num_classes,
                             derive_seed(cfg.seed, MODEL_INIT)).to(self.device)
         self.num_params = num_params(model)
+        need, flag = estimate_memory(cfg, self.num_params, data.input_shape, data.num_classes)
+        avail = available_memory()
+        if avail is not None and need > avail:
+            raise ConfigError(
+                f"--{flag}: this run needs about {need / 1e9:,.1f} GB for "
+                f"{'error-feedback residuals' if flag == 'clients' else 'the synthetic-set search'} "
+                f"(--clients {cfg.clients}, --samples {cfg.samples}, --max-samples {cfg.max_samples}, "
+                f"{self.num_params:,} parameters); this machine has {avail / 1e9:,.1f} GB available")
         self.initial_weights = get_flat(model)        # w_1: every party can build it from the seed
         # the clients' working models (one pair, reused by every in-process client)
         self.client_model, self.train_model = copy.deepcopy(model), copy.deepcopy(model)
@@ -126,9 +205,22 @@ class Simulation:
     # ------------------------------------------------------------------ the loop
     def run(self, progress: Callable[[int, dict], None] | None = None, stop_after: int | None = None) -> dict:
         """Run to ``cfg.rounds`` (or stop after round ``stop_after``, for tests); returns the summary."""
+        if self.out_dir is None:
+            return self._run(progress, stop_after)
+        with locked_run_dir(self.out_dir):
+            if self.round == 0:
+                if (self.out_dir / CHECKPOINT).exists():
+                    raise ConfigError(f"--out: {str(self.out_dir)!r} already holds a run; pass --resume "
+                                      f"{self.out_dir} or another --out")
+                for name in RUN_FILES:  # what a run that never checkpointed left
+                    (self.out_dir / name).unlink(missing_ok=True)
+                io.write_json(self.out_dir / "config.json", self.cfg.to_dict())
+            else:
+                io.write_jsonl(self.out_dir / "metrics.jsonl", self.metrics)  # drop rows written after the checkpoint
+            return self._run(progress, stop_after)
+
+    def _run(self, progress, stop_after) -> dict:
         cfg = self.cfg
-        if self.out_dir is not None and self.round == 0:
-            io.write_json(self.out_dir / "config.json", cfg.to_dict())
         last = cfg.rounds if stop_after is None else min(stop_after, cfg.rounds)
         for t in range(self.round + 1, last + 1):
             t0 = time.perf_counter()
@@ -211,22 +303,61 @@ class Simulation:
         assert self.out_dir is not None
         io.atomic_write(self.out_dir / CHECKPOINT, lambda f: torch.save(self.state_dict(), f), mode="wb")
 
-    @classmethod
-    def resume(cls, run_dir: str | Path, data: FedData | None = None) -> "Simulation":
-        """Rebuild a run from ``run_dir/config.json`` and its last checkpoint."""
+    @staticmethod
+    def resume_config(run_dir: str | Path) -> RunConfig:
+        """The config of the run in ``run_dir`` (read before anything is built, so that settings that
+        change numerics, such as the thread count, can be applied first)."""
         run_dir = Path(run_dir)
         cfg_path, ckpt = run_dir / "config.json", run_dir / CHECKPOINT
         if not cfg_path.is_file():
             raise ConfigError(f"--resume: {str(run_dir)!r} is not a run folder (no config.json)")
         if not ckpt.is_file():
-            raise ConfigError(f"--resume: {str(run_dir)!r} has no {CHECKPOINT} to resume from")
+            raise ConfigError(f"--resume: {str(run_dir)!r} has no {CHECKPOINT} to resume from (its run never "
+                              "checkpointed: start it again with --out)")
         try:
-            cfg = RunConfig.from_dict(json.loads(cfg_path.read_text()))
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        except (ValueError, OSError, RuntimeError, EOFError) as exc:
-            raise ConfigError(f"--resume: cannot read the run in {str(run_dir)!r} ({exc})") from None
+            values = json.loads(cfg_path.read_text())
+            if not isinstance(values, dict):
+                raise ValueError("not a JSON object")
+            return RunConfig.from_dict(values)
+        except (ValueError, OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--resume: {cfg_path} is not a readable run config ({exc})") from None
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, data: FedData | None = None) -> "Simulation":
+        """Rebuild a run from ``run_dir/config.json`` and its last checkpoint (read without running code)."""
+        run_dir = Path(run_dir)
+        cfg = cls.resume_config(run_dir)
+        ckpt = run_dir / CHECKPOINT
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a corrupt or foreign file; none may escape
+            raise ConfigError(f"--resume: {ckpt} is not a readable e3sfc checkpoint "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
         sim = cls(cfg, data=data, out_dir=run_dir)
-        sim.load_state_dict(state)
-        io.write_jsonl(run_dir / "metrics.jsonl", sim.metrics)  # drop rows written after the checkpoint
+        try:
+            sim._check_state(state)
+            sim.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            raise ConfigError(f"--resume: {ckpt} does not belong to the run in {run_dir}/config.json "
+                              f"({type(exc).__name__}: {exc})") from None
         log.info("resumed %s at round %d of %d", run_dir, sim.round, cfg.rounds)
         return sim
+
+    def _check_state(self, state) -> None:
+        """Shapes and ranges of a checkpoint against this run, before any of it is used."""
+        if not isinstance(state, dict) or not isinstance(state.get("server"), dict):
+            raise ValueError("not an e3sfc checkpoint")
+        if state.get("config") != self.cfg.to_dict():
+            raise ValueError("its config differs from config.json")
+        if not isinstance(state["round"], int) or not 0 <= state["round"] <= self.cfg.rounds:
+            raise ValueError(f"round {state['round']!r} is outside 0..{self.cfg.rounds}")
+        shape = (self.num_params,)
+        tensors = [state["server"]["weights"], *state["server"]["ef"]["residuals"].values()]
+        for k, c in state["clients"].items():
+            if not (isinstance(k, int) and 0 <= k < self.cfg.clients):
+                raise ValueError(f"client id {k!r} is outside 0..{self.cfg.clients - 1}")
+            tensors += [v for v in (c["replica"], c["residual"]) if v is not None]
+        for v in tensors:
+            if not isinstance(v, torch.Tensor) or tuple(v.shape) != shape or v.dtype != torch.float32:
+                raise ValueError(f"a model-sized tensor is {getattr(v, 'shape', type(v).__name__)}; "
+                                 f"this run's model has {self.num_params:,} parameters")

@@ -9,7 +9,15 @@ Messages (Flower's Message API):
   (lists of rounds, M and bytes). The reply holds the wire payload (bytes), the
   sample count and the client's stats.
 The client keeps its runtime state (EF residual, times trained, replica) in the
-Flower context state, serialized with torch.save into one bytes field.
+Flower context state, serialized with torch.save into one bytes field and read
+back with ``weights_only=True`` (tensors and numbers only: it cannot run code).
+
+The server waits at most ``round_timeout`` seconds (``--round-timeout``, default
+120) for a round's replies and goes on with those it has. A reply counts only
+when it comes from the node the server sent that client's message to; its
+client id is that node's partition, whatever the reply claims, and the server's
+runtime then checks everything else in it before use (see
+:func:`e3sfc.federated.server.admit`).
 
 Bytes: the ledger counts our payloads exactly as the in-process simulator does;
 ``flower_up_bytes`` / ``flower_down_bytes`` add Flower's serialized message
@@ -69,6 +77,22 @@ def ins_from_record(rec: RecordDict) -> TrainIns:
     )
 
 
+def reply_to_update(client: int, content: RecordDict) -> ClientUpdate:
+    """A reply's update as the node sent it, attributed to the client the server asked that node
+    for. Nothing is converted or allocated here: the server runtime checks every field's type and
+    size before use (a malformed reply becomes an update that it rejects with the reason)."""
+    try:
+        c = content["update"]
+        blob, n, claimed = c.get("blob"), c.get("num-samples"), c.get("client")
+        stats = dict(content["stats"]) if "stats" in content.metric_records else {}
+    except (KeyError, TypeError, AttributeError) as exc:
+        log.warning("malformed reply for client %d (%s)", client, exc)
+        return ClientUpdate(client, None, 0)  # type: ignore[arg-type]
+    if claimed != client:
+        log.warning("the node serving client %d claimed to be client %r; counted as %d", client, claimed, client)
+    return ClientUpdate(client, blob, n, stats)
+
+
 def flower_bytes(obj) -> int:
     """Serialized size of a Flower message: ``deflate()`` summed over its object tree."""
     total = len(obj.deflate())
@@ -106,8 +130,10 @@ def client_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     x, y, shape, classes, initial, work, train = _client_setup(cfg, pid)
     rt = ClientRuntime(cfg, pid, shape, classes, initial)
     if "e3sfc" in context.state:
-        rt.load_state_dict(torch.load(_io.BytesIO(bytes(context.state["e3sfc"]["state"])), weights_only=False))
+        rt.load_state_dict(torch.load(_io.BytesIO(bytes(context.state["e3sfc"]["state"])), weights_only=True))
     u = rt.handle(ins_from_record(msg.content), work, train, x, y)
+    if u is None:  # fault injection's "drop": this node sends no update
+        raise RuntimeError(f"client {pid} drops its reply (--adversary drop)")
     buf = _io.BytesIO()
     torch.save(rt.state_dict(), buf)
     context.state["e3sfc"] = ConfigRecord({"state": buf.getvalue()})
@@ -167,7 +193,7 @@ class FlowerSimulation(Simulation):
 
     def run_round(self, t: int) -> dict[str, float]:
         participants, M, messages = self.server.begin_round(t)
-        msgs, down = [], 0
+        msgs, down, client_of = [], 0, {}
         for k in participants:
             if k not in self.node_of:
                 continue
@@ -175,18 +201,19 @@ class FlowerSimulation(Simulation):
                         group_id=str(t))
             down += flower_bytes(m)
             msgs.append(m)
+            client_of[self.node_of[k]] = k
         updates, up = [], 0
-        for r in self.grid.send_and_receive(msgs, timeout=600):
+        for r in self.grid.send_and_receive(msgs, timeout=self.cfg.round_timeout):
+            node = r.metadata.src_node_id
             if r.has_error():
-                log.warning("round %d: node %s failed: %s", t, r.metadata.src_node_id, r.error.reason)
+                log.warning("round %d: node %s failed: %s", t, node, r.error.reason)
+                continue
+            if node not in client_of:
+                log.warning("round %d: dropped a reply from node %s, which was not asked", t, node)
                 continue
             up += flower_bytes(r)
-            try:
-                c = r.content["update"]
-                stats = dict(r.content["stats"])
-                updates.append(ClientUpdate(int(c["client"]), bytes(c["blob"]), int(c["num-samples"]), stats))
-            except (KeyError, TypeError, ValueError) as exc:
-                log.warning("round %d: malformed reply from node %s: %s", t, r.metadata.src_node_id, exc)
+            updates.append(reply_to_update(client_of[node], r.content))
+        log.info("round %d: %d of %d replies within %.0f s", t, len(updates), len(msgs), self.cfg.round_timeout)
         updates.sort(key=lambda u: u.client)  # the in-process order
         stats = self.server.end_round(t, M, updates)
         stats["flower_down_bytes"] = down
