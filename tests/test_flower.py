@@ -74,3 +74,65 @@ def test_deployment_tls_and_supernode_auth(tmp_path):
     assert s["total_uplink_bytes"] == 2 * 2 * (4 * (64 + 10 + 1) + 35)  # 2 rounds x 2 clients x one payload
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["flower_up_bytes"] > 0 for r in rows)
+
+
+class _FakeGrid:
+    """A Flower Grid stand-in: nodes 100+k serve partition k; ``train`` makes each node's reply."""
+
+    def __init__(self, clients, train):
+        self.nodes = [100 + k for k in range(clients)]
+        self.train, self.timeouts = train, []
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def send_and_receive(self, msgs, timeout):
+        from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+        self.timeouts.append(timeout)
+        out = []
+        for m in msgs:
+            node = m.metadata.dst_node_id
+            if m.metadata.message_type == MessageType.QUERY:
+                out.append(Message(RecordDict({"node": ConfigRecord({"partition-id": node - 100})}), reply_to=m))
+            else:
+                out += [Message(c, reply_to=m) for c in self.train(node - 100, m)]
+        return out
+
+
+def test_flower_server_checks_every_reply_before_use(tmp_path, monkeypatch):
+    """Replies are attributed by the node they come from; a blob that is a huge integer or None, a
+    node claiming another client's id, a second reply: the round goes on; the timeout is the config's."""
+    from flwr.app import ConfigRecord, MetricRecord, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # what a ServerApp process has set
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+    from e3sfc.flower.apps import FlowerSimulation, ins_from_record
+
+    cfg = RunConfig(method="fedavg", **{**BASE, "clients": 4, "rounds": 1}, round_timeout=7.5, engine="flower")
+    honest = Simulation(cfg.replace(engine="inprocess"))
+
+    def reply(client, blob, n, claimed=None):
+        rec = {"client": client if claimed is None else claimed, "num-samples": n}
+        if blob is not None:
+            rec["blob"] = blob
+        return RecordDict({"update": ConfigRecord(rec), "stats": MetricRecord({"cosine": 1.0})})
+
+    def train(k, msg):
+        x, y = honest.client_data[k]
+        u = honest.client(k).handle(ins_from_record(msg.content), honest.client_model, honest.train_model, x, y)
+        return {0: [reply(0, u.blob, u.num_samples), reply(0, u.blob, u.num_samples)],  # a second reply
+                1: [reply(1, u.blob, u.num_samples, claimed=0)],                       # claims client 0
+                2: [reply(2, 2 ** 40, u.num_samples)],                                 # no 1 TB allocation
+                3: [reply(3, None, u.num_samples)]}[k]                                  # no blob at all
+
+    grid = _FakeGrid(4, train)
+    sim = FlowerSimulation(cfg, grid, tmp_path / "f", wait_s=5)
+    stats = sim.run_round(1)
+    assert stats["participants"] == 2 and stats["rejected"] == 2
+    assert grid.timeouts[-1] == 7.5
+    assert torch.isfinite(sim.server.weights).all()
+    assert sorted(sim.ledger.per_client(1, "up")) == [0, 1, 2, 3]

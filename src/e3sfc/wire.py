@@ -104,8 +104,10 @@ def decode(
     method: int | None = None,
     expect: Sequence[FieldSpec] | None = None,
     max_bytes: int | None = None,
+    check_finite: bool = True,
 ) -> Payload:
-    """Parse ``data``; check the method id and, when given, the exact field specs."""
+    """Parse ``data``; check the method id and, when given, the exact field specs (and, unless
+    ``check_finite`` is off, that every float is finite)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise PayloadError(f"payload must be bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -151,7 +153,7 @@ def decode(
         size = count * d.itemsize
         a = np.frombuffer(data, dtype=d, count=count, offset=off).reshape(s)
         off += size
-        if d.kind == "f" and not np.isfinite(a).all():
+        if check_finite and d.kind == "f" and not np.isfinite(a).all():
             raise PayloadError("payload holds non-finite values (NaN or inf)")
         fields.append(a.astype(d.newbyteorder("=")) if d.itemsize > 1 else a)
     return Payload(mid, tuple(fields))

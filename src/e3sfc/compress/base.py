@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import wire
+from ..errors import PayloadError
 from ..wire import FieldSpec, Payload
 
 
@@ -101,3 +102,12 @@ class Compressor(ABC):
 
     def decode(self, data: bytes, ctx: Context) -> Payload:
         return wire.decode(data, method=self.method_id, expect=self.fields(ctx))
+
+    def decode_update(self, data: bytes, ctx: Context) -> torch.Tensor:
+        """Bytes from the network -> the update (P,): finite, of this context's size, or a PayloadError
+        (a well-formed payload whose decoded update overflows is rejected too)."""
+        upd = self.decompress(self.decode(data, ctx), ctx)
+        if upd.shape != (ctx.num_params,) or not torch.isfinite(upd).all():
+            raise PayloadError("decoded update is not finite" if upd.shape == (ctx.num_params,)
+                               else f"decoded update has shape {tuple(upd.shape)}; expected ({ctx.num_params},)")
+        return upd

@@ -119,7 +119,7 @@ def server_step(
     decoded: dict[int, torch.Tensor] = {}
     for i, u in enumerate(updates):
         try:
-            upd = _decode(u, compressor, ctx)
+            upd = compressor.decode_update(u.blob, ctx)
             norm = float(torch.linalg.vector_norm(upd.double()))
             if not math.isfinite(norm):
                 raise PayloadError("decoded update's norm is not finite")
@@ -137,7 +137,7 @@ def server_step(
     total, accepted, clipped = 0.0, [], []
     for i, norm in norms.items():
         u = updates[i]
-        upd = decoded.pop(i) if keep else _decode(u, compressor, ctx)
+        upd = decoded.pop(i) if keep else compressor.decode_update(u.blob, ctx)
         a = float(u.num_samples) if weighted else 1.0
         if norm > bound:
             clipped.append(u.client)
@@ -150,13 +150,6 @@ def server_step(
     if total > 0:
         delta.div_(total)
     return Aggregate(delta, accepted, rejected, clipped)
-
-
-def _decode(u: ClientUpdate, compressor: Compressor, ctx: Context) -> torch.Tensor:
-    upd = compressor.decompress(compressor.decode(u.blob, ctx), ctx)
-    if not torch.isfinite(upd).all():
-        raise PayloadError("decoded update is not finite")
-    return upd
 
 
 @dataclass

@@ -1,0 +1,171 @@
+"""Every bad input a user or an attacker can hand the CLI ends in one line and exit 2, nothing half-written;
+checkpoints cannot run code; run folders have one writer."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+
+import pytest
+import torch
+
+from e3sfc import wire
+from e3sfc.cli import main
+from e3sfc.errors import DataError, PayloadError
+from e3sfc.federated.simulator import locked_run_dir
+from e3sfc.io import read_jsonl
+
+FAST = ["--dataset", "digits", "--clients", "3", "--rounds", "2", "--batch-size", "32"]
+
+
+def _err(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.parametrize("out,needle", [
+    ("/proc/e3sfc-x", "--out: cannot create a run folder at '/proc/e3sfc-x'"),
+    ("/sys/e3sfc-x", "--out: cannot create a run folder at '/sys/e3sfc-x'"),
+    ("FILE", "is a file; expected a folder"),
+    ("FILE/under", "--out: cannot create a run folder"),
+])
+def test_bad_out(out, needle, tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("keep me")
+    out = out.replace("FILE", str(f))
+    assert main(["run", *FAST, "--out", out]) == 2
+    assert needle in _err(capsys)
+    assert f.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--threads", "100000"], "--threads: 100000 is not allowed; expected an integer in 0.."),
+    (["--method", "3sfc", "--samples", "1000000000", "--max-samples", "1000000000"],
+     "--samples: this run needs about"),
+    (["--method", "topk", "--memory-test"], "--clients: this run needs about"),
+])
+def test_impossible_sizes_are_refused_before_allocating(argv, needle, tmp_path, capsys, monkeypatch):
+    if "--memory-test" in argv:  # a machine with 100 kB free: 3 clients' EF residuals cannot fit
+        argv = argv[:-1]
+        monkeypatch.setattr("e3sfc.federated.simulator.available_memory", lambda: 100_000)
+    out = tmp_path / "r"
+    assert main(["run", *FAST, "--out", str(out), *argv]) == 2
+    assert needle in _err(capsys)
+    assert not out.exists()  # nothing left behind
+
+
+def test_binary_toml(tmp_path, capsys):
+    p = tmp_path / "c.toml"
+    p.write_bytes(b"\x00\xff\xfe\x89PNG")
+    assert main(["run", "--config", str(p)]) == 2
+    assert "--config" in _err(capsys)
+
+
+def test_idx_dimensions_that_overflow(tmp_path):
+    raw = bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 2 ** 32 - 1, 2 ** 32 - 1, 2 ** 32 - 1) + b"\x00" * 16
+    p = tmp_path / "x-idx3-ubyte"
+    p.write_bytes(raw)
+    from e3sfc.data import read_idx
+
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(p)
+
+
+def test_wire_dimensions_whose_product_wraps_around():
+    with pytest.raises(PayloadError, match="truncated"):
+        wire.decode(bytes.fromhex("45330100010503000000800000008004000000"))
+
+
+def _finished_run(tmp_path, name="run", *extra):
+    out = tmp_path / name
+    assert main(["run", *FAST, "--rounds", "3", "--checkpoint-every", "1", "--out", str(out), *extra]) == 0
+    (out / "summary.json").unlink()
+    return out
+
+
+class _Boom:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.write_text, (pathlib.Path(self.path), "pwned"))
+
+
+def test_resume_never_runs_code_from_a_checkpoint(tmp_path, capsys):
+    out = _finished_run(tmp_path)
+    marker = tmp_path / "marker"
+    with open(out / "checkpoint.pt", "wb") as f:
+        torch.save({"round": 1, "x": _Boom(str(marker))}, f)
+    assert main(["run", "--resume", str(out)]) == 2
+    assert "is not a readable e3sfc checkpoint" in _err(capsys)
+    assert not marker.exists()
+    pickle.dump(_Boom(str(marker)), open(out / "checkpoint.pt", "wb"))  # a bare pickle too
+    assert main(["run", "--resume", str(out)]) == 2
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["random", "empty", "truncated"])
+def test_resume_corrupt_checkpoint(damage, tmp_path, capsys):
+    out = _finished_run(tmp_path)
+    ck = out / "checkpoint.pt"
+    blob = ck.read_bytes()
+    ck.write_bytes({"random": bytes(range(256)) * 40, "empty": b"", "truncated": blob[: len(blob) // 2]}[damage])
+    metrics = (out / "metrics.jsonl").read_bytes()
+    assert main(["run", "--resume", str(out)]) == 2
+    assert "checkpoint" in _err(capsys)
+    assert (out / "metrics.jsonl").read_bytes() == metrics  # nothing written
+
+
+def test_resume_checkpoint_of_another_model(tmp_path, capsys):
+    mine = _finished_run(tmp_path, "mlp")
+    other = _finished_run(tmp_path, "cnn", "--model", "lenet")
+    (mine / "checkpoint.pt").write_bytes((other / "checkpoint.pt").read_bytes())
+    assert main(["run", "--resume", str(mine)]) == 2
+    assert "does not belong to the run" in _err(capsys)
+
+
+def test_state_with_a_wrong_shape_is_refused(tmp_path, capsys):
+    out = _finished_run(tmp_path)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["server"]["weights"] = torch.zeros(7)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    (out / "checkpoint.pt").write_bytes(buf.getvalue())
+    assert main(["run", "--resume", str(out)]) == 2
+    assert "parameters" in _err(capsys)
+
+
+def test_second_writer_is_refused_and_stale_temp_files_go(tmp_path, capsys):
+    out = _finished_run(tmp_path)
+    stale = out / ".metrics.jsonl.abc123.tmp"
+    with locked_run_dir(out):  # another process (or Simulation) writing this folder
+        stale.write_text("half")  # its write in progress: the refused second run leaves it alone
+        assert main(["run", "--resume", str(out)]) == 2
+        assert "is in use by another e3sfc run" in _err(capsys)
+        assert stale.exists()
+    assert main(["run", "--resume", str(out)]) == 0
+    assert not stale.exists()
+    assert len(read_jsonl(out / "metrics.jsonl")) == 3
+
+
+def test_two_new_runs_in_one_folder(tmp_path, capsys):
+    out = tmp_path / "same"
+    with locked_run_dir(out):
+        assert main(["run", *FAST, "--out", str(out)]) == 2
+        assert "is in use by another e3sfc run" in _err(capsys)
+    assert not (out / "config.json").exists()
+
+
+def test_a_folder_that_never_checkpointed_can_be_reused(tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "config.json").write_text('{"method": "fedavg"}')
+    (out / "metrics.jsonl").write_text('{"round": 1, "accuracy": 0.5}\n' * 7)
+    assert main(["run", "--resume", str(out)]) == 2
+    assert "never checkpointed" in _err(capsys)
+    assert main(["run", *FAST, "--out", str(out)]) == 0
+    assert len(read_jsonl(out / "metrics.jsonl")) == 2
