@@ -179,7 +179,7 @@ class FlowerSimulation(Simulation):
             time.sleep(0.5)
         msgs = [Message(RecordDict({}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
         node_of = {}
-        for r in self.grid.send_and_receive(msgs, timeout=wait_s):
+        for r in self.grid.send_and_receive(msgs, timeout=min(wait_s, self.cfg.round_timeout)):
             if r.has_error():
                 log.warning("node %s did not say its partition: %s", r.metadata.src_node_id, r.error.reason)
             else:
