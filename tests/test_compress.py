@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from e3sfc import wire
-from e3sfc.compress import ErrorFeedback, available_methods, from_config, make_compressor
+from e3sfc.compress import ErrorFeedback, available_methods, get_compressor_class, make_compressor
 from e3sfc.compress.base import Context
 from torch import nn
 from e3sfc.compress.lbfgs import FlatLBFGS
@@ -15,10 +15,17 @@ from e3sfc.compress.synth import CosineMatch, synth_grad
 from e3sfc.config import RunConfig
 from e3sfc.errors import ConfigError, PayloadError
 from e3sfc.federated import client_step, get_flat
+from e3sfc.federated.runtime import uplink_compressor
 from e3sfc.models import build_model
 from e3sfc.wire import Payload
 
 FAST = {"steps": 2, "max_iter": 5, "synth_iters": 3}  # keep the synthesis methods quick
+
+
+def make(method, **options):
+    """``method`` with those of ``options`` that it has (each method refuses options it does not have)."""
+    names = get_compressor_class(method).option_names()
+    return make_compressor(method, **{k: v for k, v in options.items() if k in names})
 
 
 def small_ctx(seed=0, shape=(1, 8, 8), model="mlp", dtype=torch.float32):
@@ -34,7 +41,7 @@ def target_like(ctx, seed=0, dtype=torch.float32):
 @pytest.mark.parametrize("method", available_methods())
 def test_contract(method):
     ctx = small_ctx()
-    comp = make_compressor(method, **FAST)
+    comp = make(method, **FAST)
     tau = target_like(ctx)
     before = tau.clone()
     w_before = [p.detach().clone() for p in ctx.model.parameters()]
@@ -56,7 +63,7 @@ def test_contract(method):
 @pytest.mark.parametrize("method", [m for m in available_methods() if make_compressor(m).biased])
 def test_ef_identity_float64(method):
     ctx = small_ctx(dtype=torch.float64)
-    comp = make_compressor(method, **FAST)
+    comp = make(method, **FAST)
     ef = ErrorFeedback()
     ef.residuals[0] = target_like(ctx, 5, torch.float64)
     tau = ef.target(0, target_like(ctx, 6, torch.float64))
@@ -193,7 +200,7 @@ def test_exact_bytes_on_the_reference_mlp():
         "qsgd": 4 + 24_902 + 124_507 + 19,                             # s = 16: 5 bits per level
     }
     for method, n in expected.items():
-        comp = make_compressor(method, ratio=0.01)
+        comp = make(method, ratio=0.01)
         assert comp.payload_bytes(ctx) == n, method
     assert expected["3sfc"] == 3_215 and expected["fedavg"] // expected["3sfc"] >= 247
 
@@ -202,7 +209,7 @@ def test_ratio_match_gives_equal_or_fewer_bytes():
     ctx = small_ctx(shape=(1, 28, 28))
     budget = make_compressor("3sfc").payload_bytes(ctx)
     for method in ("topk", "stc"):
-        comp = from_config(RunConfig(method=method, ratio="match:3sfc"), ctx)
+        comp = uplink_compressor(RunConfig(method=method, ratio="match:3sfc"), ctx)
         assert comp.payload_bytes(ctx) <= budget
         bigger = make_compressor(method, ratio=comp.ratio * 1.02)
         assert bigger.payload_bytes(ctx) > budget or bigger.k(ctx) == comp.k(ctx)
@@ -233,7 +240,7 @@ def test_synthesis_methods_work_with_every_model(model):
     m.eval()
     for method in ("3sfc", "fedsynth"):
         ctx = Context(m, get_flat(m), shape, 10, generator=torch.Generator().manual_seed(0))
-        comp = make_compressor(method, steps=1, max_iter=2, synth_iters=1)
+        comp = make(method, steps=1, max_iter=2, synth_iters=1)
         p, _ = comp.compress(target_like(ctx), ctx)
         out = comp.decompress(comp.decode(comp.encode(p), ctx), ctx)
         assert out.shape == (ctx.num_params,) and torch.isfinite(out).all() and out.abs().sum() > 0
@@ -349,7 +356,7 @@ def test_closed_form_objective_equals_autograd(sizes, bias, m):
 def test_closed_form_is_used_only_for_linear_relu_chains():
     from torch import nn
 
-    from e3sfc.compress.synth import cosine_match
+    from e3sfc.compress.search import cosine_match
     from e3sfc.compress.synth_mlp import MLPCosineMatch, linear_relu_chain
 
     mlp = build_model("mlp", (1, 8, 8), 10, seed=0)
@@ -473,7 +480,7 @@ def test_searches_run_together_match_each_alone_float64(model, shape):
     """run_together (the simulator's --batch-search) batches the objective evaluations of several
     3SFC searches (closed form for the MLP, torch.func for the ConvNet); in float64 every search
     ends where it ends alone, to rounding."""
-    from e3sfc.compress.synth import run_together, start
+    from e3sfc.compress.search import run_together, start
 
     ctx = small_ctx(shape=shape, model=model, dtype=torch.float64)
     gen = torch.Generator().manual_seed(12)
@@ -493,3 +500,35 @@ def test_searches_run_together_match_each_alone_float64(model, shape):
         torch.testing.assert_close(together[k][0], alone[k][0], rtol=1e-7, atol=1e-9)
         torch.testing.assert_close(together[k][1], alone[k][1], rtol=1e-7, atol=1e-9)
         assert together[k][2] == pytest.approx(alone[k][2], rel=1e-8)
+
+
+def test_options_are_the_methods_own():
+    """A method takes only its own options, named as the run settings; anything else is one clear error."""
+    assert make_compressor("topk", ratio=0.1, topk_scope="global").scope == "global"
+    with pytest.raises(ConfigError, match="topk: unknown option.*samples.*allowed: ratio, topk_scope"):
+        make_compressor("topk", samples=2)
+    with pytest.raises(ConfigError, match="qsgd: levels must be in 1..65535"):
+        make_compressor("qsgd", levels=0)
+    assert get_compressor_class("e3sfc").downlink == "3sfc" and get_compressor_class("topk").downlink == "dense"
+    assert get_compressor_class("3sfc").sized_by_samples and not get_compressor_class("stc").sized_by_samples
+
+
+def test_compress_many_with_batch_search_equals_one_by_one_float64():
+    """ThreeSFC.compress_many with batch_search: the round's searches together, the same payloads to rounding."""
+    ctx = small_ctx(dtype=torch.float64)
+    gen = torch.Generator().manual_seed(3)
+    taus = [target_like(ctx, k, torch.float64) for k in range(3)]
+
+    def ctxs():
+        return [Context(ctx.model, ctx.weights, ctx.input_shape, 10, generator=torch.Generator().manual_seed(k))
+                for k in range(3)]
+
+    alone = make_compressor("3sfc", steps=2, max_iter=8).compress_many(taus, ctxs())
+    batched = make_compressor("3sfc", steps=2, max_iter=8, batch_search=True)
+    assert batched.batch_limit is None and make_compressor("3sfc").batch_limit == 1
+    together = batched.compress_many(taus, ctxs())
+    for (pa, sa), (pb, sb) in zip(alone, together):
+        for fa, fb in zip(pa.fields, pb.fields):
+            np.testing.assert_allclose(fa, fb, rtol=1e-5, atol=1e-7)
+        assert sa["cosine"] == pytest.approx(sb["cosine"], rel=1e-6)
+    del gen

@@ -8,7 +8,8 @@ from e3sfc.config import RunConfig
 from e3sfc.errors import ConfigError
 from e3sfc.federated import Simulation
 from e3sfc.federated.budget import BudgetScheduler
-from e3sfc.federated.server import SERVER, server_downlink
+from e3sfc.federated.downlink import SERVER, Downlink
+from e3sfc.metrics import Ledger
 from e3sfc.io import read_jsonl
 
 # digits: d = 64, C = 10 -> a 3SFC payload with M samples is 4 (74 M + 1) + 35 bytes
@@ -50,8 +51,8 @@ def test_catch_up_replays_missed_broadcasts_and_counts_them():
     sim = Simulation(RunConfig(**QUICK, clients=6, fraction=0.5, rounds=4))
     sim.run()
     before = sim.ledger.total("down")
-    k = next(k for k in range(6) if sim.server.version[k] < sim.round)
-    missed = sim.round + 1 - int(sim.server.version[k])
+    k = next(k for k in range(6) if sim.server.downlink.version[k] < sim.round)
+    missed = sim.round + 1 - int(sim.server.downlink.version[k])
     sim.sync(sim.round + 1, k)
     assert sim.ledger.total("down") - before == missed * synth_bytes(1)
 
@@ -63,11 +64,12 @@ def test_server_ef_identity_float64():
 
     m = build_model("mlp", (1, 8, 8), 10, seed=0).double()
     ctx = Context(m, get_flat(m), (1, 8, 8), 10, generator=torch.Generator().manual_seed(0))
-    ef = ErrorFeedback()
+    down = Downlink(make_compressor("3sfc", steps=2, max_iter=5), 3, "seed", True, Ledger())
+    ef = down.ef
     ef.residuals[SERVER] = torch.randn(ctx.num_params, dtype=torch.float64) * 1e-3
     old = ef.residuals[SERVER].clone()
     delta = torch.randn(ctx.num_params, dtype=torch.float64) * 1e-2
-    b = server_downlink(ctx, delta, make_compressor("3sfc", steps=2, max_iter=5), ef)
+    b = down.broadcast(1, ctx, delta, None, False, 10 ** 9)
     applied = b.weights - ctx.weights
     torch.testing.assert_close(applied + ef.residuals[SERVER], old + delta, rtol=0, atol=1e-12)
 
@@ -93,7 +95,7 @@ def test_budget_respected_with_partial_participation():
     budget = 60_000
     sim = Simulation(RunConfig(**QUICK, clients=6, fraction=0.5, rounds=5, budget_bytes=budget, schedule="decay"))
     sim.run()
-    assert sim.ledger.total("up") + sim.ledger.total("down") + int(sim.server.owed.sum()) <= budget
+    assert sim.ledger.total("up") + sim.ledger.total("down") + int(sim.server.downlink.owed.sum()) <= budget
 
 
 def test_too_small_budget_is_refused_with_the_minimum():
@@ -141,11 +143,12 @@ def test_downlink_flag_works_for_any_method():
 
 def test_downlink_search_has_its_own_patience():
     """The server's downlink search runs all evaluations by default, whatever the uplink's patience."""
-    from e3sfc.federated.runtime import downlink_compressor
+    from e3sfc.federated.downlink import downlink_compressor
 
+    ctx = Simulation(RunConfig(**QUICK, clients=2, rounds=1)).server.context(0, None)
     cfg = RunConfig(method="e3sfc", patience=20)
-    assert cfg.downlink_patience == 0 and downlink_compressor(cfg).patience == 0
-    assert downlink_compressor(RunConfig(method="e3sfc", downlink_patience=7)).patience == 7
+    assert cfg.downlink_patience == 0 and downlink_compressor(cfg, ctx).patience == 0
+    assert downlink_compressor(RunConfig(method="e3sfc", downlink_patience=7), ctx).patience == 7
     with pytest.raises(ConfigError, match="--downlink-patience: -1 is not allowed"):
         RunConfig(method="e3sfc", downlink_patience=-1)
 

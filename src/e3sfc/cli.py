@@ -53,7 +53,9 @@ HELP = {
     "unroll": "fedsynth: unrolled SGD steps",
     "synth_iters": "fedsynth: Adam iterations",
     "synth_lr": "fedsynth: Adam learning rate",
-    "downlink": "auto (3sfc for e3sfc, else dense), dense (full model) or 3sfc (server compresses its aggregate)",
+    "downlink": "auto (the method's own: 3sfc for e3sfc, else dense), dense (full model), or a method that "
+                "compresses the server's aggregate with a server residual: 3sfc, topk, stc, sign, qsgd, fedsynth",
+    "downlink_ratio": "topk/stc downlink: kept fraction or match:METHOD (default: the uplink's --ratio)",
     "init": "auto, seed (every party builds w_1 from the seed: nothing sent) or broadcast (w_1 shipped, counted)",
     "schedule": "budget schedule for the synthetic samples M_t: constant, decay or adaptive",
     "budget_bytes": "total bytes (up + down) for the whole run; 0 = no budget",

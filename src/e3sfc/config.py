@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .compress import available_methods, get_compressor_class, parse_ratio
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -69,6 +70,7 @@ class RunConfig:
     synth_lr: float = 0.05
     # double-way compression and budget (DESIGN 1.2, 1.3)
     downlink: str = "auto"
+    downlink_ratio: str = ""
     init: str = "auto"
     schedule: str = "constant"
     budget_bytes: int = 0
@@ -97,13 +99,23 @@ class RunConfig:
 
     @property
     def resolved_downlink(self) -> str:
-        """``auto``: the 3SFC downlink for e3sfc, the dense model otherwise."""
-        return self.downlink if self.downlink != "auto" else ("3sfc" if self.method == "e3sfc" else "dense")
+        """``auto``: the method's natural downlink (``3sfc`` for e3sfc, ``dense`` for the others)."""
+        return self.downlink if self.downlink != "auto" else get_compressor_class(self.method).downlink
 
     @property
     def resolved_init(self) -> str:
-        """``auto``: build w_1 from the shared seed for e3sfc; ship it otherwise."""
-        return self.init if self.init != "auto" else ("seed" if self.method == "e3sfc" else "broadcast")
+        """``auto``: the method's own choice (e3sfc builds w_1 from the shared seed; the others ship it)."""
+        return self.init if self.init != "auto" else get_compressor_class(self.method).init
+
+    @property
+    def resolved_downlink_ratio(self) -> str:
+        """The downlink compressor's ratio setting (``--downlink-ratio``; empty: the uplink's ``--ratio``)."""
+        return self.downlink_ratio or self.ratio
+
+    @property
+    def sized_by_samples(self) -> bool:
+        """Whether the uplink payload grows with ``samples`` (what the budget scheduler sizes)."""
+        return get_compressor_class(self.method).sized_by_samples
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -187,8 +199,12 @@ def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{_flag(name)}: {value!r} is not allowed; expected {allowed}")
 
 
+def downlink_choices() -> tuple[str, ...]:
+    """``--downlink``: auto, dense, or any registered method that can compress the server's aggregate."""
+    return ("auto", "dense", *(m for m in available_methods() if get_compressor_class(m).as_downlink))
+
+
 def _validate(c: RunConfig) -> None:
-    from .compress import available_methods
     from .data import available_datasets, EMNIST_SPLITS
     from .models import available_models
 
@@ -200,7 +216,7 @@ def _validate(c: RunConfig) -> None:
         ("device", ("cpu", "cuda")),
         ("emnist_split", tuple(EMNIST_SPLITS)),
         ("topk_scope", ("tensor", "global")),
-        ("downlink", ("auto", "dense", "3sfc")),
+        ("downlink", downlink_choices()),
         ("init", ("auto", "seed", "broadcast")),
         ("schedule", ("constant", "decay", "adaptive")),
         ("engine", ("inprocess", "flower")),
@@ -239,6 +255,8 @@ def _validate(c: RunConfig) -> None:
     _require(c.synth_iters >= 0, "synth_iters", c.synth_iters, "an integer >= 0")
     _require(math.isfinite(c.synth_lr) and c.synth_lr > 0, "synth_lr", c.synth_lr, "a number > 0")
     parse_ratio(c.ratio)
+    if c.downlink_ratio:
+        parse_ratio(c.downlink_ratio, "--downlink-ratio")
     _require(c.budget_bytes >= 0, "budget_bytes", c.budget_bytes, "an integer >= 0 (0 = no budget)")
     _require(math.isfinite(c.target_cosine) and 0 < c.target_cosine < 1, "target_cosine", c.target_cosine,
              "a number in (0, 1)")
@@ -246,8 +264,9 @@ def _validate(c: RunConfig) -> None:
     _require(math.isfinite(c.decay_rate) and 0 < c.decay_rate <= 1, "decay_rate", c.decay_rate, "a number in (0, 1]")
     if c.budget_bytes or c.schedule != "constant":
         flag = "budget_bytes" if c.budget_bytes else "schedule"
-        _require(c.method in SYNTH_METHODS, flag, getattr(c, flag),
-                 f"only with a method whose payload size is set by --samples ({', '.join(SYNTH_METHODS)}); "
+        sized = [m for m in available_methods() if get_compressor_class(m).sized_by_samples]
+        _require(c.sized_by_samples, flag, getattr(c, flag),
+                 f"only with a method whose payload size is set by --samples ({', '.join(sized)}); "
                  f"--method is {c.method}")
     if c.batch_search:
         _require(c.engine == "inprocess", "batch_search", True,
@@ -272,25 +291,5 @@ def _validate(c: RunConfig) -> None:
     )
 
 
-SYNTH_METHODS = ("3sfc", "e3sfc", "fedsynth")
 # --adversary: what a hostile client sends (e3sfc.federated.adversary implements each)
 ADVERSARY_KINDS = ("nan", "huge", "scale", "garbage", "wrong-shape", "drop")
-
-
-def parse_ratio(value: str) -> float | str:
-    """``--ratio``: a fraction in (0, 1], or ``match:METHOD`` (equal uplink bytes to METHOD)."""
-    from .compress import available_methods
-
-    allowed = "a fraction in (0, 1] or match:METHOD (e.g. match:3sfc)"
-    text = str(value).strip()
-    if text.startswith("match:"):
-        target = text[len("match:"):]
-        _require(target in available_methods(), "ratio", value,
-                 f"match: followed by one of {', '.join(available_methods())}")
-        return target
-    try:
-        r = float(text)
-    except ValueError:
-        raise ConfigError(f"--ratio: {value!r} is not allowed; expected {allowed}") from None
-    _require(math.isfinite(r) and 0 < r <= 1, "ratio", value, allowed)
-    return r

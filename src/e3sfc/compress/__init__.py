@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..errors import ConfigError
@@ -31,48 +32,59 @@ def get_compressor_class(name: str) -> type[Compressor]:
 
 
 def make_compressor(name: str, **options: Any) -> Compressor:
-    """Build a registered compressor; ``options`` are the method's own knobs."""
-    return get_compressor_class(name).from_options(**options)  # type: ignore[attr-defined]
-
-
-OPTION_NAMES = ("samples", "steps", "max_iter", "lambd", "patience", "topk_scope", "levels", "unroll",
-                "synth_iters", "synth_lr")
+    """Build a registered compressor from its own options (unknown options are a ConfigError)."""
+    return get_compressor_class(name).from_options(**options)
 
 
 def has_ratio(method: str) -> bool:
     """Whether ``method`` has a ``ratio`` knob (the sparsifiers)."""
-    import inspect
-
-    return "ratio" in inspect.signature(get_compressor_class(method).from_options).parameters
+    return "ratio" in get_compressor_class(method).option_names()
 
 
-def from_config(cfg: Any, ctx: Context, method: str | None = None) -> Compressor:
-    """Build ``method`` (default ``cfg.method``) from a RunConfig's knobs.
+def parse_ratio(value: str, flag: str = "--ratio") -> float | str:
+    """A ratio setting: a fraction in (0, 1], or ``match:METHOD`` (as many bytes as METHOD, at most)."""
+    allowed = "a fraction in (0, 1] or match:METHOD (e.g. match:3sfc)"
+    text = str(value).strip()
+    if text.startswith("match:"):
+        target = text[len("match:"):]
+        if target not in _REGISTRY:
+            raise ConfigError(f"{flag}: {value!r} is not allowed; expected match: followed by one of "
+                              f"{', '.join(_REGISTRY)}")
+        return target
+    try:
+        r = float(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: {value!r} is not allowed; expected {allowed}") from None
+    if not (math.isfinite(r) and 0 < r <= 1):
+        raise ConfigError(f"{flag}: {value!r} is not allowed; expected {allowed}")
+    return r
 
-    ``--ratio match:M`` picks the largest ratio whose payload is no larger than
-    method M's payload at ``ctx`` (equal-bytes comparisons, DESIGN 1.4).
-    """
-    from ..config import parse_ratio
 
-    method = method or cfg.method
-    opts = {k: getattr(cfg, k) for k in OPTION_NAMES}
-    ratio = parse_ratio(cfg.ratio)
-    if isinstance(ratio, float) or not has_ratio(method):
-        return make_compressor(method, ratio=ratio if isinstance(ratio, float) else 1.0, **opts)
-    if ratio == method:
-        raise ConfigError(f"--ratio: match:{ratio} cannot match the method with itself")
-    budget = make_compressor(ratio, ratio=0.01, **opts).payload_bytes(ctx)
-    return match_bytes(method, budget, ctx, opts)
+def build_compressor(method: str, options: dict[str, Any], ratio: str, ctx: Context,
+                     flag: str = "--ratio") -> Compressor:
+    """``method`` with ``options`` (those it does not have are left out) and, where it has one,
+    the ``ratio`` setting: a fraction, or ``match:M``, the largest ratio whose payload at ``ctx``
+    is no larger than method M's (equal-bytes comparisons)."""
+    names = get_compressor_class(method).option_names()
+    opts = {k: v for k, v in options.items() if k in names and k != "ratio"}
+    r = parse_ratio(ratio, flag)
+    if not has_ratio(method):
+        return make_compressor(method, **opts)
+    if isinstance(r, float):
+        return make_compressor(method, ratio=r, **opts)
+    if r == method:
+        raise ConfigError(f"{flag}: match:{r} cannot match the method with itself")
+    other = {k: v for k, v in options.items() if k in get_compressor_class(r).option_names() and k != "ratio"}
+    budget = make_compressor(r, **other).payload_bytes(ctx)
+    return match_bytes(method, budget, ctx, opts, flag)
 
 
-def match_bytes(method: str, budget: int, ctx: Context, opts: dict[str, Any]) -> Compressor:
+def match_bytes(method: str, budget: int, ctx: Context, opts: dict[str, Any], flag: str = "--ratio") -> Compressor:
     """The compressor with the largest ``ratio`` whose payload fits in ``budget`` bytes."""
     lo = make_compressor(method, ratio=1.0 / ctx.num_params, **opts)
-    if not has_ratio(method):  # the method has no ratio knob: nothing to match
-        return lo
     if lo.payload_bytes(ctx) > budget:
         raise ConfigError(
-            f"--ratio: {method} cannot fit in {budget} bytes (its smallest payload is {lo.payload_bytes(ctx)})"
+            f"{flag}: {method} cannot fit in {budget} bytes (its smallest payload is {lo.payload_bytes(ctx)})"
         )
     a, b = 1.0 / ctx.num_params, 1.0
     if make_compressor(method, ratio=b, **opts).payload_bytes(ctx) <= budget:
@@ -91,5 +103,5 @@ from . import fedavg, fedsynth, qsgd, sign, stc, threesfc, topk  # noqa: E402,F4
 
 __all__ = [
     "Compressor", "Context", "ErrorFeedback", "register", "available_methods",
-    "make_compressor", "get_compressor_class", "METHOD_IDS", "from_config", "match_bytes",
+    "make_compressor", "get_compressor_class", "METHOD_IDS", "build_compressor", "match_bytes", "parse_ratio",
 ]

@@ -8,6 +8,7 @@ separate component (:mod:`e3sfc.compress.ef`); ``biased`` says whether it applie
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Generator
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from .. import wire
-from ..errors import PayloadError
+from ..errors import ConfigError, PayloadError
 from ..wire import FieldSpec, Payload
 
 
@@ -63,16 +64,51 @@ class Context:
 
 
 class Compressor(ABC):
-    """One compression method. Subclasses register themselves with :func:`register`."""
+    """One compression method. Subclasses register themselves with :func:`register`.
+
+    A method's options are its constructor's keyword arguments, named as the run settings
+    (``--ratio`` -> ``ratio``); :meth:`from_options` refuses any other. What the method
+    declares about itself, so that no code outside its file tests its name:
+    ``downlink`` (its natural server-to-client compression: ``dense`` or a method name),
+    ``init`` (``broadcast``: w_1 is shipped; ``seed``: every party builds it),
+    ``sized_by_samples`` (the payload grows with ``samples``, so the budget scheduler can
+    size it) and ``as_downlink`` (whether ``--downlink`` may name it)."""
 
     name: ClassVar[str]
     method_id: ClassVar[int]
     biased: ClassVar[bool] = True  # error feedback applies (switch off with --no-ef)
+    downlink: ClassVar[str] = "dense"
+    init: ClassVar[str] = "broadcast"
+    sized_by_samples: ClassVar[bool] = False
+    as_downlink: ClassVar[bool] = True
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return tuple(p.name for p in inspect.signature(cls.__init__).parameters.values()
+                     if p.kind in named and p.name != "self")
 
     @classmethod
     def from_options(cls, **options: Any) -> "Compressor":
-        """Build from the run's compressor options; each method reads the knobs it has."""
-        return cls()
+        """Build from this method's own options; an unknown option or an impossible value is a ConfigError."""
+        unknown = sorted(set(options) - set(cls.option_names()))
+        if unknown:
+            raise ConfigError(f"{cls.name}: unknown option(s) {', '.join(unknown)}; "
+                              f"allowed: {', '.join(cls.option_names()) or 'none'}")
+        try:
+            return cls(**options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{cls.name}: {exc}") from None
+
+    @property
+    def batch_limit(self) -> int | None:
+        """How many clients' targets :meth:`compress_many` should get at once (None: a whole round)."""
+        return 1
+
+    def compress_many(self, targets: list[torch.Tensor], ctxs: list[Context]) -> list[tuple[Payload, dict]]:
+        """Several clients' compressions in one call (a round's, up to :attr:`batch_limit`); by default
+        one after the other. A method that can share work across clients overrides it."""
+        return [self.compress(t, c) for t, c in zip(targets, ctxs)]
 
     @abstractmethod
     def compress(self, target: torch.Tensor, ctx: Context) -> tuple[Payload, dict[str, float]]:

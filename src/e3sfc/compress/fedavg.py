@@ -19,6 +19,7 @@ class Dense(Compressor):
     name = "fedavg"
     method_id = 0
     biased = False
+    as_downlink = False   # the dense downlink is --downlink dense
 
     def compress(self, target: torch.Tensor, ctx: Context) -> tuple[Payload, dict[str, float]]:
         return Payload.of(self.method_id, target.to(torch.float32)), {"cosine": 1.0}

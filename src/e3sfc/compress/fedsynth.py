@@ -33,16 +33,15 @@ class FedSynth(Compressor):
     method_id = 6
     biased = True
 
-    def __init__(self, samples: int = 1, unroll: int = 2, iters: int = 50, lr: float = 0.05,
-                 init_eta: float = 0.01):
-        if samples < 1 or unroll < 1 or iters < 0:
-            raise ValueError(f"need samples >= 1, unroll >= 1, iters >= 0; got {samples}, {unroll}, {iters}")
-        self.samples, self.unroll_steps, self.iters, self.lr, self.init_eta = samples, unroll, iters, lr, init_eta
+    sized_by_samples = True
 
-    @classmethod
-    def from_options(cls, samples: int = 1, unroll: int = 2, synth_iters: int = 50, synth_lr: float = 0.05,
-                     **_) -> "FedSynth":
-        return cls(samples=samples, unroll=unroll, iters=synth_iters, lr=synth_lr)
+    def __init__(self, samples: int = 1, unroll: int = 2, synth_iters: int = 50, synth_lr: float = 0.05,
+                 init_eta: float = 0.01):
+        if samples < 1 or unroll < 1 or synth_iters < 0:
+            raise ValueError(f"need samples >= 1, unroll >= 1, synth_iters >= 0; got {samples}, {unroll}, "
+                             f"{synth_iters}")
+        self.samples, self.unroll_steps, self.iters, self.lr = samples, unroll, synth_iters, synth_lr
+        self.init_eta = init_eta
 
     def fields(self, ctx: Context) -> list[FieldSpec]:
         f4 = np.dtype("<f4")

@@ -34,10 +34,6 @@ class QSGD(Compressor):
         self.levels = levels
         self.width = max(1, math.ceil(math.log2(levels + 1)))
 
-    @classmethod
-    def from_options(cls, levels: int = 16, **_) -> "QSGD":
-        return cls(levels=levels)
-
     def fields(self, ctx: Context) -> list[FieldSpec]:
         p = ctx.num_params
         return [FieldSpec(np.dtype("<f4"), ()), FieldSpec(np.dtype("u1"), (nbytes(p),)),

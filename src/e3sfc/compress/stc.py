@@ -26,10 +26,6 @@ class STC(TopK):
     method_id = 3
     biased = True
 
-    @classmethod
-    def from_options(cls, ratio: float = 0.01, topk_scope: str = "tensor", **_) -> "STC":
-        return cls(ratio=ratio, scope=topk_scope)
-
     def fields(self, ctx: Context) -> list[FieldSpec]:
         k = self.k(ctx)
         return [FieldSpec(np.dtype("<i4"), (k,)), FieldSpec(np.dtype("u1"), (nbytes(k),)),

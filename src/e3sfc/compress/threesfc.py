@@ -51,7 +51,8 @@ from ..wire import FieldSpec, Payload
 from . import register
 from .base import Compressor, Context, Steps, run_steps
 from .lbfgs import FlatLBFGS
-from .synth import cosine_match, ls_scale, synth_grad
+from .search import cosine_match, run_together, start
+from .synth import ls_scale, synth_grad
 
 
 @register
@@ -60,17 +61,30 @@ class ThreeSFC(Compressor):
     method_id = 1
     biased = True
 
+    sized_by_samples = True
+
     def __init__(self, samples: int = 1, steps: int = 10, max_iter: int = 20, lambd: float = 0.0,
-                 history: int = 100, patience: int = 20, tol: float = 1e-4, lock_cos: float = 0.05):
+                 history: int = 100, patience: int = 20, tol: float = 1e-4, lock_cos: float = 0.05,
+                 batch_search: bool = False):
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         self.samples, self.steps, self.max_iter, self.lambd, self.history = samples, steps, max_iter, lambd, history
         self.patience, self.tol, self.lock_cos = patience, tol, lock_cos
+        self.batch_search = batch_search
 
-    @classmethod
-    def from_options(cls, samples: int = 1, steps: int = 10, max_iter: int = 20, lambd: float = 0.0,
-                     patience: int = 20, **_) -> "ThreeSFC":
-        return cls(samples=samples, steps=steps, max_iter=max_iter, lambd=lambd, patience=patience)
+    @property
+    def batch_limit(self) -> int | None:
+        """With ``batch_search`` a round's searches run together (:meth:`compress_many`)."""
+        return None if self.batch_search else 1
+
+    def compress_many(self, targets: list[torch.Tensor], ctxs: list[Context]) -> list[tuple[Payload, dict]]:
+        """Several clients' compressions; with ``batch_search`` their searches run together, the
+        objective evaluations of each turn batched (:func:`.search.run_together`: the closed form for
+        MLPs, torch.func vmap for other models). Same math as one by one, float sums in another order."""
+        if not self.batch_search:
+            return super().compress_many(targets, ctxs)
+        done = run_together({i: start(self.compress_steps(t, c)) for i, (t, c) in enumerate(zip(targets, ctxs))})
+        return [done[i] for i in range(len(targets))]
 
     def fields(self, ctx: Context, samples: int | None = None) -> list[FieldSpec]:
         m = samples or ctx.samples or self.samples
@@ -146,3 +160,6 @@ class E3SFC(ThreeSFC):
 
     name = "e3sfc"
     method_id = 7
+    downlink = "3sfc"     # E-3SFC: the server compresses its aggregate the same way
+    init = "seed"         # every party builds w_1 from the shared seed
+    as_downlink = False   # as a downlink it is 3sfc

@@ -48,16 +48,12 @@ class TopK(Compressor):
     method_id = 2
     biased = True
 
-    def __init__(self, ratio: float = 0.01, scope: str = "tensor"):
+    def __init__(self, ratio: float = 0.01, topk_scope: str = "tensor"):
         if not 0 < ratio <= 1:
             raise ValueError(f"ratio must be in (0, 1], got {ratio}")
-        if scope not in ("tensor", "global"):
-            raise ValueError(f"scope must be 'tensor' or 'global', got {scope!r}")
-        self.ratio, self.scope = ratio, scope
-
-    @classmethod
-    def from_options(cls, ratio: float = 0.01, topk_scope: str = "tensor", **_) -> "TopK":
-        return cls(ratio=ratio, scope=topk_scope)
+        if topk_scope not in ("tensor", "global"):
+            raise ValueError(f"topk_scope must be 'tensor' or 'global', got {topk_scope!r}")
+        self.ratio, self.scope = ratio, topk_scope
 
     def k(self, ctx: Context) -> int:
         return sum(topk_counts(ctx.param_shapes, self.ratio, self.scope))

@@ -2,8 +2,10 @@
 
 Client k at round t: start from w_t, run E epochs of plain SGD (momentum 0)
 with lr_k = lr * decay^n_k (n_k = times k trained before), giving
-Delta_k = w_k - w_t; form the EF target tau = e_k + Delta_k; compress it;
-serialize with the one wire format; update e_k <- tau - decoded.
+Delta_k = w_k - w_t; form the EF target tau = e_k + Delta_k (:func:`prepare_update`);
+compress it (``Compressor.compress_many``, which may take several clients' targets
+at once); serialize with the one wire format and update e_k <- tau - decoded
+(:func:`finish_update`). :func:`client_step` is the three in a row for one client.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import Compressor, Context, ErrorFeedback
-from ..compress.base import Steps, run_steps
+from ..wire import Payload
 from .params import get_flat, set_flat
 
 
@@ -60,12 +62,18 @@ def local_train(
     return get_flat(model) - start
 
 
-def client_step(train_model: nn.Module, ctx: Context, x: torch.Tensor, y: torch.Tensor, **kw) -> ClientUpdate:
-    """Train, compress (with EF) and serialize one client's update. ``ctx.model`` stays at w_t."""
-    return run_steps(client_step_steps(train_model, ctx, x, y, **kw))
+@dataclass
+class Prepared:
+    """A client's round up to compression: its context at w_t and the target to compress."""
+
+    ctx: Context
+    target: torch.Tensor              # EF target e_k + Delta_k (or Delta_k without EF)
+    use_ef: bool
+    num_samples: int
+    train_seconds: float
 
 
-def client_step_steps(
+def prepare_update(
     train_model: nn.Module,
     ctx: Context,
     x: torch.Tensor,
@@ -78,31 +86,33 @@ def client_step_steps(
     lr: float,
     generator: torch.Generator,
     update_scale: float = 1.0,
-) -> Steps:
-    """:func:`client_step` with the compressor's objective evaluations handed out
-    (``Compressor.compress_steps``); returns the :class:`ClientUpdate`. ``update_scale`` multiplies
-    the trained update before EF and compression (fault injection's ``scale`` adversary; 1 = honest)."""
+) -> Prepared:
+    """Train from w_t (``ctx.weights``) and form the target to compress. ``update_scale`` multiplies
+    the trained update before EF (fault injection's ``scale`` adversary; 1 = honest)."""
     t0 = time.perf_counter()
     delta = local_train(train_model, ctx.weights, x, y, epochs=epochs, batch_size=batch_size,
                         lr=lr, generator=generator)
     if update_scale != 1.0:
         delta.mul_(update_scale)
-    t1 = time.perf_counter()
     use_ef = ef.enabled and compressor.biased
     target = ef.target(ctx.client, delta) if use_ef else delta
-    payload, stats = yield from compressor.compress_steps(target, ctx)
+    return Prepared(ctx, target, use_ef, int(x.shape[0]), time.perf_counter() - t0)
+
+
+def finish_update(p: Prepared, compressor: Compressor, ef: ErrorFeedback, payload: Payload, stats: dict,
+                  compress_seconds: float = 0.0) -> ClientUpdate:
+    """Serialize the compressed payload and update the EF residual: e_k <- target - decoded."""
     blob = compressor.encode(payload)
-    if use_ef:
-        ef.update(ctx.client, target, compressor.decompress(payload, ctx))
-    t2 = time.perf_counter()
-    stats = {**stats, "train_seconds": t1 - t0, "compress_seconds": t2 - t1}
-    return ClientUpdate(ctx.client, blob, int(x.shape[0]), stats)
+    if p.use_ef:
+        ef.update(p.ctx.client, p.target, compressor.decompress(payload, p.ctx))
+    stats = {**stats, "train_seconds": p.train_seconds, "compress_seconds": compress_seconds}
+    return ClientUpdate(p.ctx.client, blob, p.num_samples, stats)
 
 
-def apply_broadcast(ctx: Context, blob: bytes, compressor: Compressor) -> torch.Tensor:
-    """A replica's decode of a downlink broadcast: w + decompress(decode(blob)) at w = ``ctx.weights``.
-
-    The server applies its own broadcast through this same function, so every
-    replica that starts equal to the server model stays bit-identical (DESIGN 1.2).
-    """
-    return ctx.weights + compressor.decompress(compressor.decode(blob, ctx), ctx)
+def client_step(train_model: nn.Module, ctx: Context, x: torch.Tensor, y: torch.Tensor, *, compressor: Compressor,
+                ef: ErrorFeedback, **train) -> ClientUpdate:
+    """One client's whole round: train, compress (with EF) and serialize (``ctx.model`` stays at w_t)."""
+    p = prepare_update(train_model, ctx, x, y, compressor=compressor, ef=ef, **train)
+    t0 = time.perf_counter()
+    payload, stats = compressor.compress_many([p.target], [p.ctx])[0]
+    return finish_update(p, compressor, ef, payload, stats, time.perf_counter() - t0)

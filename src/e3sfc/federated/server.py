@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ..compress import Compressor, Context, ErrorFeedback
+from ..compress import Compressor, Context
 from ..errors import PayloadError
 from .client import ClientUpdate
 
@@ -150,25 +150,3 @@ def server_step(
     if total > 0:
         delta.div_(total)
     return Aggregate(delta, accepted, rejected, clipped)
-
-
-@dataclass
-class Broadcast:
-    blob: bytes                    # what every client receives
-    weights: torch.Tensor          # (P,) w_{t+1} = w_t + decoded, as every replica computes it
-    stats: dict[str, float]
-
-
-SERVER = -1  # the server's key in ErrorFeedback
-
-
-def server_downlink(ctx: Context, delta: torch.Tensor, compressor: Compressor, ef: ErrorFeedback) -> Broadcast:
-    """E-3SFC double-way compression (DESIGN 1.2): e_s <- e_s + Delta_s; compress e_s at w_t;
-    e_s <- e_s - decoded. The server applies only what it sends (decoded from the blob,
-    exactly as a client decodes it)."""
-    target = ef.target(SERVER, delta)
-    payload, stats = compressor.compress(target, ctx)
-    blob = compressor.encode(payload)
-    decoded = compressor.decompress(compressor.decode(blob, ctx), ctx)
-    ef.update(SERVER, target, decoded)
-    return Broadcast(blob, ctx.weights + decoded, stats)  # the same sum as apply_broadcast

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from .. import io
-from ..compress.synth import run_together, start
 from ..config import RunConfig
 from ..data import FedData, load_dataset, partition
 from ..errors import ConfigError
@@ -88,7 +87,8 @@ def estimate_memory(cfg: RunConfig, num_params: int, input_shape, num_classes: i
     holders = min(cfg.clients, per_round * cfg.rounds)
     residuals = holders * num_params * 4 if cfg.ef and get_compressor_class(cfg.method).biased else 0
     search = 0
-    if cfg.method in ("3sfc", "e3sfc", "fedsynth") or cfg.resolved_downlink == "3sfc":
+    down = cfg.resolved_downlink
+    if cfg.sized_by_samples or (down != "dense" and get_compressor_class(down).sized_by_samples):
         m = cfg.max_samples if cfg.schedule != "constant" or cfg.budget_bytes else cfg.samples
         d = int(np.prod(input_shape)) + num_classes
         search = m * d * 4 * (2 * 100 + 16)
@@ -169,7 +169,8 @@ class Simulation:
     def client(self, k: int) -> ClientRuntime:
         if k not in self.clients:
             self.clients[k] = ClientRuntime(self.cfg, k, self.data.input_shape, self.data.num_classes,
-                                            self.initial_weights, compressor=self.server.compressor)
+                                            self.initial_weights, compressor=self.server.compressor,
+                                            down=self.server.downlink.compressor)
         return self.clients[k]
 
     def sync(self, t: int, k: int) -> torch.Tensor:
@@ -178,29 +179,31 @@ class Simulation:
 
     # ------------------------------------------------------------------ one round
     def run_round(self, t: int) -> dict[str, float]:
+        """Round t, top to bottom: the server's messages; each participant catches up and trains;
+        the uplink compressor takes the participants' targets (all at once when it batches, else
+        one by one); each participant finishes its update; the server aggregates."""
         participants, M, messages = self.server.begin_round(t)
-        updates, started = [], {}
-        for k in participants:
-            x, y = self.client_data[k]
-            c = self.client(k)
-            if self.cfg.batch_search:  # catch up and train now; the searches run together below
-                started[k] = start(c.handle_steps(messages[k], self.client_model, self.train_model, x, y))
-            else:
-                updates.append(c.handle(messages[k], self.client_model, self.train_model, x, y))
-            if not torch.equal(get_flat(self.client_model), self.server.weights):
-                raise RuntimeError(f"round {t}: client {k}'s replica differs from the server model")
-            if c.replica is not None:
-                # bit-identical replicas (checked just above) share one tensor in this process;
-                # nothing mutates it in place, so memory is one copy per version in use, not per client
-                c.replica = self.server.weights
-        if started:
+        comp = self.server.compressor
+        size = comp.batch_limit or len(participants)
+        updates = []
+        for i in range(0, len(participants), size):
+            prepared = {}
+            for k in participants[i:i + size]:
+                c = self.client(k)
+                p = c.prepare(messages[k], self.client_model, self.train_model, *self.client_data[k])
+                if not torch.equal(get_flat(self.client_model), self.server.weights):
+                    raise RuntimeError(f"round {t}: client {k}'s replica differs from the server model")
+                if c.replica is not None:
+                    # bit-identical replicas (checked just above) share one tensor in this process;
+                    # nothing mutates it in place, so memory is one copy per version in use, not per client
+                    c.replica = self.server.weights
+                if p is not None:  # None: no reply (fault injection's drop)
+                    prepared[k] = p
             t0 = time.perf_counter()
-            done = run_together(started)
-            share = (time.perf_counter() - t0) / len(done)  # each client's compress_seconds: an equal share
-            updates = [done[k] for k in participants if done[k] is not None]
-            for u in updates:
-                u.stats["compress_seconds"] = share
-        return self.server.end_round(t, M, [u for u in updates if u is not None])  # None: no reply
+            results = comp.compress_many([p.target for p in prepared.values()], [p.ctx for p in prepared.values()])
+            share = (time.perf_counter() - t0) / max(1, len(prepared))  # each client's compress_seconds
+            updates += [self.client(k).finish(p, *r, share) for (k, p), r in zip(prepared.items(), results)]
+        return self.server.end_round(t, M, updates)
 
     # ------------------------------------------------------------------ the loop
     def run(self, progress: Callable[[int, dict], None] | None = None, stop_after: int | None = None) -> dict:
@@ -270,9 +273,9 @@ class Simulation:
             "fedavg_uplink_bytes": self.server.participations() * self.server.dense_bytes,
             "fedavg_downlink_bytes": self.server.participations() * self.server.dense_bytes,
             "downlink": self.cfg.resolved_downlink, "init": self.cfg.resolved_init,
-            "schedule": self.cfg.schedule if self.server.synth else None,
+            "schedule": self.cfg.schedule if self.cfg.sized_by_samples else None,
             "budget_bytes": self.cfg.budget_bytes or None,
-            "samples_per_round": list(self.schedule_log) if self.server.synth else None,
+            "samples_per_round": list(self.schedule_log) if self.cfg.sized_by_samples else None,
             "wall_seconds": round(self.elapsed, 4),
             "seconds_per_round": round(self.elapsed / self.round, 4) if self.round else None,
             "num_params": self.num_params,
@@ -352,7 +355,7 @@ class Simulation:
         if not isinstance(state["round"], int) or not 0 <= state["round"] <= self.cfg.rounds:
             raise ValueError(f"round {state['round']!r} is outside 0..{self.cfg.rounds}")
         shape = (self.num_params,)
-        tensors = [state["server"]["weights"], *state["server"]["ef"]["residuals"].values()]
+        tensors = [state["server"]["weights"], *state["server"]["downlink"]["ef"]["residuals"].values()]
         for k, c in state["clients"].items():
             if not (isinstance(k, int) and 0 <= k < self.cfg.clients):
                 raise ValueError(f"client id {k!r} is outside 0..{self.cfg.clients - 1}")
