@@ -17,7 +17,8 @@ import time
 import torch
 
 from _common import write_section
-from e3sfc.compress.synth import CosineMatchBatch, cosine_match
+from e3sfc.compress.search import cosine_match
+from e3sfc.compress.synth import CosineMatchBatch
 from e3sfc.compress.synth_mlp import MLPCosineMatch, MLPCosineMatchBatch
 from e3sfc.models import build_model
 

@@ -21,7 +21,7 @@ import torch
 
 from _common import captured_targets, count_objective_evaluations, write_section
 from e3sfc.compress.base import Context
-from e3sfc.compress import synth, synth_mlp
+from e3sfc.compress import search as together, synth_mlp
 from e3sfc.compress.synth import synth_grad
 from e3sfc.compress.threesfc import ThreeSFC
 from e3sfc.config import RunConfig
@@ -98,8 +98,8 @@ def main() -> None:
                             set_flat(model, w)  # one global model per round
                             search = comp.search(tau, Context(model, w, (1, 28, 28), 10, round=r, client=c,
                                                               generator=torch.Generator().manual_seed(r * 100 + c)))
-                            started[c] = synth.start(search)
-                    coss += [res[2] for res in synth.run_together(started).values()]
+                            started[c] = together.start(search)
+                    coss += [res[2] for res in together.run_together(started).values()]
             for tau, w, r, c in ([] if "batched" in name else targets):
                 set_flat(model, w)
                 ctx = Context(model, w, (1, 28, 28), 10, round=r, client=c,

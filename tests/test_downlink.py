@@ -1,0 +1,84 @@
+"""Double-way compression with any compressor: replicas equal the server model bit for bit, exact bytes,
+catch-up by replay or the full model (whichever is fewer bytes), one-line errors for bad settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from e3sfc.cli import main
+from e3sfc.config import RunConfig, downlink_choices
+from e3sfc.federated import Simulation
+
+QUICK = dict(dataset="digits", model="mlp", batch_size=32, lr=0.05, steps=2, max_iter=5, synth_iters=3,
+             threads=1)
+DOWNLINKS = [d for d in downlink_choices() if d not in ("auto", "dense")]
+
+
+def test_every_method_but_the_dense_and_e3sfc_names_can_be_a_downlink():
+    assert set(DOWNLINKS) == {"3sfc", "topk", "stc", "sign", "qsgd", "fedsynth"}
+
+
+@pytest.mark.parametrize("down", DOWNLINKS)
+def test_replicas_equal_the_server_under_partial_participation(down):
+    sim = Simulation(RunConfig(**QUICK, method="topk", downlink=down, downlink_ratio="0.05", clients=6,
+                               fraction=0.5, rounds=4, init="seed"))
+    sim.run()
+    assert sim.server.downlink.compressed
+    for k in range(6):  # every client, whatever it missed, catches up to exactly the server's model
+        assert torch.equal(sim.sync(sim.round + 1, k), sim.weights), (down, k)
+
+
+@pytest.mark.parametrize("down", DOWNLINKS)
+def test_exact_downlink_bytes_at_full_participation(down):
+    """init seed, everyone every round: from round 2 on each client gets exactly one broadcast a round."""
+    cfg = RunConfig(**QUICK, method="stc", downlink=down, downlink_ratio="0.05", clients=3, rounds=3, init="seed")
+    sim = Simulation(cfg)
+    sim.run()
+    ctx = sim.server.context(0, sim.schedule_log[0] if sim.schedule_log else None)
+    size = sim.server.downlink.compressor.payload_bytes(ctx)
+    assert sim.ledger.round_bytes(1, "down") == 0
+    for t in (2, 3):
+        assert sim.ledger.per_client(t, "down") == {k: size for k in range(3)}
+    # the server's residual keeps what the broadcasts left out (biased downlinks)
+    if sim.server.downlink.compressor.biased:
+        assert -1 in sim.server.downlink.ef.residuals
+
+
+def test_catch_up_takes_the_full_model_when_that_is_fewer_bytes():
+    """A topk downlink keeping 30% of the entries (2.4 P bytes): one missed broadcast is replayed, two cost more than
+    the dense model, so the client gets the model."""
+    sim = Simulation(RunConfig(**QUICK, method="fedavg", downlink="topk", downlink_ratio="0.3", clients=4,
+                               rounds=3, init="seed"))
+    sim.run()
+    down = sim.server.downlink
+    dense, one = sim.server.dense_bytes, down.compressor.payload_bytes(sim.server.context(0, None))
+    assert one < dense < 2 * one
+    down.version[0] = sim.round          # behind by one broadcast
+    assert down.plan(sim.round + 1, 0, dense) == "replay"
+    down.version[1] = sim.round - 1      # behind by two
+    down.owed[1] = 2 * one
+    assert down.plan(sim.round + 1, 1, dense) == "model"
+    for k in range(4):
+        assert torch.equal(sim.sync(sim.round + 1, k), sim.weights)
+
+
+def test_auto_downlink_is_the_methods_own():
+    assert RunConfig(method="e3sfc").resolved_downlink == "3sfc"
+    assert RunConfig(method="topk").resolved_downlink == "dense"
+    assert RunConfig(method="e3sfc").resolved_init == "seed" and RunConfig(method="stc").resolved_init == "broadcast"
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--downlink", "zip"], "--downlink: 'zip' is not allowed; expected one of auto, dense, "),
+    (["--downlink", "fedavg"], "--downlink: 'fedavg' is not allowed"),
+    (["--downlink", "topk", "--downlink-ratio", "2"], "--downlink-ratio: '2' is not allowed; expected a fraction"),
+    (["--downlink", "topk", "--downlink-ratio", "match:nope"], "--downlink-ratio: 'match:nope' is not allowed"),
+    (["--downlink", "topk", "--downlink-ratio", "match:topk"], "--downlink-ratio: match:topk cannot match"),
+])
+def test_bad_downlink_settings_are_one_line(argv, needle, tmp_path, capsys):
+    code = main(["run", "--dataset", "digits", "--clients", "2", "--rounds", "1", "--out", str(tmp_path / "r"),
+                 *argv])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
