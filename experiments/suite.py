@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -85,7 +86,15 @@ def groups(root: Path) -> dict[str, dict[str, list[str]]]:
     for s in (42, *SEEDS):
         for name in ("3sfc", "e3sfc"):
             seeds[f"{name}-batched-seed{s}"] = [*ref[name], "--batch-search", "--seed", str(s)]
-    return {"reference": ref, "convnet": conv, "noniid": sweep, "seeds": seeds}
+    twoway = {}
+    for a in ALPHAS:
+        twoway[f"e3sfc-alpha{a}"] = [*ref["e3sfc"], "--alpha", a]
+        twoway[f"e3sfc-broadcast-alpha{a}"] = [*ref["e3sfc"], "--init", "broadcast", "--alpha", a]
+        for m in ("topk", "stc"):  # compressed both ways with a server residual, E-3SFC's bytes each way
+            twoway[f"{m}-twoway-alpha{a}"] = [*ref["fedavg"][:2], "--method", m, "--ratio", "match:3sfc",
+                                              "--downlink", m, "--downlink-ratio", "match:3sfc", "--init", "seed",
+                                              "--alpha", a]
+    return {"reference": ref, "convnet": conv, "noniid": sweep, "seeds": seeds, "twoway": twoway}
 
 
 def run_one(out: Path, args: list[str], bin_dir: Path) -> tuple[str, int]:
@@ -123,6 +132,9 @@ TITLES = {
     "noniid": "Non-IID sweep: Dirichlet alpha 0.1, 0.5, 1.0 (MLP, Fashion-MNIST)",
     "seeds": "3SFC and E-3SFC with early stop (and with --batch-search) against the full L-BFGS search, more seeds "
              "(otherwise the reference setting)",
+    "twoway": "Both directions compressed: E-3SFC against Top-k and STC with a compressed downlink (server residual, "
+              "as DoubleSqueeze) at E-3SFC's bytes each way, Dirichlet alpha 0.1, 0.5, 1.0 (otherwise the "
+              "reference setting)",
 }
 
 
@@ -168,6 +180,32 @@ def noniid_verdicts(rows: list[dict]) -> list[str]:
                            f"at equal uplink bytes by {abs(d):.1f} points (mean of the last 10 rounds, "
                            f"{r['acc_last10']:.4f} against {base['acc_last10']:.4f})"
                            + (f" while sending {down_b / down_r:,.0f}x fewer bytes down." if down_r < down_b else "."))
+    return out
+
+
+def twoway_verdicts(rows: list[dict]) -> list[str]:
+    """Per alpha: E-3SFC against Top-k and STC compressed both ways, at equal total bytes (checked)."""
+    by = {r["run"]: r for r in rows}
+    out = []
+    for a in ALPHAS:
+        e = by.get(f"e3sfc-alpha{a}")
+        if not e:
+            continue
+        for m in ("topk", "stc"):
+            b = by.get(f"{m}-twoway-alpha{a}")
+            if not b:
+                continue
+            gap = abs(b["total_mb"] / e["total_mb"] - 1) * 100
+            d = (e["acc_last10"] - b["acc_last10"]) * 100
+            out.append(f"- alpha {a}: e3sfc {'beats' if d > 0 else 'loses to'} {m} compressed both ways by "
+                       f"{abs(d):.1f} points (mean of the last 10 rounds, {e['acc_last10']:.4f} against "
+                       f"{b['acc_last10']:.4f}) with {e['total_mb']:.2f} MB against {b['total_mb']:.2f} MB sent in all "
+                       f"({gap:.1f}% apart); " + mb_verdict(e, [b]))
+        w = by.get(f"e3sfc-broadcast-alpha{a}")
+        if w:
+            out.append(f"- alpha {a}: e3sfc with --init broadcast (w_1 shipped to each client, counted) sends "
+                       f"{w['total_mb']:.2f} MB in all, {w['ratio_vs_dense']:.1f}x fewer bytes than FedAvg both ways; "
+                       f"mean of the last 10 rounds {w['acc_last10']:.4f}.")
     return out
 
 
@@ -223,6 +261,14 @@ def progress(group_dir: Path, names) -> str:
     return f" (in progress: {', '.join(parts)})" if parts else ""
 
 
+def previous_sections(path: Path) -> dict[str, str]:
+    """The last report's sections by title (a group whose runs are not on this machine keeps its own)."""
+    if not path.is_file():
+        return {}
+    chunks = re.split(r"^## ", path.read_text(), flags=re.M)[1:]
+    return {c.split("\n", 1)[0].strip(): "## " + c.rstrip() + "\n" for c in chunks}
+
+
 def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
     from e3sfc.io import atomic_write
 
@@ -234,12 +280,17 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
         "Columns: bytes per client-round up and down (headers included), how many times fewer bytes than the",
         "dense model both ways, test accuracy at 25/50/100% of the rounds, rounds and megabytes (up + down) to",
         "reach 0.70 accuracy, wall seconds per round (one torch thread per run, runs sharing the machine; see",
-        "benchmarks/RESULTS.md for timings taken side by side in one process).\n",
+        "benchmarks/RESULTS.md for timings taken side by side in one process). A group whose runs are not on",
+        "the machine that wrote this report keeps its section from the previous report (same command).\n",
         f"- command: `{COMMAND}`", f"- machine: {machine()}",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n",
     ]
+    kept = previous_sections(docs / "results.md")
     for group, runs in names.items():
         done = [n for n in runs if (root / group / n / "summary.json").is_file()]
+        if not (root / group).is_dir() and TITLES[group] in kept:
+            parts.append(kept[TITLES[group]])  # its runs are not on this machine: the last report's section
+            continue
         parts.append(f"## {TITLES[group]}\n")
         if not done:
             parts.append("Not finished yet" + progress(root / group, runs) + ".\n")
@@ -252,7 +303,8 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
             parts.append(f"Not finished yet: {', '.join(missing)}" + progress(root / group, missing) + ".\n")
         plot_runs(loaded, docs / f"{group}.png")
         parts.append(f"![{group}]({group}.png)\n")
-        v = {"seeds": lambda: seed_verdicts(root), "noniid": lambda: noniid_verdicts(rows)}.get(
+        v = {"seeds": lambda: seed_verdicts(root), "noniid": lambda: noniid_verdicts(rows),
+             "twoway": lambda: twoway_verdicts(rows)}.get(
             group, lambda: verdicts(rows))()
         if v:
             parts.append("Where the synthesis methods win and lose:\n\n" + "\n".join(v) + "\n")

@@ -81,6 +81,7 @@ def compare_rows(runs: Sequence[Run], target: float | None = None) -> list[dict]
             "acc_last10": _acc_tail(run),
             "rounds_to_target": reach["round"] if reach else None,
             "mb_to_target": (reach["cum_uplink_bytes"] + reach["cum_downlink_bytes"]) / 1e6 if reach else None,
+            "total_mb": (last["cum_uplink_bytes"] + last["cum_downlink_bytes"]) / 1e6,
             "seconds_per_round": last["seconds"] / last["round"],
         })
     return out
