@@ -9,6 +9,14 @@ import numpy as np
 import pytest
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+CLI_FAST = ["--dataset", "digits", "--clients", "3", "--rounds", "2", "--batch-size", "32"]  # a quick CLI run
+
+
+def one_line_error(capsys) -> str:
+    """What the CLI printed on stderr, which must be exactly one line."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
 
 
 @pytest.fixture(autouse=True)

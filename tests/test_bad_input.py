@@ -10,19 +10,13 @@ import struct
 import pytest
 import torch
 
+from conftest import CLI_FAST as FAST, one_line_error as _err
 from e3sfc import wire
 from e3sfc.cli import main
 from e3sfc.errors import DataError, PayloadError
 from e3sfc.federated.simulator import locked_run_dir
 from e3sfc.io import read_jsonl
 
-FAST = ["--dataset", "digits", "--clients", "3", "--rounds", "2", "--batch-size", "32"]
-
-
-def _err(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
 
 
 @pytest.mark.parametrize("out,needle", [

@@ -4,17 +4,10 @@ import json
 
 import pytest
 
-from conftest import require_fmnist, write_mnist_like
+from conftest import CLI_FAST as FAST, one_line_error as _err, require_fmnist, write_mnist_like
 from e3sfc.cli import main
 from e3sfc.io import read_jsonl
 
-FAST = ["--dataset", "digits", "--clients", "3", "--rounds", "2", "--batch-size", "32"]
-
-
-def _err(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
 
 
 @pytest.mark.parametrize("argv,needle", [
