@@ -82,3 +82,19 @@ def test_bad_downlink_settings_are_one_line(argv, needle, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
+
+
+@pytest.mark.parametrize("method", ["3sfc", "e3sfc", "topk"])
+def test_simulator_round_equals_each_client_handled_alone(method):
+    """The simulator's round (prepare all, compress_many, finish all) gives bit for bit what handling
+    each participant alone gives (ClientRuntime.handle, the Flower client's batch of one)."""
+    cfg = RunConfig(**QUICK, method=method, clients=4, fraction=0.75, rounds=3)
+    sim, alone = Simulation(cfg), Simulation(cfg)
+    for t in (1, 2, 3):
+        sim.run_round(t)
+        participants, M, messages = alone.server.begin_round(t)
+        updates = [alone.client(k).handle(messages[k], alone.client_model, alone.train_model, *alone.client_data[k])
+                   for k in participants]
+        alone.server.end_round(t, M, updates)
+        assert torch.equal(sim.weights, alone.weights)
+        assert list(sim.ledger.rows()) == list(alone.ledger.rows())
