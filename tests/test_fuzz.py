@@ -25,8 +25,14 @@ def _ctx():
     return Context(m, get_flat(m), (1, 8, 8), 10, generator=torch.Generator().manual_seed(0))
 
 
-def _honest(method, ctx):
-    quick = {"steps": 1, "max_iter": 3, "synth_iters": 2, "ratio": 0.05}
+EXTRA = {"3sfc-fp16": ("3sfc", {"feature_bits": 16, "samples": 2}),
+         "3sfc-int8": ("3sfc", {"feature_bits": 8, "samples": 4})}  # options with formats of their own
+CASES_METHODS = [*available_methods(), *EXTRA]
+
+
+def _honest(case, ctx):
+    method, extra = EXTRA.get(case, (case, {}))
+    quick = {"steps": 1, "max_iter": 3, "synth_iters": 2, "ratio": 0.05, **extra}
     names = get_compressor_class(method).option_names()
     comp = make_compressor(method, **{k: v for k, v in quick.items() if k in names})
     tau = torch.randn(ctx.num_params, generator=torch.Generator().manual_seed(1)) * 0.01
@@ -63,7 +69,7 @@ def _check(comp, ctx, data):
     return "decoded"
 
 
-@pytest.mark.parametrize("method", available_methods())
+@pytest.mark.parametrize("method", CASES_METHODS)
 def test_decoders_survive_random_and_mutated_payloads(method):
     ctx = _ctx()
     comp, blob = _honest(method, ctx)
@@ -83,7 +89,7 @@ def test_decoders_survive_random_and_mutated_payloads(method):
     assert seen["rejected"] > 0  # the fuzzer does reach the checks
 
 
-@pytest.mark.parametrize("method", available_methods())
+@pytest.mark.parametrize("method", CASES_METHODS)
 def test_declared_shapes_of_decoded_payloads_are_finite_or_rejected(method):
     """What passes the decoder is finite at the wire level (NaN/inf floats never get through)."""
     ctx = _ctx()

@@ -46,6 +46,9 @@ HELP = {
     "downlink_patience": "E-3SFC: the same for the server's downlink search (default 0: its one search a round "
                          "reaches every client, so it runs all evaluations)",
     "batch_search": "simulator: run a round's 3SFC searches together, their objective evaluations batched",
+    "feature_bits": "3sfc/e3sfc: precision of the synthetic features on the wire: 32 (float32, the published "
+                    "algorithm), 16 (float16) or 8 (8-bit with one scale per field); M = 2 at 16 and M = 4 at 8 "
+                    "cost what M = 1 costs at 32",
     "ef": "error feedback for the biased methods (--no-ef for the ablation)",
     "ratio": "topk/stc: kept fraction in (0, 1], or match:METHOD for equal uplink bytes",
     "topk_scope": "topk/stc: tensor (per tensor) or global",

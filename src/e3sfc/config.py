@@ -61,6 +61,7 @@ class RunConfig:
     patience: int = 20
     downlink_patience: int = 0
     batch_search: bool = False
+    feature_bits: int = 32
     ef: bool = True
     ratio: str = "0.01"
     topk_scope: str = "tensor"
@@ -249,6 +250,7 @@ def _validate(c: RunConfig) -> None:
     _require(c.max_iter >= 1, "max_iter", c.max_iter, "an integer >= 1")
     _require(math.isfinite(c.lambd) and c.lambd >= 0, "lambd", c.lambd, "a number >= 0")
     _require(c.patience >= 0, "patience", c.patience, "an integer >= 0 (0 = no early stop)")
+    _require(c.feature_bits in (32, 16, 8), "feature_bits", c.feature_bits, "one of 32, 16, 8")
     _require(c.downlink_patience >= 0, "downlink_patience", c.downlink_patience, "an integer >= 0 (0 = no early stop)")
     _require(1 <= c.levels <= 65535, "levels", c.levels, "an integer in 1..65535")
     _require(c.unroll >= 1, "unroll", c.unroll, "an integer >= 1")

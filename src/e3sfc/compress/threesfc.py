@@ -34,10 +34,21 @@ alpha = <g*, tau> / ||g*||^2 and the residual is tau - alpha g*, so that
 
 Decoder: alpha * g(x, y) at w_t.
 
-Wire format: three float32 fields x (M, *input_shape), y (M, C), alpha ().
-Size: 4 (M d + M C + 1) bytes of data, d = prod(input_shape), plus a header of
-5 + (2 + 4 (1 + len(input_shape))) + (2 + 8) + 2 bytes.
+Wire format (``feature_bits`` 32, the default and the published algorithm): three float32
+fields x (M, *input_shape), y (M, C), alpha (). Size: 4 (M d + M C + 1) bytes of data,
+d = prod(input_shape), plus a header of 5 + (2 + 4 (1 + len(input_shape))) + (2 + 8) + 2 bytes.
 MLP on 28x28, C = 10, M = 1: 3,180 + 35 = 3,215 bytes (dense: 796,851).
+
+Low-precision features (ours, ``feature_bits`` 16 or 8; issue 16): precision traded for
+samples. The search runs in full precision; then x and y are rounded to the wire's precision
+and alpha, the cosine and the client's residual are computed from the rounded features, so
+the decoder sees exactly what the encoder used and the EF identity stays exact.
+- 16: x and y as float16 (same fields and shapes, dtype float16): 2 (M d + M C) + 4 bytes
+  of data, the same header. M = 2 costs 3,215 bytes on the MLP, what M = 1 costs in float32.
+- 8: x and y as symmetric 8-bit integers with one scale each (q = round(v / s), s = max|v| / 127,
+  sent as q + 128 in uint8), x flattened: fields xq (M d,) uint8, yq (M, C) uint8 and
+  s (3,) float32 = (s_x, s_y, alpha). Size: M d + M C + 12 bytes of data plus a header of
+  5 + 6 + 10 + 6 = 27 bytes. M = 4 costs 3,136 + 40 + 12 + 27 = 3,215 bytes on the MLP.
 """
 
 from __future__ import annotations
@@ -65,9 +76,12 @@ class ThreeSFC(Compressor):
 
     def __init__(self, samples: int = 1, steps: int = 10, max_iter: int = 20, lambd: float = 0.0,
                  history: int = 100, patience: int = 20, tol: float = 1e-4, lock_cos: float = 0.05,
-                 batch_search: bool = False):
+                 batch_search: bool = False, feature_bits: int = 32):
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
+        if feature_bits not in FEATURE_BITS:
+            raise ValueError(f"feature_bits must be one of {', '.join(map(str, FEATURE_BITS))}, got {feature_bits}")
+        self.feature_bits = feature_bits
         self.samples, self.steps, self.max_iter, self.lambd, self.history = samples, steps, max_iter, lambd, history
         self.patience, self.tol, self.lock_cos = patience, tol, lock_cos
         self.batch_search = batch_search
@@ -89,7 +103,11 @@ class ThreeSFC(Compressor):
     def fields(self, ctx: Context, samples: int | None = None) -> list[FieldSpec]:
         m = samples or ctx.samples or self.samples
         f4 = np.dtype("<f4")
-        return [FieldSpec(f4, (m, *ctx.input_shape)), FieldSpec(f4, (m, ctx.num_classes)), FieldSpec(f4, ())]
+        if self.feature_bits == 8:
+            u1, d = np.dtype("u1"), math.prod(ctx.input_shape)
+            return [FieldSpec(u1, (m * d,)), FieldSpec(u1, (m, ctx.num_classes)), FieldSpec(f4, (3,))]
+        ft = f4 if self.feature_bits == 32 else np.dtype("<f2")
+        return [FieldSpec(ft, (m, *ctx.input_shape)), FieldSpec(ft, (m, ctx.num_classes)), FieldSpec(f4, ())]
 
     def synthesize(self, target: torch.Tensor, ctx: Context, samples: int | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -136,16 +154,52 @@ class ThreeSFC(Compressor):
 
     def compress_steps(self, target: torch.Tensor, ctx: Context) -> Steps:
         x, y, _ = yield from self.search(target, ctx)
+        wire_x, wire_y, x, y = self._round(x, y, ctx)  # what goes on the wire, and what it decodes to
         g = synth_grad(ctx.model, x, y)
         alpha = ls_scale(g, target)
         cos = abs(float(torch.nn.functional.cosine_similarity(g, target, dim=0))) if alpha else 0.0
-        return Payload.of(self.method_id, x.float(), y.float(), np.float32(alpha)), {"cosine": cos}
+        if self.feature_bits == 8:
+            scales = np.array([wire_x[1], wire_y[1], alpha], dtype=np.float32)
+            return Payload.of(self.method_id, wire_x[0], wire_y[0], scales), {"cosine": cos}
+        return Payload.of(self.method_id, wire_x, wire_y, np.float32(alpha)), {"cosine": cos}
+
+    def _round(self, x: torch.Tensor, y: torch.Tensor, ctx: Context):
+        """The features at the wire's precision: (wire x, wire y, x and y as the decoder sees them)."""
+        dt = ctx.weights.dtype
+        if self.feature_bits == 32:
+            return x.float(), y.float(), x, y
+        if self.feature_bits == 16:
+            hx, hy = x.half(), y.half()
+            return hx, hy, hx.to(dt), hy.to(dt)
+        (qx, sx), (qy, sy) = _quantize8(x), _quantize8(y)
+        return (qx.reshape(-1), sx), (qy, sy), _dequantize8(qx, sx, dt).reshape(x.shape), _dequantize8(qy, sy, dt)
 
     def decompress(self, payload: Payload, ctx: Context) -> torch.Tensor:
         dt = ctx.weights.dtype
-        x, y = payload.tensor(0, ctx.device).to(dt), payload.tensor(1, ctx.device).to(dt)
-        alpha = float(payload.fields[2])
+        if self.feature_bits == 8:
+            sx, sy, alpha = (float(v) for v in payload.fields[2])
+            m = payload.fields[1].shape[0]
+            x = _dequantize8(payload.tensor(0, ctx.device), sx, dt).reshape(m, *ctx.input_shape)
+            y = _dequantize8(payload.tensor(1, ctx.device), sy, dt)
+        else:
+            x, y = payload.tensor(0, ctx.device).to(dt), payload.tensor(1, ctx.device).to(dt)
+            alpha = float(payload.fields[2])
         return alpha * synth_grad(ctx.model, x, y)
+
+
+FEATURE_BITS = (32, 16, 8)
+
+
+def _quantize8(v: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Symmetric 8-bit: q = round(v / s) in -127..127 with s = max|v| / 127 (float32), sent as q + 128."""
+    top = float(v.abs().max()) if v.numel() else 0.0
+    s = float(np.float32(top / 127.0)) if top > 0 and math.isfinite(top) else 1.0
+    q = torch.clamp(torch.round(v.double() / s), -127, 127).to(torch.int16) + 128
+    return q.to(torch.uint8).cpu(), s
+
+
+def _dequantize8(q: torch.Tensor, s: float, dtype: torch.dtype) -> torch.Tensor:
+    return (q.to(torch.int16) - 128).to(dtype) * s
 
 
 @register
