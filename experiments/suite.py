@@ -94,7 +94,20 @@ def groups(root: Path) -> dict[str, dict[str, list[str]]]:
             twoway[f"{m}-twoway-alpha{a}"] = [*ref["fedavg"][:2], "--method", m, "--ratio", "match:3sfc",
                                               "--downlink", m, "--downlink-ratio", "match:3sfc", "--init", "seed",
                                               "--alpha", a]
-    return {"reference": ref, "convnet": conv, "noniid": sweep, "seeds": seeds, "twoway": twoway}
+    beyond = {}  # most telling first: both ways at seed 42 (baselines in twoway), then seed 43, then one way
+    for s in (42, 43):
+        for a in ALPHAS:
+            beyond[f"e3sfc-plus-alpha{a}-seed{s}"] = ["--config", "configs/e3sfc-plus.toml", "--alpha", a,
+                                                      "--seed", str(s)]
+            if s != 42:
+                for m in ("topk", "stc"):
+                    beyond[f"{m}-twoway-alpha{a}-seed{s}"] = [*twoway[f"{m}-twoway-alpha{a}"], "--seed", str(s)]
+    for s in (42, 43):
+        for a in ("1.0", "0.1"):
+            beyond[f"3sfc-plus-alpha{a}-seed{s}"] = ["--config", "configs/e3sfc-plus.toml", "--method", "3sfc",
+                                                     "--alpha", a, "--seed", str(s)]
+            beyond[f"stc-match-alpha{a}-seed{s}"] = [*ref["stc-match"], "--alpha", a, "--seed", str(s)]
+    return {"reference": ref, "convnet": conv, "noniid": sweep, "seeds": seeds, "twoway": twoway, "beyond": beyond}
 
 
 def run_one(out: Path, args: list[str], bin_dir: Path) -> tuple[str, int]:
@@ -132,6 +145,8 @@ TITLES = {
     "noniid": "Non-IID sweep: Dirichlet alpha 0.1, 0.5, 1.0 (MLP, Fashion-MNIST)",
     "seeds": "3SFC and E-3SFC with early stop (and with --batch-search) against the full L-BFGS search, more seeds "
              "(otherwise the reference setting)",
+    "beyond": "Beyond the paper: E-3SFC and 3SFC with 8-bit synthetic features, M = 4 at the bytes of M = 1 "
+              "(configs/e3sfc-plus.toml), against Top-k and STC at equal bytes, two seeds",
     "twoway": "Both directions compressed: E-3SFC against Top-k and STC with a compressed downlink (server residual, "
               "as DoubleSqueeze) at E-3SFC's bytes each way, Dirichlet alpha 0.1, 0.5, 1.0 (otherwise the "
               "reference setting)",
@@ -206,6 +221,44 @@ def twoway_verdicts(rows: list[dict]) -> list[str]:
             out.append(f"- alpha {a}: e3sfc with --init broadcast (w_1 shipped to each client, counted) sends "
                        f"{w['total_mb']:.2f} MB in all, {w['ratio_vs_dense']:.1f}x fewer bytes than FedAvg both ways; "
                        f"mean of the last 10 rounds {w['acc_last10']:.4f}.")
+    return out
+
+
+def beyond_verdicts(root: Path, rows: list[dict]) -> list[str]:
+    """Per alpha, mean over the seeds run so far: the 8-bit configuration against the baselines at equal
+    bytes (both ways: Top-k and STC compressed both ways; one way: STC at 3SFC's uplink bytes). Seed 42
+    of a baseline comes from the twoway group where this group has no run of its own."""
+    by = {r["run"]: r for r in rows}
+
+    def seed_rows(name: str, a: str) -> dict[int, dict]:
+        out = {}
+        for s in (42, 43):
+            r = by.get(f"{name}-alpha{a}-seed{s}")
+            if r is None and s == 42 and (root / "twoway" / f"{name}-alpha{a}" / "summary.json").is_file():
+                r = compare_rows([load_run(root / "twoway" / f"{name}-alpha{a}")], 0.70)[0]
+            if r is not None:
+                out[s] = r
+        return out
+
+    out = []
+    for mine, others, how in (("e3sfc-plus", ("topk-twoway", "stc-twoway", "e3sfc"), "total bytes, both ways"),
+                              ("3sfc-plus", ("stc-match",), "uplink bytes, one way")):
+        for a in ALPHAS:
+            me = seed_rows(mine, a)
+            for o in others:
+                them = seed_rows(o, a)
+                both = sorted(set(me) & set(them))
+                if not both:
+                    continue
+                x = [me[s]["acc_last10"] for s in both]
+                y = [them[s]["acc_last10"] for s in both]
+                d = (sum(x) - sum(y)) / len(both) * 100
+                spread = (f"; seed spread {min(x):.4f}-{max(x):.4f} against {min(y):.4f}-{max(y):.4f}"
+                          if len(both) > 1 else "")
+                out.append(f"- alpha {a}, {how}: {mine} {'beats' if d > 0 else 'loses to'} {o} by {abs(d):.1f} points "
+                           f"(mean of the last 10 rounds over seeds {', '.join(map(str, both))}: "
+                           f"{sum(x) / len(x):.4f} against {sum(y) / len(y):.4f}{spread}; MB in all at seed {both[0]}: "
+                           f"{me[both[0]]['total_mb']:.2f} against {them[both[0]]['total_mb']:.2f}).")
     return out
 
 
@@ -304,7 +357,7 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
         plot_runs(loaded, docs / f"{group}.png")
         parts.append(f"![{group}]({group}.png)\n")
         v = {"seeds": lambda: seed_verdicts(root), "noniid": lambda: noniid_verdicts(rows),
-             "twoway": lambda: twoway_verdicts(rows)}.get(
+             "twoway": lambda: twoway_verdicts(rows), "beyond": lambda: beyond_verdicts(root, rows)}.get(
             group, lambda: verdicts(rows))()
         if v:
             parts.append("Where the synthesis methods win and lose:\n\n" + "\n".join(v) + "\n")
