@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from dataclasses import fields
@@ -174,10 +175,26 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_threads(n: int) -> None:
+    """A new run may not ask for more threads than this machine has CPUs (more would oversubscribe,
+    and far more crashes torch)."""
+    cpus = os.cpu_count() or 1
+    if n > cpus:
+        raise ConfigError(f"--threads: {n} is not allowed; expected an integer in 0..{cpus} (this machine's CPU "
+                          "count; 0 = torch default)")
+
+
 def _set_threads(n: int) -> None:
-    """Pin torch's intra-op threads (0 = torch's default)."""
+    """Pin torch's intra-op threads (0 = torch's default). A resumed run keeps its own count, capped at
+    this machine's CPU count (then, with another count, its numbers may differ from an unbroken run)."""
     if n:
         import torch
+
+        cpus = os.cpu_count() or 1
+        if n > cpus:
+            log.warning("--threads %d is more than this machine's %d CPUs; using %d (the run's numbers may then "
+                        "differ from a run with %d threads)", n, cpus, cpus, n)
+            n = cpus
         torch.set_num_threads(n)
 
 
@@ -222,6 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = Path(args.resume)
     else:
         cfg = RunConfig.from_sources(args.config, **overrides)
+        _check_threads(cfg.threads)
         _set_threads(cfg.threads)
         out = Path(cfg.out or _default_out(cfg))
         created = not out.exists()
@@ -247,12 +265,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _check_out(out: Path) -> None:
     """--out must be a folder we can create and write, and hold no checkpointed run."""
-    from .federated.simulator import CHECKPOINT
+    from .federated.simulator import check_reusable
 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {str(out)!r} is a file; expected a folder for the run")
-    if (out / CHECKPOINT).exists():
-        raise ConfigError(f"--out: {str(out)!r} already holds a run; pass --resume {out} or another --out")
+    check_reusable(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test.tmp"

@@ -39,8 +39,9 @@ fields x (M, *input_shape), y (M, C), alpha (). Size: 4 (M d + M C + 1) bytes of
 d = prod(input_shape), plus a header of 5 + (2 + 4 (1 + len(input_shape))) + (2 + 8) + 2 bytes.
 MLP on 28x28, C = 10, M = 1: 3,180 + 35 = 3,215 bytes (dense: 796,851).
 
-Low-precision features (ours, ``feature_bits`` 16 or 8; issue 16): precision traded for
+Low-precision features (ours, ``feature_bits`` 16 or 8): precision traded for
 samples. The search runs in full precision; then x and y are rounded to the wire's precision
+(float16 saturates at +-65504 rather than overflow)
 and alpha, the cosine and the client's residual are computed from the rounded features, so
 the decoder sees exactly what the encoder used and the EF identity stays exact.
 - 16: x and y as float16 (same fields and shapes, dtype float16): 2 (M d + M C) + 4 bytes
@@ -169,10 +170,12 @@ class ThreeSFC(Compressor):
         if self.feature_bits == 32:
             return x.float(), y.float(), x, y
         if self.feature_bits == 16:
-            hx, hy = x.half(), y.half()
+            big = torch.finfo(torch.float16).max  # no inf on the wire
+            hx, hy = x.clamp(-big, big).half(), y.clamp(-big, big).half()
             return hx, hy, hx.to(dt), hy.to(dt)
         (qx, sx), (qy, sy) = _quantize8(x), _quantize8(y)
-        return (qx.reshape(-1), sx), (qy, sy), _dequantize8(qx, sx, dt).reshape(x.shape), _dequantize8(qy, sy, dt)
+        return ((qx.reshape(-1).cpu(), sx), (qy.cpu(), sy), _dequantize8(qx, sx, dt).reshape(x.shape),
+                _dequantize8(qy, sy, dt))
 
     def decompress(self, payload: Payload, ctx: Context) -> torch.Tensor:
         dt = ctx.weights.dtype
@@ -195,7 +198,7 @@ def _quantize8(v: torch.Tensor) -> tuple[torch.Tensor, float]:
     top = float(v.abs().max()) if v.numel() else 0.0
     s = float(np.float32(top / 127.0)) if top > 0 and math.isfinite(top) else 1.0
     q = torch.clamp(torch.round(v.double() / s), -127, 127).to(torch.int16) + 128
-    return q.to(torch.uint8).cpu(), s
+    return q.to(torch.uint8), s
 
 
 def _dequantize8(q: torch.Tensor, s: float, dtype: torch.dtype) -> torch.Tensor:

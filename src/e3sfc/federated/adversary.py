@@ -5,7 +5,7 @@ the simulator and the Flower client runtime can turn N of the K clients (a seede
 choice, the same in every driver) into one of these:
 
 - ``nan``: its honest payload with every float replaced by NaN;
-- ``huge``: its honest payload with every float replaced by +-1e30 (finite);
+- ``huge``: its honest payload with every float replaced by +-1e30 (or its dtype's largest finite value);
 - ``scale``: an honestly encoded payload of -100 x its honest update (the update is
   scaled before error feedback and compression, so every method encodes it);
 - ``garbage``: random bytes of the honest payload's length;
@@ -47,8 +47,9 @@ def corrupt(kind: str, blob: bytes, rng: np.random.Generator) -> bytes:
     if kind in ("nan", "huge"):
         for i, a in enumerate(fields):
             if a.dtype.kind == "f":
+                big = min(HUGE, float(np.finfo(a.dtype).max))  # finite in the field's own dtype
                 fields[i] = (np.full_like(a, np.nan) if kind == "nan"
-                             else np.where(a < 0, -HUGE, HUGE).astype(a.dtype))
+                             else np.where(a < 0, -big, big).astype(a.dtype))
     elif kind == "wrong-shape":
         fields[0] = np.concatenate([fields[0].reshape(-1), np.zeros(1, fields[0].dtype)])
     else:

@@ -104,7 +104,10 @@ def finish_update(p: Prepared, compressor: Compressor, ef: ErrorFeedback, payloa
     """Serialize the compressed payload and update the EF residual: e_k <- target - decoded."""
     blob = compressor.encode(payload)
     if p.use_ef:
-        ef.update(p.ctx.client, p.target, compressor.decompress(payload, p.ctx))
+        decoded = compressor.decompress(payload, p.ctx)
+        if not torch.isfinite(decoded).all():  # the server will reject it: nothing was sent, keep it all
+            decoded = torch.zeros_like(decoded)
+        ef.update(p.ctx.client, p.target, decoded)
     stats = {**stats, "train_seconds": p.train_seconds, "compress_seconds": compress_seconds}
     return ClientUpdate(p.ctx.client, blob, p.num_samples, stats)
 

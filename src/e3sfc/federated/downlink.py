@@ -130,6 +130,11 @@ class Downlink:
         self.version[k] = t
         return ins
 
+    def forget(self, k: int) -> None:
+        """Client k's reply never came: whether it applied its catch-up is unknown, so its next
+        catch-up is the full model."""
+        self.version[k] = 0
+
     # ---------------------------------------------------------------- end of round t
     def broadcast(self, t: int, ctx: Context, delta: torch.Tensor, M: int | None, last: bool,
                   dense_bytes: int) -> Broadcast:

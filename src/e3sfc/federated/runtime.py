@@ -76,6 +76,10 @@ def uplink_compressor(cfg: RunConfig, ctx: Context) -> Compressor:
     return build_compressor(cfg.method, cfg.to_dict(), cfg.ratio, ctx)
 
 
+class StaleReplica(RuntimeError):
+    """A client's replica is not at the round the server's catch-up starts from."""
+
+
 class ClientRuntime:
     """One client's persistent state and its half of every round."""
 
@@ -90,6 +94,7 @@ class ClientRuntime:
         self.ef = ErrorFeedback(enabled=cfg.ef)
         self.trained = 0
         self.replica: torch.Tensor | None = None    # kept between rounds under a compressed downlink only
+        self.version = 1 if cfg.resolved_init == "seed" else 0  # the round whose model the replica holds
         hostile = adversary.hostile_clients(cfg.seed, cfg.clients, cfg.adversaries, derive_seed)
         self.hostile = cfg.adversary if cid in hostile else None  # fault injection (--adversary)
 
@@ -103,8 +108,13 @@ class ClientRuntime:
             self.down, self._down_ready = downlink_compressor(self.cfg, self._ctx(model, self.initial, 0, None)), True
 
     def catch_up(self, ins: TrainIns, model: nn.Module) -> torch.Tensor:
-        """Apply the full model and/or the missed broadcasts; returns the replica (w_t)."""
+        """Apply the full model and/or the missed broadcasts; returns the replica (w_t). A replay that
+        does not start where this client's replica is (a reply the server never got, on Flower) is a
+        StaleReplica error: the server then sends the full model next time."""
         self._build(model)
+        if ins.model is None and ins.broadcasts and ins.broadcasts[0][0] != self.version:
+            raise StaleReplica(f"client {self.cid} holds the model of round {self.version}; the server replays "
+                               f"from round {ins.broadcasts[0][0]}")
         if ins.model is not None:
             ctx = self._ctx(model, self.initial, ins.round, None)
             w = self.dense.decompress(self.dense.decode(ins.model, ctx), ctx)
@@ -117,6 +127,7 @@ class ClientRuntime:
             w = apply_broadcast(self._ctx(model, w, s, m or None), blob, self.down)
         if self.down is not None:
             self.replica = w
+        self.version = ins.round
         return w
 
     def prepare(self, ins: TrainIns, model: nn.Module, train_model: nn.Module, x: torch.Tensor,
@@ -156,10 +167,11 @@ class ClientRuntime:
 
     def state_dict(self) -> dict:
         return {"trained": self.trained, "replica": None if self.replica is None else self.replica.cpu(),
-                "residual": self.ef.residuals.get(self.cid)}
+                "residual": self.ef.residuals.get(self.cid), "version": self.version}
 
     def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
         self.trained = int(state["trained"])
+        self.version = int(state["version"])
         self.replica = None if state["replica"] is None else state["replica"].to(device)
         self.ef.residuals = {} if state["residual"] is None else {self.cid: state["residual"].to(device)}
 
@@ -204,10 +216,13 @@ class ServerRuntime:
         return cost
 
     # ------------------------------------------------------------------ round t, first half
-    def begin_round(self, t: int) -> tuple[list[int], int | None, dict[int, TrainIns]]:
-        """Sample the participants, choose M_t, and make each participant's catch-up message."""
+    def begin_round(self, t: int, reachable: set[int] | None = None) -> tuple[list[int], int | None,
+                                                                                dict[int, TrainIns]]:
+        """Sample the participants (those of them in ``reachable``, where a driver cannot reach every
+        client), choose M_t, and make each participant's catch-up message."""
         cfg = self.cfg
-        participants = sample_clients(cfg.seed, t, cfg.clients, cfg.fraction)
+        participants = [k for k in sample_clients(cfg.seed, t, cfg.clients, cfg.fraction)
+                        if reachable is None or k in reachable]
         plans = {k: self.downlink.plan(t, k, self.dense_bytes) for k in participants}
         M = self._choose_samples(t, participants, plans) if cfg.sized_by_samples else None
         set_flat(self.model, self.weights)
@@ -239,7 +254,8 @@ class ServerRuntime:
         ctx = self.context(t, M)
         updates, refused, received = admit(updates, set(self.asked), self.compressor.payload_bytes(ctx), self.sizes)
         for k, n in received.items():
-            self.ledger.add(t, k, UP, n)
+            if n:  # bytes that arrived (a reply whose payload was no bytes at all adds none)
+                self.ledger.add(t, k, UP, n)
         agg = server_step(ctx, updates, self.compressor, weighted=self.cfg.weighted, norm_clip=self.cfg.norm_clip)
         down_cos = float("nan")
         if self.downlink.compressed:

@@ -16,11 +16,13 @@ w_{t+1} = w_t + sum_k a_k * clip(decoded_k) with a_k = 1/|S| (uniform) or n_k / 
   the number of clients. Honest updates of a round have similar norms, so they are
   rarely touched (a round where none is scaled is bit-identical to the unclipped mean).
 
-Every rejection is logged with its reason and counted in the round's ``rejected``.
+Every rejection is logged with its reason and counted in the round's ``rejected``; a reply from a
+client the server did not ask, or a second reply of a client, is dropped and logged (not counted).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -52,10 +54,15 @@ def _clean_stats(stats: Any) -> dict[str, float]:
     out: dict[str, float] = {}
     if not isinstance(stats, dict):
         return out
-    for k, v in list(stats.items())[:64]:
-        if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            if k != "cosine" or -1.0 <= v <= 1.0:
-                out[k] = float(v)
+    for k, v in itertools.islice(stats.items(), 64):
+        if not isinstance(k, str) or not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        try:
+            v = float(v)
+        except OverflowError:  # an int too large for a float
+            continue
+        if math.isfinite(v) and (k != "cosine" or -1.0 <= v <= 1.0):
+            out[k] = v
     return out
 
 

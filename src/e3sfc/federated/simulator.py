@@ -75,6 +75,26 @@ def locked_run_dir(path: Path):
         os.close(fd)
 
 
+def check_reusable(path: Path) -> None:
+    """A new run may start in ``path`` only if it holds no checkpointed run and nothing but what an
+    e3sfc run writes (an empty folder, or one whose run never checkpointed); else a ConfigError."""
+    if (path / CHECKPOINT).exists():
+        raise ConfigError(f"--out: {str(path)!r} already holds a run; pass --resume {path} or another --out")
+    if not path.is_dir():
+        return
+    cfg = path / "config.json"
+    if cfg.is_file():
+        try:
+            RunConfig.from_dict(json.loads(cfg.read_text()))
+            return  # an e3sfc run that stopped before its first checkpoint: start it again
+        except (ValueError, OSError, TypeError, AttributeError):
+            pass
+    others = [p.name for p in path.iterdir() if p.name != ".lock" and not p.name.endswith(".tmp")]
+    if others:
+        raise ConfigError(f"--out: {str(path)!r} is not empty and holds no e3sfc run ({others[0]!r} ...); "
+                          "expected a new or empty folder")
+
+
 def estimate_memory(cfg: RunConfig, num_params: int, input_shape, num_classes: int) -> tuple[int, str]:
     """Bytes a run allocates beyond its data and one model, at most, and the flag that drives them.
 
@@ -212,9 +232,7 @@ class Simulation:
             return self._run(progress, stop_after)
         with locked_run_dir(self.out_dir):
             if self.round == 0:
-                if (self.out_dir / CHECKPOINT).exists():
-                    raise ConfigError(f"--out: {str(self.out_dir)!r} already holds a run; pass --resume "
-                                      f"{self.out_dir} or another --out")
+                check_reusable(self.out_dir)
                 for name in RUN_FILES:  # what a run that never checkpointed left
                     (self.out_dir / name).unlink(missing_ok=True)
                 io.write_json(self.out_dir / "config.json", self.cfg.to_dict())
@@ -354,6 +372,9 @@ class Simulation:
             raise ValueError("its config differs from config.json")
         if not isinstance(state["round"], int) or not 0 <= state["round"] <= self.cfg.rounds:
             raise ValueError(f"round {state['round']!r} is outside 0..{self.cfg.rounds}")
+        down = state["server"]["downlink"]
+        if len(down["version"]) != self.cfg.clients or len(down["owed"]) != self.cfg.clients:
+            raise ValueError(f"its downlink state is for {len(down['version'])} clients, not {self.cfg.clients}")
         shape = (self.num_params,)
         tensors = [state["server"]["weights"], *state["server"]["downlink"]["ef"]["residuals"].values()]
         for k, c in state["clients"].items():

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io as _io
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -125,18 +126,18 @@ def _client_setup(cfg: RunConfig, pid: int):
 
 def client_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(min(cfg.threads, os.cpu_count() or 1))
     pid = int(context.node_config["partition-id"])
     x, y, shape, classes, initial, work, train = _client_setup(cfg, pid)
     rt = ClientRuntime(cfg, pid, shape, classes, initial)
     if "e3sfc" in context.state:
         rt.load_state_dict(torch.load(_io.BytesIO(bytes(context.state["e3sfc"]["state"])), weights_only=True))
     u = rt.handle(ins_from_record(msg.content), work, train, x, y)
-    if u is None:  # fault injection's "drop": this node sends no update
-        raise RuntimeError(f"client {pid} drops its reply (--adversary drop)")
     buf = _io.BytesIO()
     torch.save(rt.state_dict(), buf)
     context.state["e3sfc"] = ConfigRecord({"state": buf.getvalue()})
+    if u is None:  # fault injection's "drop": this node sends no update
+        raise RuntimeError(f"client {pid} drops its reply (--adversary drop)")
     content = RecordDict({
         "update": ConfigRecord({"blob": u.blob, "client": pid, "num-samples": u.num_samples}),
         "stats": MetricRecord({k: float(v) for k, v in u.stats.items()}),
@@ -178,12 +179,25 @@ class FlowerSimulation(Simulation):
                 break
             time.sleep(0.5)
         msgs = [Message(RecordDict({}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
-        node_of = {}
-        for r in self.grid.send_and_receive(msgs, timeout=min(wait_s, self.cfg.round_timeout)):
-            if r.has_error():
-                log.warning("node %s did not say its partition: %s", r.metadata.src_node_id, r.error.reason)
-            else:
-                node_of[int(r.content["node"]["partition-id"])] = r.metadata.src_node_id
+        node_of: dict[int, int] = {}
+        # the first message starts each node's app (data, model): slow on a busy machine, so the
+        # discovery waits up to wait_s; rounds wait at most --round-timeout
+        for r in self.grid.send_and_receive(msgs, timeout=wait_s):
+            node = r.metadata.src_node_id
+            try:
+                if r.has_error():
+                    raise ValueError(r.error.reason)
+                pid = r.content["node"]["partition-id"]
+                if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < self.cfg.clients:
+                    raise ValueError(f"partition id {pid!r} is not in 0..{self.cfg.clients - 1}")
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("node %s did not say a usable partition: %s", node, exc)
+                continue
+            if pid in node_of:
+                log.warning("node %s claims partition %d, already served by node %s; ignored", node, pid,
+                            node_of[pid])
+                continue
+            node_of[pid] = node
         missing = [k for k in range(self.cfg.clients) if k not in node_of]
         if len(missing) == self.cfg.clients:
             raise RuntimeError(f"no Flower node answered within {wait_s:.0f} s; is any SuperNode connected?")
@@ -192,11 +206,9 @@ class FlowerSimulation(Simulation):
         return node_of
 
     def run_round(self, t: int) -> dict[str, float]:
-        participants, M, messages = self.server.begin_round(t)
+        participants, M, messages = self.server.begin_round(t, reachable=set(self.node_of))
         msgs, down, client_of = [], 0, {}
         for k in participants:
-            if k not in self.node_of:
-                continue
             m = Message(ins_to_record(messages[k]), dst_node_id=self.node_of[k], message_type=MessageType.TRAIN,
                         group_id=str(t))
             down += flower_bytes(m)
@@ -213,6 +225,8 @@ class FlowerSimulation(Simulation):
                 continue
             up += flower_bytes(r)
             updates.append(reply_to_update(client_of[node], r.content))
+        for k in set(participants) - {u.client for u in updates}:
+            self.server.downlink.forget(k)  # no reply: the next catch-up is the full model
         log.info("round %d: %d of %d replies within %.0f s", t, len(updates), len(msgs), self.cfg.round_timeout)
         updates.sort(key=lambda u: u.client)  # the in-process order
         stats = self.server.end_round(t, M, updates)
@@ -231,7 +245,7 @@ def make_server_app(cfg: RunConfig | None = None, out_dir: str | Path | None = N
         out = out_dir or c.out or f"runs/flower-{c.method}-{c.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         c = c.replace(out=str(out), engine="flower")
         if c.threads:
-            torch.set_num_threads(c.threads)
+            torch.set_num_threads(min(c.threads, os.cpu_count() or 1))
         sim = FlowerSimulation(c, grid, out)
         summary = sim.run()
         log.warning("e3sfc flower run finished: accuracy %.4f, %d B up, %d B down, folder %s",
