@@ -10,8 +10,13 @@ from e3sfc.cli import main
 from e3sfc.config import RunConfig, downlink_choices
 from e3sfc.federated import Simulation
 
-QUICK = dict(dataset="digits", model="mlp", batch_size=32, lr=0.05, steps=2, max_iter=5, synth_iters=3,
-             threads=1)
+QUICK = dict(dataset="digits", model="mlp", batch_size=32, lr=0.05, steps=2, max_iter=5, threads=1)
+
+
+def _down(down: str) -> dict:
+    """--downlink DOWN with its knobs (a ratio where it has one, few FedSynth iterations)."""
+    return {"downlink": down, **({"downlink_ratio": "0.05"} if down in ("topk", "stc") else {}),
+            **({"synth_iters": 3} if down == "fedsynth" else {})}
 DOWNLINKS = [d for d in downlink_choices() if d not in ("auto", "dense")]
 
 
@@ -21,8 +26,8 @@ def test_every_method_but_the_dense_and_e3sfc_names_can_be_a_downlink():
 
 @pytest.mark.parametrize("down", DOWNLINKS)
 def test_replicas_equal_the_server_under_partial_participation(down):
-    sim = Simulation(RunConfig(**QUICK, method="topk", downlink=down, downlink_ratio="0.05", clients=6,
-                               fraction=0.5, rounds=4, init="seed"))
+    sim = Simulation(RunConfig(**QUICK, method="topk", **_down(down), clients=6, fraction=0.5, rounds=4,
+                               init="seed"))
     sim.run()
     assert sim.server.downlink.compressed
     for k in range(6):  # every client, whatever it missed, catches up to exactly the server's model
@@ -32,7 +37,7 @@ def test_replicas_equal_the_server_under_partial_participation(down):
 @pytest.mark.parametrize("down", DOWNLINKS)
 def test_exact_downlink_bytes_at_full_participation(down):
     """init seed, everyone every round: from round 2 on each client gets exactly one broadcast a round."""
-    cfg = RunConfig(**QUICK, method="stc", downlink=down, downlink_ratio="0.05", clients=3, rounds=3, init="seed")
+    cfg = RunConfig(**QUICK, method="stc", **_down(down), clients=3, rounds=3, init="seed")
     sim = Simulation(cfg)
     sim.run()
     ctx = sim.server.context(0, sim.schedule_log[0] if sim.schedule_log else None)
@@ -75,6 +80,10 @@ def test_auto_downlink_is_the_methods_own():
     (["--downlink", "topk", "--downlink-ratio", "2"], "--downlink-ratio: '2' is not allowed; expected a fraction"),
     (["--downlink", "topk", "--downlink-ratio", "match:nope"], "--downlink-ratio: 'match:nope' is not allowed"),
     (["--downlink", "topk", "--downlink-ratio", "match:topk"], "--downlink-ratio: match:topk cannot match"),
+    (["--downlink-ratio", "0.1"], "--downlink-ratio: '0.1' is not allowed; expected unset unless --downlink"),
+    (["--method", "topk", "--feature-bits", "8"], "--feature-bits: 8 is not allowed; expected the default with "
+                                                   "--method topk and --downlink dense (it is a knob of 3sfc"),
+    (["--method", "fedavg", "--levels", "4"], "--levels: 4 is not allowed"),
 ])
 def test_bad_downlink_settings_are_one_line(argv, needle, tmp_path, capsys):
     code = main(["run", "--dataset", "digits", "--clients", "2", "--rounds", "1", "--out", str(tmp_path / "r"),

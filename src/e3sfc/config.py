@@ -199,6 +199,27 @@ def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{_flag(name)}: {value!r} is not allowed; expected {allowed}")
 
 
+# method knobs that only some methods take: one set away from its default with no method in the run
+# that takes it is an error, not a silent no-op (steps, samples and the like are shared by the
+# synthesis methods and commonly kept in one config for every method, so they are not checked)
+METHOD_KNOBS = ("feature_bits", "levels", "topk_scope", "unroll", "synth_iters", "synth_lr")
+
+
+def _check_knobs_used(c: "RunConfig") -> None:
+    used = [get_compressor_class(c.method)]
+    if c.resolved_downlink != "dense":
+        used.append(get_compressor_class(c.resolved_downlink))
+    defaults = {f.name: f.default for f in fields(RunConfig)}
+    for knob in METHOD_KNOBS:
+        if getattr(c, knob) != defaults[knob] and not any(knob in cls.option_names() for cls in used):
+            takers = [m for m in available_methods() if knob in get_compressor_class(m).option_names()]
+            _require(False, knob, getattr(c, knob), f"the default with --method {c.method} and --downlink "
+                     f"{c.resolved_downlink} (it is a knob of {', '.join(takers)})")
+    if c.downlink_ratio and not (c.resolved_downlink != "dense" and "ratio" in used[-1].option_names()):
+        _require(False, "downlink_ratio", c.downlink_ratio, "unset unless --downlink is a method with a ratio "
+                 "(topk, stc)")
+
+
 def downlink_choices() -> tuple[str, ...]:
     """``--downlink``: auto, dense, or any registered method that can compress the server's aggregate."""
     return ("auto", "dense", *(m for m in available_methods() if get_compressor_class(m).as_downlink))
@@ -269,6 +290,7 @@ def _validate(c: RunConfig) -> None:
         _require(c.sized_by_samples, flag, getattr(c, flag),
                  f"only with a method whose payload size is set by --samples ({', '.join(sized)}); "
                  f"--method is {c.method}")
+    _check_knobs_used(c)
     if c.batch_search:
         _require(c.engine == "inprocess", "batch_search", True,
                  f"only with --engine inprocess (Flower clients search apart); --engine is {c.engine}")
