@@ -123,7 +123,11 @@ def plot_runs(runs: Sequence[Run], out: str | Path, metric: str = "accuracy") ->
         raise ConfigError(f"--metric: {metric!r} is not allowed; expected one of {', '.join(METRICS)}")
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    for run in runs:
+    # more than 10 runs: 20 distinct colours, then a second line style, so no two runs look alike
+    colors = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20").colors
+    styles = ("-", "--", ":", "-.")
+    for i, run in enumerate(runs):
+        look = {"color": colors[i % len(colors)], "linestyle": styles[(i // len(colors)) % len(styles)]}
         ys = run.series(metric)
         pts = [(r, y) for r, y in zip(run.rows, ys) if y is not None]
         if not pts:
@@ -132,9 +136,9 @@ def plot_runs(runs: Sequence[Run], out: str | Path, metric: str = "accuracy") ->
         up = [r["cum_uplink_bytes"] / 1e6 for r, _ in pts]
         both = [(r["cum_uplink_bytes"] + r["cum_downlink_bytes"]) / 1e6 for r, _ in pts]
         vals = [y for _, y in pts]
-        axes[0].plot(rs, vals, label=run.label)
-        axes[1].plot(up, vals, label=run.label)
-        axes[2].plot(both, vals, label=run.label)
+        axes[0].plot(rs, vals, label=run.label, **look)
+        axes[1].plot(up, vals, label=run.label, **look)
+        axes[2].plot(both, vals, label=run.label, **look)
     for ax, xl in zip(axes, ("round", "cumulative uplink MB (log)", "cumulative uplink + downlink MB (log)")):
         ax.set_xlabel(xl)
         ax.set_ylabel(metric)
