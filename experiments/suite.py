@@ -103,10 +103,11 @@ def groups(root: Path) -> dict[str, dict[str, list[str]]]:
                 for m in ("topk", "stc"):
                     beyond[f"{m}-twoway-alpha{a}-seed{s}"] = [*twoway[f"{m}-twoway-alpha{a}"], "--seed", str(s)]
     for s in (42, 43):
-        for a in ("1.0", "0.1"):
+        for a in ("1.0", "0.1", "0.5"):
             beyond[f"3sfc-plus-alpha{a}-seed{s}"] = ["--config", "configs/e3sfc-plus.toml", "--method", "3sfc",
                                                      "--alpha", a, "--seed", str(s)]
-            beyond[f"stc-match-alpha{a}-seed{s}"] = [*ref["stc-match"], "--alpha", a, "--seed", str(s)]
+            for m in ("stc-match", "topk-match"):
+                beyond[f"{m}-alpha{a}-seed{s}"] = [*ref[m], "--alpha", a, "--seed", str(s)]
     return {"reference": ref, "convnet": conv, "noniid": sweep, "seeds": seeds, "twoway": twoway, "beyond": beyond}
 
 
@@ -242,7 +243,7 @@ def beyond_verdicts(root: Path, rows: list[dict]) -> list[str]:
 
     out = []
     for mine, others, how in (("e3sfc-plus", ("topk-twoway", "stc-twoway", "e3sfc"), "total bytes, both ways"),
-                              ("3sfc-plus", ("stc-match",), "uplink bytes, one way")):
+                              ("3sfc-plus", ("stc-match", "topk-match"), "uplink bytes, one way")):
         for a in ALPHAS:
             me = seed_rows(mine, a)
             for o in others:
