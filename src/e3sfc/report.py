@@ -145,12 +145,19 @@ def plot_runs(runs: Sequence[Run], out: str | Path, metric: str = "accuracy") ->
         ax.grid(True, alpha=0.3)
     axes[1].set_xscale("log")
     axes[2].set_xscale("log")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    if len(runs) <= 12:
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+    else:  # many runs: one legend to the right of the plots, in columns
+        fig.tight_layout()
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,
+                   ncol=(len(runs) + 19) // 20)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from .io import atomic_write
-    atomic_write(out, lambda f: fig.savefig(f, format=out.suffix.lstrip(".") or "png", dpi=120), mode="wb")
+    atomic_write(out, lambda f: fig.savefig(f, format=out.suffix.lstrip(".") or "png", dpi=120,
+                                            bbox_inches="tight"), mode="wb")
     plt.close(fig)
     return out
 
