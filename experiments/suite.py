@@ -102,6 +102,9 @@ def groups(root: Path) -> dict[str, dict[str, list[str]]]:
             if s != 42:
                 for m in ("topk", "stc"):
                     beyond[f"{m}-twoway-alpha{a}-seed{s}"] = [*twoway[f"{m}-twoway-alpha{a}"], "--seed", str(s)]
+    for a in ALPHAS:  # the 16-bit alternative: M = 2 at the same bytes
+        beyond[f"e3sfc-fp16-alpha{a}-seed42"] = ["--config", "configs/e3sfc-plus.toml", "--samples", "2",
+                                                 "--feature-bits", "16", "--alpha", a, "--seed", "42"]
     for s in (42, 43):
         for a in ("1.0", "0.1", "0.5"):
             beyond[f"3sfc-plus-alpha{a}-seed{s}"] = ["--config", "configs/e3sfc-plus.toml", "--method", "3sfc",
@@ -147,7 +150,8 @@ TITLES = {
     "seeds": "3SFC and E-3SFC with early stop (and with --batch-search) against the full L-BFGS search, more seeds "
              "(otherwise the reference setting)",
     "beyond": "Beyond the paper: E-3SFC and 3SFC with 8-bit synthetic features, M = 4 at the bytes of M = 1 "
-              "(configs/e3sfc-plus.toml), against Top-k and STC at equal bytes, two seeds",
+              "(configs/e3sfc-plus.toml), against Top-k and STC at equal bytes, two seeds (and 16-bit features, "
+              "M = 2, one seed)",
     "twoway": "Both directions compressed: E-3SFC against Top-k and STC with a compressed downlink (server residual, "
               "as DoubleSqueeze) at E-3SFC's bytes each way, Dirichlet alpha 0.1, 0.5, 1.0 (otherwise the "
               "reference setting)",
@@ -243,6 +247,7 @@ def beyond_verdicts(root: Path, rows: list[dict]) -> list[str]:
 
     out = []
     for mine, others, how in (("e3sfc-plus", ("topk-twoway", "stc-twoway", "e3sfc"), "total bytes, both ways"),
+                              ("e3sfc-fp16", ("e3sfc-plus", "e3sfc"), "total bytes, both ways"),
                               ("3sfc-plus", ("stc-match", "topk-match"), "uplink bytes, one way")):
         for a in ALPHAS:
             me = seed_rows(mine, a)
