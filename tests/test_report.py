@@ -85,3 +85,41 @@ def test_suite_states_megabytes_to_target_against_the_group():
         "the fewest of these.")
     assert suite.mb_verdict({"run": "e3sfc", "mb_to_target": 4.92}, [fed, topk]).endswith("more than fedavg.")
     assert suite.mb_verdict({"run": "e3sfc", "mb_to_target": None}, [fed]) == "it never reached 0.70 accuracy."
+
+
+def _suite():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("suite", Path(__file__).parents[1] / "experiments" / "suite.py")
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    return suite
+
+
+def test_suite_twoway_and_beyond_verdicts_on_hand_made_rows(tmp_path):
+    suite = _suite()
+
+    def row(run, acc, mb=6.4):
+        return {"run": run, "acc_last10": acc, "total_mb": mb, "mb_to_target": 2.0, "ratio_vs_dense": 110.9}
+
+    rows = [row("e3sfc-alpha0.1", 0.72), row("topk-twoway-alpha0.1", 0.64, 6.37), row("stc-twoway-alpha0.1", 0.75)]
+    v = suite.twoway_verdicts(rows)
+    assert v[0].startswith("- alpha 0.1: e3sfc beats topk compressed both ways by 8.0 points")
+    assert "(0.5% apart)" in v[0]
+    assert v[1].startswith("- alpha 0.1: e3sfc loses to stc compressed both ways by 3.0 points")
+    beyond = [row("e3sfc-plus-alpha1.0-seed42", 0.84), row("e3sfc-plus-alpha1.0-seed43", 0.82),
+              row("stc-twoway-alpha1.0-seed42", 0.80), row("stc-twoway-alpha1.0-seed43", 0.81)]
+    v = suite.beyond_verdicts(tmp_path, beyond)
+    assert v == ["- alpha 1.0, total bytes, both ways: e3sfc-plus beats stc-twoway by 2.5 points (mean of the last "
+                 "10 rounds over seeds 42, 43: 0.8300 against 0.8050; seed spread 0.8200-0.8400 against "
+                 "0.8000-0.8100; MB in all at seed 42: 6.40 against 6.40)."]
+
+
+def test_suite_keeps_the_sections_of_groups_not_on_this_machine(tmp_path):
+    suite = _suite()
+    old = tmp_path / "results.md"
+    old.write_text("# Results\n\nheader\n\n## Group A\n\n| a |\n\nverdict A\n\n## Group B\n\ntext B\n")
+    kept = suite.previous_sections(old)
+    assert kept == {"Group A": "## Group A\n\n| a |\n\nverdict A\n", "Group B": "## Group B\n\ntext B\n"}
+    assert suite.previous_sections(tmp_path / "missing.md") == {}
