@@ -100,6 +100,7 @@ def groups(root: Path) -> dict[str, dict[str, list[str]]]:
             beyond[f"e3sfc-plus-alpha{a}-seed{s}"] = ["--config", "configs/e3sfc-plus.toml", "--alpha", a,
                                                       "--seed", str(s)]
             if s != 42:
+                beyond[f"e3sfc-alpha{a}-seed{s}"] = [*twoway[f"e3sfc-alpha{a}"], "--seed", str(s)]
                 for m in ("topk", "stc"):
                     beyond[f"{m}-twoway-alpha{a}-seed{s}"] = [*twoway[f"{m}-twoway-alpha{a}"], "--seed", str(s)]
     for a in ALPHAS:  # the 16-bit alternative: M = 2 at the same bytes
