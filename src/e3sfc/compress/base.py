@@ -114,13 +114,6 @@ class Compressor(ABC):
     def compress(self, target: torch.Tensor, ctx: Context) -> tuple[Payload, dict[str, float]]:
         """Encode ``target`` (P,) into a payload; also return stats (e.g. cosine)."""
 
-    def compress_steps(self, target: torch.Tensor, ctx: Context) -> Steps:
-        """:meth:`compress` with any search's objective evaluations handed out: a generator that
-        yields (objective, point) and takes objective(point) back (see ``ThreeSFC.search``),
-        returning what ``compress`` returns. Methods without such a search yield nothing."""
-        return self.compress(target, ctx)
-        yield  # makes this a generator  # noqa
-
     @abstractmethod
     def decompress(self, payload: Payload, ctx: Context) -> torch.Tensor:
         """The update (P,) that ``payload`` stands for at ``ctx``."""

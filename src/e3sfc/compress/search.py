@@ -26,7 +26,7 @@ def start(steps) -> tuple:
 
 
 def run_together(started: dict) -> dict:
-    """Drive several started step generators (``Compressor.compress_steps`` and what wraps it) to
+    """Drive several started step generators (``ThreeSFC.compress_steps`` and what wraps it) to
     their ends together. ``started`` maps a key to what :func:`start` returned for its generator.
     At each turn the pending points of objectives of one model are evaluated in one batch
     (:class:`.synth_mlp.MLPCosineMatchBatch` for the closed form, :class:`.synth.CosineMatchBatch` for

@@ -20,6 +20,8 @@ norm by a multiple of the round's median.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import wire
@@ -29,6 +31,7 @@ SCALE = -100.0    # what ``scale`` multiplies the honest update by
 HUGE = 1e30
 
 
+@functools.lru_cache(maxsize=8)  # every ClientRuntime asks; draw once per run, not once per client
 def hostile_clients(seed: int, clients: int, count: int, derive) -> frozenset[int]:
     """The ``count`` hostile client ids of a run (a seeded choice, identical in every driver)."""
     if count <= 0:

@@ -39,7 +39,7 @@ from ..metrics import DOWN, UP
 from ..models import build_model, num_params
 from .evaluate import evaluate
 from .params import get_flat
-from .runtime import MODEL_INIT, ClientRuntime, ServerRuntime, derive_seed
+from .runtime import MODEL_INIT, ClientRuntime, ServerRuntime, derive_seed, round_half_up
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def estimate_memory(cfg: RunConfig, num_params: int, input_shape, num_classes: i
     plus the set's gradient); a coarse upper bound for refusing runs that cannot fit."""
     from ..compress import get_compressor_class
 
-    per_round = max(1, int(np.floor(cfg.fraction * cfg.clients + 0.5)))
+    per_round = max(1, round_half_up(cfg.fraction * cfg.clients))  # as sample_clients draws them
     holders = min(cfg.clients, per_round * cfg.rounds)
     residuals = holders * num_params * 4 if cfg.ef and get_compressor_class(cfg.method).biased else 0
     search = 0

@@ -80,8 +80,9 @@ def ins_from_record(rec: RecordDict) -> TrainIns:
 
 def reply_to_update(client: int, content: RecordDict) -> ClientUpdate:
     """A reply's update as the node sent it, attributed to the client the server asked that node
-    for. Nothing is converted or allocated here: the server runtime checks every field's type and
-    size before use (a malformed reply becomes an update that it rejects with the reason)."""
+    for. The payload and sample count are passed on unconverted (a 2**40 integer is not turned into
+    bytes here); the server runtime checks every field's type and size before use (a malformed
+    reply becomes an update that it rejects with the reason)."""
     try:
         c = content["update"]
         blob, n, claimed = c.get("blob"), c.get("num-samples"), c.get("client")
