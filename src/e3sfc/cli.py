@@ -50,6 +50,8 @@ HELP = {
     "feature_bits": "3sfc/e3sfc: precision of the synthetic features on the wire: 32 (float32, the published "
                     "algorithm), 16 (float16) or 8 (8-bit with one scale per field); M = 2 at 16 and M = 4 at 8 "
                     "cost what M = 1 costs at 32",
+    "warm_start": "3sfc/e3sfc: start each search from that party's last synthetic features instead of fresh "
+                  "noise (clients and the server each keep theirs; checkpointed)",
     "ef": "error feedback for the biased methods (--no-ef for the ablation)",
     "ratio": "topk/stc: kept fraction in (0, 1], or match:METHOD for equal uplink bytes",
     "topk_scope": "topk/stc: tensor (per tensor) or global",
@@ -60,6 +62,7 @@ HELP = {
     "downlink": "auto (the method's own: 3sfc for e3sfc, else dense), dense (full model), or a method that "
                 "compresses the server's aggregate with a server residual: 3sfc, topk, stc, sign, qsgd, fedsynth",
     "downlink_ratio": "topk/stc downlink: kept fraction or match:METHOD (default: the uplink's --ratio)",
+    "downlink_samples": "3sfc/fedsynth downlink: synthetic samples M of each broadcast (default 0: the uplink's M_t)",
     "init": "auto, seed (every party builds w_1 from the seed: nothing sent) or broadcast (w_1 shipped, counted)",
     "schedule": "budget schedule for the synthetic samples M_t: constant, decay or adaptive",
     "budget_bytes": "total bytes (up + down) for the whole run; 0 = no budget",

@@ -61,6 +61,7 @@ class RunConfig:
     downlink_patience: int = 0
     batch_search: bool = False
     feature_bits: int = 32
+    warm_start: bool = False
     ef: bool = True
     ratio: str = "0.01"
     topk_scope: str = "tensor"
@@ -71,6 +72,7 @@ class RunConfig:
     # double-way compression and budget (DESIGN 1.2, 1.3)
     downlink: str = "auto"
     downlink_ratio: str = ""
+    downlink_samples: int = 0
     init: str = "auto"
     schedule: str = "constant"
     budget_bytes: int = 0
@@ -202,7 +204,7 @@ def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
 # method knobs that only some methods take: one set away from its default with no method in the run
 # that takes it is an error, not a silent no-op (steps, samples and the like are shared by the
 # synthesis methods and commonly kept in one config for every method, so they are not checked)
-METHOD_KNOBS = ("feature_bits", "levels", "topk_scope", "unroll", "synth_iters", "synth_lr")
+METHOD_KNOBS = ("feature_bits", "warm_start", "levels", "topk_scope", "unroll", "synth_iters", "synth_lr")
 
 
 def _check_knobs_used(c: "RunConfig") -> None:
@@ -215,6 +217,10 @@ def _check_knobs_used(c: "RunConfig") -> None:
             takers = [m for m in available_methods() if knob in get_compressor_class(m).option_names()]
             _require(False, knob, getattr(c, knob), f"the default with --method {c.method} and --downlink "
                      f"{c.resolved_downlink} (it is a knob of {', '.join(takers)})")
+    if c.downlink_samples and not (c.resolved_downlink != "dense" and used[-1].sized_by_samples):
+        sized = [m for m in available_methods() if get_compressor_class(m).sized_by_samples]
+        _require(False, "downlink_samples", c.downlink_samples, f"0 unless --downlink is a method sized by samples "
+                 f"({', '.join(sized)}); --downlink is {c.resolved_downlink}")
     if c.downlink_ratio and not (c.resolved_downlink != "dense" and "ratio" in used[-1].option_names()):
         _require(False, "downlink_ratio", c.downlink_ratio, "unset unless --downlink is a method with a ratio "
                  "(topk, stc)")
@@ -272,6 +278,8 @@ def _validate(c: RunConfig) -> None:
     _require(c.patience >= 0, "patience", c.patience, "an integer >= 0 (0 = no early stop)")
     _require(c.feature_bits in (32, 16, 8), "feature_bits", c.feature_bits, "one of 32, 16, 8")
     _require(c.downlink_patience >= 0, "downlink_patience", c.downlink_patience, "an integer >= 0 (0 = no early stop)")
+    _require(c.downlink_samples >= 0, "downlink_samples", c.downlink_samples,
+             "an integer >= 0 (0 = the uplink's M)")
     _require(1 <= c.levels <= 65535, "levels", c.levels, "an integer in 1..65535")
     _require(c.unroll >= 1, "unroll", c.unroll, "an integer >= 1")
     _require(c.synth_iters >= 0, "synth_iters", c.synth_iters, "an integer >= 0")

@@ -48,6 +48,7 @@ class Context:
     client: int = -1                     # -1: the server
     generator: torch.Generator | None = None
     samples: int | None = None           # this round's synthetic-sample count M_t (budget scheduler)
+    start: torch.Tensor | None = None    # where a search may start: this party's last features (warm start)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -113,6 +114,10 @@ class Compressor(ABC):
     @abstractmethod
     def compress(self, target: torch.Tensor, ctx: Context) -> tuple[Payload, dict[str, float]]:
         """Encode ``target`` (P,) into a payload; also return stats (e.g. cosine)."""
+
+    def carry(self, payload: Payload, ctx: Context) -> torch.Tensor | None:
+        """What the sending party keeps for its next compression (``ctx.start`` then); None: nothing."""
+        return None
 
     @abstractmethod
     def decompress(self, payload: Payload, ctx: Context) -> torch.Tensor:

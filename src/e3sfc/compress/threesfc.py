@@ -77,7 +77,7 @@ class ThreeSFC(Compressor):
 
     def __init__(self, samples: int = 1, steps: int = 10, max_iter: int = 20, lambd: float = 0.0,
                  history: int = 100, patience: int = 20, tol: float = 1e-4, lock_cos: float = 0.05,
-                 batch_search: bool = False, feature_bits: int = 32):
+                 batch_search: bool = False, feature_bits: int = 32, warm_start: bool = False):
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         if feature_bits not in FEATURE_BITS:
@@ -85,7 +85,7 @@ class ThreeSFC(Compressor):
         self.feature_bits = feature_bits
         self.samples, self.steps, self.max_iter, self.lambd, self.history = samples, steps, max_iter, lambd, history
         self.patience, self.tol, self.lock_cos = patience, tol, lock_cos
-        self.batch_search = batch_search
+        self.batch_search, self.warm_start = batch_search, warm_start
 
     @property
     def batch_limit(self) -> int | None:
@@ -121,10 +121,16 @@ class ThreeSFC(Compressor):
         returns the best (x, y) and its |cos|. :func:`~.base.run_steps` drives it one point at a time; a
         driver may instead evaluate several searches' points together."""
         m = samples or ctx.samples or self.samples
-        g = ctx.generator
-        x = torch.randn((m, *ctx.input_shape), generator=g).to(ctx.device, ctx.weights.dtype)
-        y = torch.randn((m, ctx.num_classes), generator=g).to(ctx.device, ctx.weights.dtype)
-        z = torch.cat([x.reshape(-1), y.reshape(-1)])
+        x_shape, y_shape = (m, *ctx.input_shape), (m, ctx.num_classes)
+        start = ctx.start if self.warm_start else None
+        if start is not None and start.numel() == math.prod(x_shape) + math.prod(y_shape):
+            z = start.detach().to(ctx.device, ctx.weights.dtype).reshape(-1).clone()  # last round's features
+            x, y = z[:math.prod(x_shape)].view(x_shape), z[math.prod(x_shape):].view(y_shape)
+        else:
+            g = ctx.generator
+            x = torch.randn(x_shape, generator=g).to(ctx.device, ctx.weights.dtype)
+            y = torch.randn(y_shape, generator=g).to(ctx.device, ctx.weights.dtype)
+            z = torch.cat([x.reshape(-1), y.reshape(-1)])
         f = cosine_match(ctx.model, target, tuple(x.shape), tuple(y.shape), self.lambd)
         if f.tau_norm == 0.0 or self.steps == 0:
             return x, y, 0.0
@@ -177,17 +183,27 @@ class ThreeSFC(Compressor):
         return ((qx.reshape(-1).cpu(), sx), (qy.cpu(), sy), _dequantize8(qx, sx, dt).reshape(x.shape),
                 _dequantize8(qy, sy, dt))
 
-    def decompress(self, payload: Payload, ctx: Context) -> torch.Tensor:
+    def features(self, payload: Payload, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(x, y, alpha) as the decoder sees them."""
         dt = ctx.weights.dtype
         if self.feature_bits == 8:
             sx, sy, alpha = (float(v) for v in payload.fields[2])
             m = payload.fields[1].shape[0]
             x = _dequantize8(payload.tensor(0, ctx.device), sx, dt).reshape(m, *ctx.input_shape)
             y = _dequantize8(payload.tensor(1, ctx.device), sy, dt)
-        else:
-            x, y = payload.tensor(0, ctx.device).to(dt), payload.tensor(1, ctx.device).to(dt)
-            alpha = float(payload.fields[2])
+            return x, y, alpha
+        return payload.tensor(0, ctx.device).to(dt), payload.tensor(1, ctx.device).to(dt), float(payload.fields[2])
+
+    def decompress(self, payload: Payload, ctx: Context) -> torch.Tensor:
+        x, y, alpha = self.features(payload, ctx)
         return alpha * synth_grad(ctx.model, x, y)
+
+    def carry(self, payload: Payload, ctx: Context) -> torch.Tensor | None:
+        """With ``warm_start``: the features just sent (as decoded), flat, where the next search starts."""
+        if not self.warm_start:
+            return None
+        x, y, _ = self.features(payload, ctx)
+        return torch.cat([x.reshape(-1), y.reshape(-1)])
 
 
 FEATURE_BITS = (32, 16, 8)

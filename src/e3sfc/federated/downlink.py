@@ -88,6 +88,7 @@ class Downlink:
         self.owed = np.zeros(clients, dtype=np.int64)       # bytes of broadcasts made but not yet delivered
         self.history: dict[int, tuple[bytes, int]] = {}     # round -> (broadcast blob, M or 0)
         self._model_blob: tuple[tuple, bytes] = ((), b"")  # ((round, w_t identity), dense w_t message)
+        self.start: torch.Tensor | None = None              # the compressor's carry (a warm start), if any
 
     @property
     def compressed(self) -> bool:
@@ -143,7 +144,9 @@ class Downlink:
         to no one (it would go out only with a round T + 1)."""
         assert self.compressor is not None
         target = self.ef.target(SERVER, delta)
+        ctx.start = self.start
         payload, stats = self.compressor.compress(target, ctx)
+        self.start = self.compressor.carry(payload, ctx)
         blob = self.compressor.encode(payload)
         decoded = self.compressor.decompress(self.compressor.decode(blob, ctx), ctx)  # as apply_broadcast does
         self.ef.update(SERVER, target, decoded)
@@ -159,10 +162,12 @@ class Downlink:
     # ---------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict:
         return {"ef": self.ef.state_dict(), "version": self.version.tolist(), "owed": self.owed.tolist(),
-                "history": dict(self.history)}
+                "history": dict(self.history), "start": None if self.start is None else self.start.cpu()}
 
     def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
         self.ef.load_state_dict(state["ef"], device)
         self.version = np.asarray(state["version"], dtype=np.int64).copy()
         self.owed = np.asarray(state["owed"], dtype=np.int64).copy()
         self.history = dict(state["history"])
+        start = state.get("start")
+        self.start = None if start is None else start.to(device)

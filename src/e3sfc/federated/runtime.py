@@ -95,6 +95,7 @@ class ClientRuntime:
         self.trained = 0
         self.replica: torch.Tensor | None = None    # kept between rounds under a compressed downlink only
         self.version = 1 if cfg.resolved_init == "seed" else 0  # the round whose model the replica holds
+        self.start: torch.Tensor | None = None      # the compressor's carry (a warm start), if it keeps one
         hostile = adversary.hostile_clients(cfg.seed, cfg.clients, cfg.adversaries, derive_seed)
         self.hostile = cfg.adversary if cid in hostile else None  # fault injection (--adversary)
 
@@ -140,8 +141,10 @@ class ClientRuntime:
             return None
         cfg = self.cfg
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, TRAINING, ins.round, self.cid))
+        ctx = self._ctx(model, w, ins.round, ins.samples)
+        ctx.start = self.start
         p = prepare_update(
-            train_model, self._ctx(model, w, ins.round, ins.samples), x, y, compressor=self.compressor, ef=self.ef,
+            train_model, ctx, x, y, compressor=self.compressor, ef=self.ef,
             epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=client_lr(cfg.lr, cfg.lr_decay, self.trained),
             generator=g, update_scale=adversary.SCALE if self.hostile == "scale" else 1.0)
         self.trained += 1
@@ -150,6 +153,7 @@ class ClientRuntime:
     def finish(self, p: Prepared, payload: Payload, stats: dict, compress_seconds: float = 0.0) -> ClientUpdate:
         """Serialize the payload, update the EF residual (a hostile client then spoils its bytes)."""
         u = finish_update(p, self.compressor, self.ef, payload, stats, compress_seconds)
+        self.start = self.compressor.carry(payload, p.ctx)
         if self.hostile not in (None, "scale"):
             rng = np.random.default_rng(derive_seed(self.cfg.seed, adversary.ADVERSARY, p.ctx.round, self.cid))
             u.blob = adversary.corrupt(self.hostile, u.blob, rng)
@@ -167,13 +171,16 @@ class ClientRuntime:
 
     def state_dict(self) -> dict:
         return {"trained": self.trained, "replica": None if self.replica is None else self.replica.cpu(),
-                "residual": self.ef.residuals.get(self.cid), "version": self.version}
+                "residual": self.ef.residuals.get(self.cid), "version": self.version,
+                "start": None if self.start is None else self.start.cpu()}
 
     def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
         self.trained = int(state["trained"])
         self.version = int(state["version"])
         self.replica = None if state["replica"] is None else state["replica"].to(device)
         self.ef.residuals = {} if state["residual"] is None else {self.cid: state["residual"].to(device)}
+        start = state.get("start")
+        self.start = None if start is None else start.to(device)
 
 
 class ServerRuntime:
@@ -209,11 +216,14 @@ class ServerRuntime:
     def round_cost(self, M: int, participants: int, dense_syncs: int, last: bool) -> int:
         """Bytes a round with M synthetic samples commits: its uplinks, the full models it sends and,
         under a compressed downlink, one broadcast for every client (none after the last round)."""
-        ctx = self.context(0, M)
-        cost = participants * self.compressor.payload_bytes(ctx) + dense_syncs * self.dense_bytes
+        cost = participants * self.compressor.payload_bytes(self.context(0, M)) + dense_syncs * self.dense_bytes
         if not last:
-            cost += self.cfg.clients * self.downlink.broadcast_bytes(ctx)
+            cost += self.cfg.clients * self.downlink.broadcast_bytes(self.context(0, self.downlink_samples(M)))
         return cost
+
+    def downlink_samples(self, M: int | None) -> int | None:
+        """M of the broadcast: ``--downlink-samples`` where set, else the uplink's M_t."""
+        return self.cfg.downlink_samples or M
 
     # ------------------------------------------------------------------ round t, first half
     def begin_round(self, t: int, reachable: set[int] | None = None) -> tuple[list[int], int | None,
@@ -259,7 +269,8 @@ class ServerRuntime:
         agg = server_step(ctx, updates, self.compressor, weighted=self.cfg.weighted, norm_clip=self.cfg.norm_clip)
         down_cos = float("nan")
         if self.downlink.compressed:
-            b = self.downlink.broadcast(t, ctx, agg.delta, M, t == self.cfg.rounds, self.dense_bytes)
+            Md = self.downlink_samples(M)
+            b = self.downlink.broadcast(t, self.context(t, Md), agg.delta, Md, t == self.cfg.rounds, self.dense_bytes)
             down_cos = b.stats.get("cosine", float("nan"))
             self.weights = b.weights
         else:

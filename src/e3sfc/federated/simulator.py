@@ -381,6 +381,13 @@ class Simulation:
             if not (isinstance(k, int) and 0 <= k < self.cfg.clients):
                 raise ValueError(f"client id {k!r} is outside 0..{self.cfg.clients - 1}")
             tensors += [v for v in (c["replica"], c["residual"]) if v is not None]
+        starts = [down.get("start"), *(c.get("start") for c in state["clients"].values())]
+        per_sample = int(np.prod(self.data.input_shape)) + self.data.num_classes
+        for v in (v for v in starts if v is not None):  # warm starts: M_s whole samples of features
+            if not (isinstance(v, torch.Tensor) and v.dim() == 1 and v.is_floating_point() and v.numel()
+                    and v.numel() % per_sample == 0):
+                raise ValueError(f"a warm start is {getattr(v, 'shape', type(v).__name__)}; expected a whole "
+                                 f"number of samples of {per_sample} numbers")
         for v in tensors:
             if not isinstance(v, torch.Tensor) or tuple(v.shape) != shape or v.dtype != torch.float32:
                 raise ValueError(f"a model-sized tensor is {getattr(v, 'shape', type(v).__name__)}; "
