@@ -50,6 +50,8 @@ HELP = {
     "feature_bits": "3sfc/e3sfc: precision of the synthetic features on the wire: 32 (float32, the published "
                     "algorithm), 16 (float16) or 8 (8-bit with one scale per field); M = 2 at 16 and M = 4 at 8 "
                     "cost what M = 1 costs at 32",
+    "scales": "3sfc/e3sfc: one (a single scale alpha, the published algorithm) or tensor (one least-squares "
+              "scale per parameter tensor; the search maximises the energy of the target they capture)",
     "warm_start": "3sfc/e3sfc: start each search from that party's last synthetic features instead of fresh "
                   "noise (clients and the server each keep theirs; checkpointed)",
     "ef": "error feedback for the biased methods (--no-ef for the ablation)",

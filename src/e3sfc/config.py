@@ -62,6 +62,7 @@ class RunConfig:
     batch_search: bool = False
     feature_bits: int = 32
     warm_start: bool = False
+    scales: str = "one"
     ef: bool = True
     ratio: str = "0.01"
     topk_scope: str = "tensor"
@@ -204,7 +205,7 @@ def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
 # method knobs that only some methods take: one set away from its default with no method in the run
 # that takes it is an error, not a silent no-op (steps, samples and the like are shared by the
 # synthesis methods and commonly kept in one config for every method, so they are not checked)
-METHOD_KNOBS = ("feature_bits", "warm_start", "levels", "topk_scope", "unroll", "synth_iters", "synth_lr")
+METHOD_KNOBS = ("feature_bits", "warm_start", "scales", "levels", "topk_scope", "unroll", "synth_iters", "synth_lr")
 
 
 def _check_knobs_used(c: "RunConfig") -> None:
@@ -243,6 +244,7 @@ def _validate(c: RunConfig) -> None:
         ("device", ("cpu", "cuda")),
         ("emnist_split", tuple(EMNIST_SPLITS)),
         ("topk_scope", ("tensor", "global")),
+        ("scales", ("one", "tensor")),
         ("downlink", downlink_choices()),
         ("init", ("auto", "seed", "broadcast")),
         ("schedule", ("constant", "decay", "adaptive")),

@@ -64,10 +64,11 @@ def run_together(started: dict) -> dict:
 
 
 def cosine_match(model: nn.Module, target: torch.Tensor, x_shape: tuple[int, ...], y_shape: tuple[int, ...],
-                 lambd: float = 0.0):
+                 lambd: float = 0.0, per_tensor: bool = False):
     """The 3SFC objective for ``model``: the closed form of :mod:`.synth_mlp` when the model is a
-    Linear/ReLU chain (same value and gradient, about 3x cheaper), else :class:`CosineMatch`."""
+    Linear/ReLU chain (same value and gradient, about 3x cheaper), else :class:`CosineMatch`;
+    ``per_tensor``: the objective of one scale per parameter tensor."""
     lins = linear_relu_chain(model)
     if lins is not None:
-        return MLPCosineMatch(lins, model, target, x_shape, y_shape, lambd)
-    return CosineMatch(model, target, x_shape, y_shape, lambd)
+        return MLPCosineMatch(lins, model, target, x_shape, y_shape, lambd, per_tensor)
+    return CosineMatch(model, target, x_shape, y_shape, lambd, per_tensor)

@@ -41,8 +41,36 @@ def ls_scale(g: torch.Tensor, target: torch.Tensor) -> float:
     return a if torch.isfinite(torch.tensor(a)) else 0.0
 
 
+FLAT = 1e-12  # a block with ||g_l||^2 below FLAT max_l ||g_l||^2 has no gradient: its scale is 0
+
+
+def block_scales(g: torch.Tensor, target: torch.Tensor, sizes: list[int]) -> list[float]:
+    """The least-squares scale of each block of g (sizes: the parameter tensors), as in :func:`captured`:
+    a_l = <g_l, tau_l> / ||g_l||^2, 0 for a block without gradient."""
+    gb, tb = g.double().split(sizes), target.double().split(sizes)
+    n = [float(gl @ gl) for gl in gb]
+    top = max(n, default=0.0)
+    return [ls_scale(gl, tl) if nl > FLAT * top else 0.0 for gl, tl, nl in zip(gb, tb, n)]
+
+
+def captured(q: torch.Tensor, n: torch.Tensor, tau_sq: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-tensor scales: with q_l = <g_l, tau_l> and n_l = ||g_l||^2 per parameter tensor l (last
+    dimension), the decoded update sum_l a_l g_l, a_l = q_l / n_l, is the projection of tau onto the
+    span of the blocks g_l and captures E = sum_l q_l^2 / (n_l ||tau||^2) of ||tau||^2; its cosine to
+    tau is sqrt(E) (|cos(g, tau)| when there is one block). Returns sqrt(E) and the derivatives of
+    -sqrt(E) by each q_l and n_l (0 where E = 0). A block with no gradient to speak of (n_l at most
+    ``FLAT`` times the largest n_l, e.g. a bias that a normalisation cancels, whose "gradient" is
+    rounding noise) gets scale 0 and counts for nothing."""
+    pos = n > FLAT * n.amax(-1, keepdim=True).clamp_min(0)
+    r = torch.where(pos, q / torch.where(pos, n, torch.ones_like(n)), torch.zeros_like(q))  # a_l
+    s = ((r * q).sum(-1) / tau_sq).clamp_min(0).sqrt()
+    inv = torch.where(s > 0, 1 / (s * tau_sq).clamp_min(1e-300), torch.zeros_like(s)).unsqueeze(-1)
+    return s, -r * inv, 0.5 * r * r * inv
+
+
 class CosineMatch:
-    """The 3SFC objective on a flat z = (x, y):  f(z) = 1 - |cos(g(x, y), tau)| + lambda (||x|| + ||y||).
+    """The 3SFC objective on a flat z = (x, y):  f(z) = 1 - |cos(g(x, y), tau)| + lambda (||x|| + ||y||);
+    with ``per_tensor`` (one scale per parameter tensor) |cos| becomes sqrt(E) of :func:`captured`.
 
     Its gradient is taken in two passes rather than by differentiating f end to end:
     g = grad_w L(w; x, y) with a graph, then the scalars g.tau and g.g without one, then
@@ -54,8 +82,8 @@ class CosineMatch:
     """
 
     def __init__(self, model: nn.Module, target: torch.Tensor, x_shape: tuple[int, ...], y_shape: tuple[int, ...],
-                 lambd: float = 0.0):
-        self.model, self.lambd = model, lambd
+                 lambd: float = 0.0, per_tensor: bool = False):
+        self.model, self.lambd, self.per_tensor = model, lambd, per_tensor
         self.params = [p for p in model.parameters()]
         self.sizes = [p.numel() for p in self.params]
         self.tau = target.detach()
@@ -64,7 +92,8 @@ class CosineMatch:
         self.nx = math.prod(x_shape)
 
         # objectives with equal keys can be evaluated together (CosineMatchBatch): one model object
-        self.key = (id(model), x_shape, y_shape, lambd, self.tau.dtype, self.tau.device)
+        self.key = (id(model), x_shape, y_shape, lambd, per_tensor, self.tau.dtype, self.tau.device)
+        self.tau_blocks = self.tau.split(self.sizes)
 
     def split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return z[:self.nx].view(self.x_shape), z[self.nx:].view(self.y_shape)
@@ -76,14 +105,10 @@ class CosineMatch:
             x, y = self.split(z)
             gs = torch.autograd.grad(soft_ce(self.model, x, y), self.params, create_graph=True)
             with torch.no_grad():
-                g = torch.cat([gi.reshape(-1) for gi in gs])
-                gt, n = float(g @ self.tau), math.sqrt(float(g @ g))
-                D = n * self.tau_norm + 1e-12
-                cos = gt / D
-                sgn = -math.copysign(1.0, cos) if cos != 0 else 0.0
-                c2 = -sgn * gt * self.tau_norm / (D * D * n) if n > 0 else 0.0
-                v = self.tau.mul(sgn / D).add_(g, alpha=c2)
-                vs = [vi.view_as(p) for vi, p in zip(v.split(self.sizes), self.params)]
+                if self.per_tensor:
+                    cos, vs = self._per_tensor(gs)
+                else:
+                    cos, vs = self._one_scale(gs)
             obj = 1.0 - abs(cos)
             outs, grads = list(gs), vs
             if self.lambd:
@@ -92,6 +117,25 @@ class CosineMatch:
                 outs, grads = [*outs, reg], [*grads, torch.ones_like(reg)]
             (dz,) = torch.autograd.grad(outs, [z], grad_outputs=grads)
         return obj, abs(cos), dz
+
+    def _per_tensor(self, gs) -> tuple[float, list[torch.Tensor]]:
+        """sqrt(E) of :func:`captured` and df/dg_l = c_q,l tau_l + 2 c_n,l g_l per tensor."""
+        q = torch.stack([(gi.reshape(-1) * ti).sum() for gi, ti in zip(gs, self.tau_blocks)])
+        n = torch.stack([(gi * gi).sum() for gi in gs])
+        s, cq, cn = captured(q, n, q.new_tensor(self.tau_norm ** 2))
+        vs = [ti.view_as(gi) * a + gi * (2 * b) for gi, ti, a, b in zip(gs, self.tau_blocks, cq, cn)]
+        return float(s), vs
+
+    def _one_scale(self, gs) -> tuple[float, list[torch.Tensor]]:
+        """cos(g, tau) and df/dg for one scale (the published objective)."""
+        g = torch.cat([gi.reshape(-1) for gi in gs])
+        gt, n = float(g @ self.tau), math.sqrt(float(g @ g))
+        D = n * self.tau_norm + 1e-12
+        cos = gt / D
+        sgn = -math.copysign(1.0, cos) if cos != 0 else 0.0
+        c2 = -sgn * gt * self.tau_norm / (D * D * n) if n > 0 else 0.0
+        v = self.tau.mul(sgn / D).add_(g, alpha=c2)
+        return cos, [vi.view_as(p) for vi, p in zip(v.split(self.sizes), self.params)]
 
 
 def batch_results(cos: torch.Tensor, x: torch.Tensor, y: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor,
@@ -147,6 +191,29 @@ class CosineMatchBatch:
         X, Y = Z[:, :self.nx].reshape(B, *self.x_shape), Z[:, self.nx:].reshape(B, *self.y_shape)
         with torch.enable_grad():
             G, vjp = torch.func.vjp(torch.func.vmap(self._grad), X, Y)
+        if fs[0].per_tensor:
+            cos, V = self._per_tensor(fs, G)
+        else:
+            cos, V = self._one_scale(fs, G)
+        dX, dY = vjp(V)
+        return batch_results(cos, Z[:, :self.nx], Z[:, self.nx:], dX.reshape(B, -1), dY.reshape(B, -1), self.lambd)
+
+    def _per_tensor(self, fs: list[CosineMatch], G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sqrt(E) per objective (:func:`captured`) and df/dg, block by block."""
+        sizes = fs[0].sizes
+        Gb = G.split(sizes, dim=1)
+        q = torch.stack([torch.stack([(gb[k] * f.tau_blocks[l]).sum() for l, gb in enumerate(Gb)])
+                         for k, f in enumerate(fs)])                                   # (B, L)
+        n = torch.stack([(gb * gb).sum(1) for gb in Gb], 1)                            # (B, L)
+        tsq = torch.tensor([f.tau_norm ** 2 for f in fs], dtype=G.dtype, device=G.device)
+        s, cq, cn = captured(q, n, tsq)
+        V = torch.cat([gb * (2 * cn[:, l:l + 1]) for l, gb in enumerate(Gb)], 1)
+        for k, f in enumerate(fs):
+            V[k].addcmul_(f.tau, torch.repeat_interleave(cq[k], torch.tensor(sizes, device=G.device)))
+        return s, V
+
+    def _one_scale(self, fs: list[CosineMatch], G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos(g, tau) per objective and df/dg for one scale (the published objective)."""
         gt = torch.stack([g @ f.tau for g, f in zip(G, fs)])
         n = (G * G).sum(1).sqrt()
         tn = torch.tensor([f.tau_norm for f in fs], dtype=G.dtype, device=G.device)
@@ -157,5 +224,4 @@ class CosineMatchBatch:
         a = sgn / D
         for k, f in enumerate(fs):  # V[k] += a[k] tau_k, without stacking the targets or a device sync
             V[k].addcmul_(f.tau, a[k])
-        dX, dY = vjp(V)
-        return batch_results(cos, Z[:, :self.nx], Z[:, self.nx:], dX.reshape(B, -1), dY.reshape(B, -1), self.lambd)
+        return cos, V

@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from .synth import batch_results
+from .synth import batch_results, captured
 
 
 def linear_relu_chain(model: nn.Module) -> list[nn.Linear] | None:
@@ -44,14 +44,15 @@ def linear_relu_chain(model: nn.Module) -> list[nn.Linear] | None:
 
 
 class MLPCosineMatch:
-    """f(z) = 1 - |cos(g(x, y), tau)| + lambda (||x|| + ||y||) and df/dz for a Linear/ReLU chain.
+    """f(z) = 1 - |cos(g(x, y), tau)| + lambda (||x|| + ||y||) and df/dz for a Linear/ReLU chain
+    (with ``per_tensor``, |cos| is sqrt(E) of :func:`.synth.captured`: one (g.tau, g.g) per tensor).
 
     Same interface as :class:`.synth.CosineMatch` (``split``, ``tau_norm``, call -> (f, |cos|, df/dz)).
     """
 
     def __init__(self, lins: list[nn.Linear], model: nn.Module, target: torch.Tensor,
-                 x_shape: tuple[int, ...], y_shape: tuple[int, ...], lambd: float = 0.0):
-        self.lambd = lambd
+                 x_shape: tuple[int, ...], y_shape: tuple[int, ...], lambd: float = 0.0, per_tensor: bool = False):
+        self.lambd, self.per_tensor = lambd, per_tensor
         self.tau = target.detach()
         self.tau_norm = float(self.tau.norm())
         self.x_shape, self.y_shape = x_shape, y_shape
@@ -66,7 +67,7 @@ class MLPCosineMatch:
                         views[lin.weight], None if lin.bias is None else views[lin.bias]) for lin in lins]
         # objectives with equal keys can be evaluated together (MLPCosineMatchBatch): same weights in memory
         self.key = (tuple((W.data_ptr(), tuple(W.shape), b is None) for W, b, _, _ in self.layers),
-                    x_shape, y_shape, lambd, self.tau.dtype, self.tau.device)
+                    x_shape, y_shape, lambd, per_tensor, self.tau.dtype, self.tau.device)
 
     def split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return z[:self.nx].view(self.x_shape), z[self.nx:].view(self.y_shape)
@@ -105,20 +106,37 @@ class MLPCosineMatch:
             if b is not None:
                 gt += Ds[i] @ t
                 gg += Ds[i] @ Ds[i]
-        gt_, n = float(gt), math.sqrt(max(float(gg), 0.0))
-        D_ = n * self.tau_norm + 1e-12
-        cos = gt_ / D_
-        sgn = math.copysign(1.0, cos) if cos != 0 else 0.0
-        c_gt = -sgn / D_                                                  # df/d(g.tau)
-        c_gg = sgn * gt_ * self.tau_norm / (2 * D_ * D_ * n) if n > 0 else 0.0  # df/d(g.g)
+        if self.per_tensor:  # (q, n) per tensor, in parameter order (W_1, b_1, W_2, ...)
+            q, nn_ = [], []
+            for i, (_, b, T, t) in enumerate(self.layers):
+                q.append((DT[i] * A[i]).sum())
+                nn_.append((Ka[i] * Kd[i]).sum())
+                if b is not None:
+                    q.append(Ds[i] @ t)
+                    nn_.append(Ds[i] @ Ds[i])
+            sE, cq, cn = captured(torch.stack(q), torch.stack(nn_), z.new_tensor(self.tau_norm ** 2))
+            cos, cq, cn = float(sE), cq.tolist(), cn.tolist()
+            coef, j = [], 0
+            for _, b, _, _ in self.layers:  # (df/dq, df/dn) of the weight, then of the bias
+                coef.append((cq[j], cn[j], *((cq[j + 1], cn[j + 1]) if b is not None else (0.0, 0.0))))
+                j += 1 if b is None else 2
+        else:
+            gt_, n = float(gt), math.sqrt(max(float(gg), 0.0))
+            D_ = n * self.tau_norm + 1e-12
+            cos = gt_ / D_
+            sgn = math.copysign(1.0, cos) if cos != 0 else 0.0
+            c_gt = -sgn / D_                                                  # df/d(g.tau)
+            c_gg = sgn * gt_ * self.tau_norm / (2 * D_ * D_ * n) if n > 0 else 0.0  # df/d(g.g)
+            coef = [(c_gt, c_gg, c_gt, c_gg)] * len(self.layers)
         # reverse pass: adjoints of D[i] and A[i] from g.tau and g.g
         aD, aA = [], []
         for i, (_, b, T, t) in enumerate(self.layers):
-            ad = (A[i] @ T.T).mul_(c_gt).add_(Ka[i] @ D[i], alpha=2 * c_gg)
+            cwq, cwn, cbq, cbn = coef[i]
+            ad = (A[i] @ T.T).mul_(cwq).add_(Ka[i] @ D[i], alpha=2 * cwn)
             if b is not None:
-                ad.add_(t * c_gt + Ds[i] * (2 * c_gg))
+                ad.add_(t * cbq + Ds[i] * (2 * cbn))
             aD.append(ad)
-            aA.append(DT[i].mul(c_gt).add_(Kd[i] @ A[i], alpha=2 * c_gg))
+            aA.append(DT[i].mul(cwq).add_(Kd[i] @ A[i], alpha=2 * cwn))
         # through D[i-1] = (D[i] W_i) * mask[i-1], first layer upwards
         for i in range(1, L):
             aD[i].add_((aD[i - 1] * mask[i - 1]) @ self.layers[i][0].T)
@@ -157,6 +175,7 @@ class MLPCosineMatchBatch:
             raise ValueError("MLPCosineMatchBatch: objectives of different models, shapes or lambdas")
         self.fs, self.n = fs, len(fs)
         self.m, self.nx, self.lambd, self.y_shape = f0.m, f0.nx, f0.lambd, f0.y_shape
+        self.per_tensor = f0.per_tensor
         self.layers = []
         for i, (W, b, _, _) in enumerate(f0.layers):
             T = torch.stack([f.layers[i][2] for f in fs])                    # (B, out, in)
@@ -197,20 +216,37 @@ class MLPCosineMatchBatch:
             if b is not None:
                 gt += (Ds[i] * t).sum((1, 2))
                 gg += (Ds[i] * Ds[i]).sum((1, 2))
-        n = gg.clamp_min(0).sqrt()
-        Dn = n * self.tau_norm + 1e-12
-        cos = gt / Dn
-        sgn = torch.sign(cos)
-        c_gt = (-sgn / Dn).view(B, 1, 1)
-        c_gg = torch.where(n > 0, sgn * gt * self.tau_norm / (2 * Dn * Dn * n.clamp_min(1e-300)),
-                           torch.zeros_like(n)).view(B, 1, 1)
+        if self.per_tensor:
+            q, nn_ = [], []
+            for i, (_, b, T, t) in enumerate(self.layers):
+                q.append((DT[i] * A[i]).sum((1, 2)))
+                nn_.append((Ka[i] * Kd[i]).sum((1, 2)))
+                if b is not None:
+                    q.append((Ds[i] * t).sum((1, 2)))
+                    nn_.append((Ds[i] * Ds[i]).sum((1, 2)))
+            cos, cq, cn = captured(torch.stack(q, 1), torch.stack(nn_, 1), self.tau_norm ** 2)
+            cq, cn = cq.view(B, -1, 1, 1), cn.view(B, -1, 1, 1)
+            coef, j = [], 0
+            for _, b, _, _ in self.layers:
+                coef.append((cq[:, j], cn[:, j], *((cq[:, j + 1], cn[:, j + 1]) if b is not None else (0.0, 0.0))))
+                j += 1 if b is None else 2
+        else:
+            n = gg.clamp_min(0).sqrt()
+            Dn = n * self.tau_norm + 1e-12
+            cos = gt / Dn
+            sgn = torch.sign(cos)
+            c_gt = (-sgn / Dn).view(B, 1, 1)
+            c_gg = torch.where(n > 0, sgn * gt * self.tau_norm / (2 * Dn * Dn * n.clamp_min(1e-300)),
+                               torch.zeros_like(n)).view(B, 1, 1)
+            coef = [(c_gt, c_gg, c_gt, c_gg)] * len(self.layers)
         aD, aA = [], []
         for i, (_, b, T, t) in enumerate(self.layers):
-            ad = torch.bmm(A[i], T.transpose(1, 2)) * c_gt + (Ka[i] @ D[i]) * (2 * c_gg)
+            cwq, cwn, cbq, cbn = coef[i]
+            ad = torch.bmm(A[i], T.transpose(1, 2)) * cwq + (Ka[i] @ D[i]) * (2 * cwn)
             if b is not None:
-                ad = ad + (t * c_gt + Ds[i] * (2 * c_gg))
+                ad = ad + (t * cbq + Ds[i] * (2 * cbn))
             aD.append(ad)
-            aA.append(DT[i] * c_gt + (Kd[i] @ A[i]) * (2 * c_gg))
+            aA.append(DT[i] * cwq + (Kd[i] @ A[i]) * (2 * cwn))
         for i in range(1, L):
             aD[i] = aD[i] + (aD[i - 1] * mask[i - 1]) @ self.layers[i][0].T
         u = aD[-1]

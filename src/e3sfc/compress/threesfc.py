@@ -64,7 +64,7 @@ from . import register
 from .base import Compressor, Context, Steps, run_steps
 from .lbfgs import FlatLBFGS
 from .search import cosine_match, run_together, start
-from .synth import ls_scale, synth_grad
+from .synth import block_scales, ls_scale, synth_grad
 
 
 @register
@@ -77,12 +77,14 @@ class ThreeSFC(Compressor):
 
     def __init__(self, samples: int = 1, steps: int = 10, max_iter: int = 20, lambd: float = 0.0,
                  history: int = 100, patience: int = 20, tol: float = 1e-4, lock_cos: float = 0.05,
-                 batch_search: bool = False, feature_bits: int = 32, warm_start: bool = False):
+                 batch_search: bool = False, feature_bits: int = 32, warm_start: bool = False, scales: str = "one"):
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         if feature_bits not in FEATURE_BITS:
             raise ValueError(f"feature_bits must be one of {', '.join(map(str, FEATURE_BITS))}, got {feature_bits}")
-        self.feature_bits = feature_bits
+        if scales not in SCALES:
+            raise ValueError(f"scales must be one of {', '.join(SCALES)}, got {scales!r}")
+        self.feature_bits, self.scales = feature_bits, scales
         self.samples, self.steps, self.max_iter, self.lambd, self.history = samples, steps, max_iter, lambd, history
         self.patience, self.tol, self.lock_cos = patience, tol, lock_cos
         self.batch_search, self.warm_start = batch_search, warm_start
@@ -104,11 +106,14 @@ class ThreeSFC(Compressor):
     def fields(self, ctx: Context, samples: int | None = None) -> list[FieldSpec]:
         m = samples or ctx.samples or self.samples
         f4 = np.dtype("<f4")
+        L = len(ctx.param_shapes)
         if self.feature_bits == 8:
             u1, d = np.dtype("u1"), math.prod(ctx.input_shape)
-            return [FieldSpec(u1, (m * d,)), FieldSpec(u1, (m, ctx.num_classes)), FieldSpec(f4, (3,))]
+            n = 3 if self.scales == "one" else 2 + L
+            return [FieldSpec(u1, (m * d,)), FieldSpec(u1, (m, ctx.num_classes)), FieldSpec(f4, (n,))]
         ft = f4 if self.feature_bits == 32 else np.dtype("<f2")
-        return [FieldSpec(ft, (m, *ctx.input_shape)), FieldSpec(ft, (m, ctx.num_classes)), FieldSpec(f4, ())]
+        return [FieldSpec(ft, (m, *ctx.input_shape)), FieldSpec(ft, (m, ctx.num_classes)),
+                FieldSpec(f4, () if self.scales == "one" else (L,))]
 
     def synthesize(self, target: torch.Tensor, ctx: Context, samples: int | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -122,18 +127,19 @@ class ThreeSFC(Compressor):
         driver may instead evaluate several searches' points together."""
         m = samples or ctx.samples or self.samples
         x_shape, y_shape = (m, *ctx.input_shape), (m, ctx.num_classes)
-        start = ctx.start if self.warm_start else None
-        if start is not None and start.numel() == math.prod(x_shape) + math.prod(y_shape):
-            z = start.detach().to(ctx.device, ctx.weights.dtype).reshape(-1).clone()  # last round's features
-            x, y = z[:math.prod(x_shape)].view(x_shape), z[math.prod(x_shape):].view(y_shape)
-        else:
-            g = ctx.generator
-            x = torch.randn(x_shape, generator=g).to(ctx.device, ctx.weights.dtype)
-            y = torch.randn(y_shape, generator=g).to(ctx.device, ctx.weights.dtype)
-            z = torch.cat([x.reshape(-1), y.reshape(-1)])
-        f = cosine_match(ctx.model, target, tuple(x.shape), tuple(y.shape), self.lambd)
+        g = ctx.generator
+        x = torch.randn(x_shape, generator=g).to(ctx.device, ctx.weights.dtype)
+        y = torch.randn(y_shape, generator=g).to(ctx.device, ctx.weights.dtype)
+        z = torch.cat([x.reshape(-1), y.reshape(-1)])
+        f = cosine_match(ctx.model, target, tuple(x.shape), tuple(y.shape), self.lambd, self.scales == "tensor")
         if f.tau_norm == 0.0 or self.steps == 0:
             return x, y, 0.0
+        start = ctx.start if self.warm_start else None
+        if start is not None and start.numel() == z.numel():  # the better of fresh noise and last round's features
+            warm = start.detach().to(ctx.device, ctx.weights.dtype).reshape(-1).clone()
+            fresh_val = (yield f, z)[0]
+            if (yield f, warm)[0] < fresh_val:
+                z = warm
         best_obj, best_z, best_cos, stale = math.inf, z.clone(), 0.0, 0
         opt = FlatLBFGS(z, lr=1.0, max_iter=self.max_iter, history=self.history)
         for _ in range(self.steps):
@@ -163,12 +169,19 @@ class ThreeSFC(Compressor):
         x, y, _ = yield from self.search(target, ctx)
         wire_x, wire_y, x, y = self._round(x, y, ctx)  # what goes on the wire, and what it decodes to
         g = synth_grad(ctx.model, x, y)
-        alpha = ls_scale(g, target)
-        cos = abs(float(torch.nn.functional.cosine_similarity(g, target, dim=0))) if alpha else 0.0
+        if self.scales == "one":
+            alpha = ls_scale(g, target)
+            cos = abs(float(torch.nn.functional.cosine_similarity(g, target, dim=0))) if alpha else 0.0
+            alphas = np.float32(alpha)
+        else:  # the least-squares scale of each tensor's block: the projection onto their span
+            sizes = [math.prod(s) for s in ctx.param_shapes]
+            alphas = np.array(block_scales(g, target, sizes), np.float32)
+            dec = _scaled(g, alphas, sizes)
+            cos = abs(float(torch.nn.functional.cosine_similarity(dec, target, dim=0))) if dec.any() else 0.0
         if self.feature_bits == 8:
-            scales = np.array([wire_x[1], wire_y[1], alpha], dtype=np.float32)
+            scales = np.concatenate([np.array([wire_x[1], wire_y[1]], np.float32), np.atleast_1d(alphas)])
             return Payload.of(self.method_id, wire_x[0], wire_y[0], scales), {"cosine": cos}
-        return Payload.of(self.method_id, wire_x, wire_y, np.float32(alpha)), {"cosine": cos}
+        return Payload.of(self.method_id, wire_x, wire_y, alphas), {"cosine": cos}
 
     def _round(self, x: torch.Tensor, y: torch.Tensor, ctx: Context):
         """The features at the wire's precision: (wire x, wire y, x and y as the decoder sees them)."""
@@ -183,20 +196,23 @@ class ThreeSFC(Compressor):
         return ((qx.reshape(-1).cpu(), sx), (qy.cpu(), sy), _dequantize8(qx, sx, dt).reshape(x.shape),
                 _dequantize8(qy, sy, dt))
 
-    def features(self, payload: Payload, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """(x, y, alpha) as the decoder sees them."""
+    def features(self, payload: Payload, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(x, y, the scale(s) alpha) as the decoder sees them."""
         dt = ctx.weights.dtype
         if self.feature_bits == 8:
-            sx, sy, alpha = (float(v) for v in payload.fields[2])
+            sx, sy = (float(v) for v in payload.fields[2][:2])
             m = payload.fields[1].shape[0]
             x = _dequantize8(payload.tensor(0, ctx.device), sx, dt).reshape(m, *ctx.input_shape)
             y = _dequantize8(payload.tensor(1, ctx.device), sy, dt)
-            return x, y, alpha
-        return payload.tensor(0, ctx.device).to(dt), payload.tensor(1, ctx.device).to(dt), float(payload.fields[2])
+            return x, y, payload.fields[2][2:]
+        return payload.tensor(0, ctx.device).to(dt), payload.tensor(1, ctx.device).to(dt), payload.fields[2]
 
     def decompress(self, payload: Payload, ctx: Context) -> torch.Tensor:
-        x, y, alpha = self.features(payload, ctx)
-        return alpha * synth_grad(ctx.model, x, y)
+        x, y, alphas = self.features(payload, ctx)
+        g = synth_grad(ctx.model, x, y)
+        if self.scales == "one":
+            return float(np.asarray(alphas).reshape(-1)[0]) * g
+        return _scaled(g, alphas, [math.prod(s) for s in ctx.param_shapes])
 
     def carry(self, payload: Payload, ctx: Context) -> torch.Tensor | None:
         """With ``warm_start``: the features just sent (as decoded), flat, where the next search starts."""
@@ -207,6 +223,12 @@ class ThreeSFC(Compressor):
 
 
 FEATURE_BITS = (32, 16, 8)
+SCALES = ("one", "tensor")
+
+
+def _scaled(g: torch.Tensor, alphas: np.ndarray, sizes: list[int]) -> torch.Tensor:
+    """sum_l alpha_l g_l: each parameter tensor's block of g times its own scale."""
+    return torch.cat([float(a) * gl for a, gl in zip(alphas, g.split(sizes))])
 
 
 def _quantize8(v: torch.Tensor) -> tuple[torch.Tensor, float]:
