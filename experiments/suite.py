@@ -112,19 +112,32 @@ def groups(root: Path) -> dict[str, dict[str, list[str]]]:
                                                      "--alpha", a, "--seed", str(s)]
             for m in ("stc-match", "topk-match"):
                 beyond[f"{m}-alpha{a}-seed{s}"] = [*ref[m], "--alpha", a, "--seed", str(s)]
-    return {"reference": ref, "convnet": conv, "noniid": sweep, "seeds": seeds, "twoway": twoway, "beyond": beyond}
+    options = {}  # issue 16's options, each alone against e3sfc-plus (beyond), at the same total bytes
+    for s in (42, 43):
+        for a in ALPHAS:
+            plus = beyond[f"e3sfc-plus-alpha{a}-seed{s}"]
+            options[f"tensor-scales-alpha{a}-seed{s}"] = [*plus, "--scales", "tensor"]
+            options[f"down6-up2-alpha{a}-seed{s}"] = [*plus, "--samples", "2", "--downlink-samples", "6"]
+            options[f"warm-start-alpha{a}-seed{s}"] = [*plus, "--warm-start"]
+    convnet_beyond = {}  # one way on the ConvNet at M = 1's uplink bytes: the published 3SFC, 8-bit M = 4, Top-k, STC
+    for s in (42, 43):
+        for name in ("3sfc", "topk-match", "stc-match"):
+            convnet_beyond[f"{name}-seed{s}"] = [*conv[name], "--seed", str(s)]
+        convnet_beyond[f"3sfc-plus-seed{s}"] = [*conv["3sfc"], "--samples", "4", "--feature-bits", "8", "--seed", str(s)]
+    return {"reference": ref, "convnet": conv, "noniid": sweep, "seeds": seeds, "twoway": twoway, "beyond": beyond,
+            "options": options, "convnet-beyond": convnet_beyond}
 
 
-def run_one(out: Path, args: list[str], bin_dir: Path) -> tuple[str, int]:
-    e3sfc = str(bin_dir / "e3sfc")
+def run_one(out: Path, args: list[str], extra: list[str]) -> tuple[str, int]:
+    e3sfc = [sys.executable, "-m", "e3sfc.cli"]
     if (out / "summary.json").is_file():
         return f"skip {out} (done)", 0
     if (out / "checkpoint.pt").is_file():
-        cmd = [e3sfc, "run", "--resume", str(out)]
+        cmd = [*e3sfc, "run", "--resume", str(out)]
     else:
         if (out / "config.json").is_file():  # started, stopped before its first checkpoint: start again
             shutil.rmtree(out)
-        cmd = [e3sfc, "run", *args, "--threads", "1", "--checkpoint-every", "10", "--out", str(out)]
+        cmd = [*e3sfc, "run", *args, "--threads", "1", "--checkpoint-every", "10", *extra, "--out", str(out)]
     t0 = time.time()
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f"{out.name}.log", "w") as f:
@@ -380,9 +393,11 @@ def main() -> None:
     ap.add_argument("--root", default="runs")
     ap.add_argument("--only", default=None, help="comma-separated run names to restrict to")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--extra", default="", help="flags added to every new run (e.g. '--device cuda --batch-search': "
+                    "where the runs go and how fast, not what they compute)")
     args = ap.parse_args()
     root = (REPO / args.root).resolve()
-    bin_dir = Path(sys.executable).parent
+    extra = shlex.split(args.extra)
     wanted = args.groups.split(",")
     unknown = [g for g in wanted if g not in groups(root)]
     if unknown:
@@ -393,7 +408,7 @@ def main() -> None:
             todo = groups(root)[g]  # re-read: the non-IID sweep uses the reference group's best baseline
             jobs = [(root / g / n, a) for n, a in todo.items() if args.only is None or n in args.only.split(",")]
             with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-                for msg, rc in pool.map(lambda j: run_one(j[0], j[1], bin_dir), jobs):
+                for msg, rc in pool.map(lambda j: run_one(j[0], j[1], extra), jobs):
                     print(msg, flush=True)
                     failed += rc != 0
             write_report(root, groups(root))
