@@ -118,12 +118,14 @@ def groups(root: Path) -> dict[str, dict[str, list[str]]]:
             plus = beyond[f"e3sfc-plus-alpha{a}-seed{s}"]
             options[f"tensor-scales-alpha{a}-seed{s}"] = [*plus, "--scales", "tensor"]
             options[f"down6-up2-alpha{a}-seed{s}"] = [*plus, "--samples", "2", "--downlink-samples", "6"]
-            options[f"warm-start-alpha{a}-seed{s}"] = [*plus, "--warm-start"]
+            if a != "0.5":  # it loses badly at alpha 0.1 and 1.0; not run at 0.5
+                options[f"warm-start-alpha{a}-seed{s}"] = [*plus, "--warm-start"]
     convnet_beyond = {}  # one way on the ConvNet at M = 1's uplink bytes: the published 3SFC, 8-bit M = 4, Top-k, STC
     for s in (42, 43):
         for name in ("3sfc", "topk-match", "stc-match"):
             convnet_beyond[f"{name}-seed{s}"] = [*conv[name], "--seed", str(s)]
-        convnet_beyond[f"3sfc-plus-seed{s}"] = [*conv["3sfc"], "--samples", "4", "--feature-bits", "8", "--seed", str(s)]
+        convnet_beyond[f"3sfc-plus-seed{s}"] = [*conv["3sfc"], "--samples", "4", "--feature-bits", "8",
+                                                "--seed", str(s)]
     return {"reference": ref, "convnet": conv, "noniid": sweep, "seeds": seeds, "twoway": twoway, "beyond": beyond,
             "options": options, "convnet-beyond": convnet_beyond}
 
@@ -166,9 +168,25 @@ TITLES = {
     "beyond": "Beyond the paper: E-3SFC and 3SFC with 8-bit synthetic features, M = 4 at the bytes of M = 1 "
               "(configs/e3sfc-plus.toml), against Top-k and STC at equal bytes, two seeds (and 16-bit features, "
               "M = 2, one seed)",
+    "options": "Beyond the paper, each option alone on top of e3sfc-plus at the same total bytes: one scale per "
+               "parameter tensor (--scales tensor, 20 bytes more a payload), the broadcast's share (uplink M = 2, "
+               "downlink M = 6), warm start (--warm-start); two seeds",
+    "convnet-beyond": "ConvNet, one way at the uplink bytes of M = 1: the published 3SFC, 8-bit M = 4, Top-k and STC, "
+                      "two seeds",
     "twoway": "Both directions compressed: E-3SFC against Top-k and STC with a compressed downlink (server residual, "
               "as DoubleSqueeze) at E-3SFC's bytes each way, Dirichlet alpha 0.1, 0.5, 1.0 (otherwise the "
               "reference setting)",
+}
+
+
+NOTES = {  # where a group's runs were made, when not all on one machine
+    "options": "tensor-scales (all but alpha 0.1 seed 42) and down6-up2 (alpha 1.0, and alpha 0.1 seed 43) ran on "
+               "the 16 CPU cores of a GPU machine lent for one session (NVIDIA H100 host, one run per core, "
+               "2026-11-27); the other runs and e3sfc-plus (beyond group) on the machine above. Machines differ in "
+               "float rounding, which moves a 100-round run about as much as a change of seed.",
+    "convnet-beyond": "Ran on an NVIDIA H100 host with --device cuda --batch-search, eight runs sharing the GPU "
+                      "(2026-11-27). Top-k and STC finished; the 3SFC runs took 35-50 s a round there and were "
+                      "stopped after 9-13 rounds when the session's 15 minutes of GPU time ran out.",
 }
 
 
@@ -266,19 +284,40 @@ def beyond_verdicts(root: Path, rows: list[dict]) -> list[str]:
         for a in ALPHAS:
             me = seed_rows(mine, a)
             for o in others:
-                them = seed_rows(o, a)
-                both = sorted(set(me) & set(them))
-                if not both:
-                    continue
-                x = [me[s]["acc_last10"] for s in both]
-                y = [them[s]["acc_last10"] for s in both]
-                d = (sum(x) - sum(y)) / len(both) * 100
-                spread = (f"; seed spread {min(x):.4f}-{max(x):.4f} against {min(y):.4f}-{max(y):.4f}"
-                          if len(both) > 1 else "")
-                out.append(f"- alpha {a}, {how}: {mine} {'beats' if d > 0 else 'loses to'} {o} by {abs(d):.1f} points "
-                           f"(mean of the last 10 rounds over seeds {', '.join(map(str, both))}: "
-                           f"{sum(x) / len(x):.4f} against {sum(y) / len(y):.4f}{spread}; MB in all at seed {both[0]}: "
-                           f"{me[both[0]]['total_mb']:.2f} against {them[both[0]]['total_mb']:.2f}).")
+                line = versus(f"alpha {a}, {how}", mine, me, o, seed_rows(o, a))
+                if line:
+                    out.append(line)
+    return out
+
+
+def versus(where: str, mine: str, me: dict[int, dict], o: str, them: dict[int, dict]) -> str | None:
+    """One verdict line: ``mine`` against ``o`` over the seeds both have (rows by seed), or None."""
+    both = sorted(set(me) & set(them))
+    if not both:
+        return None
+    x = [me[s]["acc_last10"] for s in both]
+    y = [them[s]["acc_last10"] for s in both]
+    d = (sum(x) - sum(y)) / len(both) * 100
+    spread = f"; seed spread {min(x):.4f}-{max(x):.4f} against {min(y):.4f}-{max(y):.4f}" if len(both) > 1 else ""
+    return (f"- {where}: {mine} {'beats' if d > 0 else 'loses to'} {o} by {abs(d):.1f} points "
+            f"(mean of the last 10 rounds over seeds {', '.join(map(str, both))}: "
+            f"{sum(x) / len(x):.4f} against {sum(y) / len(y):.4f}{spread}; MB in all at seed {both[0]}: "
+            f"{me[both[0]]['total_mb']:.2f} against {them[both[0]]['total_mb']:.2f}).")
+
+
+def options_verdicts(root: Path, rows: list[dict]) -> list[str]:
+    """Per option and alpha, mean over seeds: the option against e3sfc-plus (the beyond group's runs)
+    at the same settings and (within 1%) the same total bytes."""
+    by = {r["run"]: r for r in rows}
+    out = []
+    for opt in ("tensor-scales", "down6-up2", "warm-start"):
+        for a in ALPHAS:
+            me = {s: by[f"{opt}-alpha{a}-seed{s}"] for s in (42, 43) if f"{opt}-alpha{a}-seed{s}" in by}
+            them = {s: compare_rows([load_run(root / "beyond" / f"e3sfc-plus-alpha{a}-seed{s}")], 0.70)[0]
+                    for s in me if (root / "beyond" / f"e3sfc-plus-alpha{a}-seed{s}" / "summary.json").is_file()}
+            line = versus(f"alpha {a}", opt, me, "e3sfc-plus", them)
+            if line:
+                out.append(line)
     return out
 
 
@@ -365,19 +404,27 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
             parts.append(kept[TITLES[group]])  # its runs are not on this machine: the last report's section
             continue
         parts.append(f"## {TITLES[group]}\n")
+        if group in NOTES:
+            parts.append(f"_{NOTES[group]}_\n")
         if not done:
             parts.append("Not finished yet" + progress(root / group, runs) + ".\n")
             continue
         loaded = [load_run(root / group / n) for n in done]
         rows = compare_rows(loaded, 0.70)
         parts.append(markdown_table(rows, 0.70) + "\n")
+        cuda = [r.path.name for r in loaded if r.config.get("device") == "cuda"]
+        if cuda:
+            parts.append(f"Runs on --device cuda (a GPU machine lent for a session, its CPU cores shared by 16 runs): "
+                         f"{', '.join(cuda)}. Their accuracy compares with the others; their seconds per round do "
+                         f"not.\n")
         missing = [n for n in runs if n not in done]
         if missing:
             parts.append(f"Not finished yet: {', '.join(missing)}" + progress(root / group, missing) + ".\n")
         plot_runs(loaded, docs / f"{group}.png")
         parts.append(f"![{group}]({group}.png)\n")
         v = {"seeds": lambda: seed_verdicts(root), "noniid": lambda: noniid_verdicts(rows),
-             "twoway": lambda: twoway_verdicts(rows), "beyond": lambda: beyond_verdicts(root, rows)}.get(
+             "twoway": lambda: twoway_verdicts(rows), "beyond": lambda: beyond_verdicts(root, rows),
+             "options": lambda: options_verdicts(root, rows)}.get(
             group, lambda: verdicts(rows))()
         if v:
             parts.append("Where the synthesis methods win and lose:\n\n" + "\n".join(v) + "\n")

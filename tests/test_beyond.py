@@ -13,7 +13,7 @@ import torch
 from e3sfc import wire
 from e3sfc.compress import ErrorFeedback, make_compressor
 from e3sfc.compress.base import Context
-from e3sfc.compress.search import cosine_match, run_together, start
+from e3sfc.compress.search import cosine_match
 from e3sfc.compress.synth import synth_grad
 from e3sfc.config import RunConfig
 from e3sfc.errors import ConfigError

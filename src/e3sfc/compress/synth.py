@@ -202,12 +202,12 @@ class CosineMatchBatch:
         """sqrt(E) per objective (:func:`captured`) and df/dg, block by block."""
         sizes = fs[0].sizes
         Gb = G.split(sizes, dim=1)
-        q = torch.stack([torch.stack([(gb[k] * f.tau_blocks[l]).sum() for l, gb in enumerate(Gb)])
+        q = torch.stack([torch.stack([(gb[k] * tb).sum() for gb, tb in zip(Gb, f.tau_blocks)])
                          for k, f in enumerate(fs)])                                   # (B, L)
         n = torch.stack([(gb * gb).sum(1) for gb in Gb], 1)                            # (B, L)
         tsq = torch.tensor([f.tau_norm ** 2 for f in fs], dtype=G.dtype, device=G.device)
         s, cq, cn = captured(q, n, tsq)
-        V = torch.cat([gb * (2 * cn[:, l:l + 1]) for l, gb in enumerate(Gb)], 1)
+        V = torch.cat([gb * (2 * cn[:, j:j + 1]) for j, gb in enumerate(Gb)], 1)
         for k, f in enumerate(fs):
             V[k].addcmul_(f.tau, torch.repeat_interleave(cq[k], torch.tensor(sizes, device=G.device)))
         return s, V

@@ -50,6 +50,22 @@ the decoder sees exactly what the encoder used and the EF identity stays exact.
   sent as q + 128 in uint8), x flattened: fields xq (M d,) uint8, yq (M, C) uint8 and
   s (3,) float32 = (s_x, s_y, alpha). Size: M d + M C + 12 bytes of data plus a header of
   5 + 6 + 10 + 6 = 27 bytes. M = 4 costs 3,136 + 40 + 12 + 27 = 3,215 bytes on the MLP.
+
+Per-tensor scales (ours, ``scales = "tensor"``; default ``"one"``, the published algorithm): one
+least-squares scale a_l = <g_l, tau_l> / ||g_l||^2 per parameter tensor l instead of one alpha, so
+the decoded update sum_l a_l g_l is the projection of tau onto the span of the blocks g_l. The
+search maximises the fraction of ||tau||^2 that projection captures, E = sum_l <g_l, tau_l>^2 /
+(||g_l||^2 ||tau||^2) (objective 1 - sqrt(E), which is 1 - |cos| for one block;
+:func:`.synth.captured`), and ||e||^2 = ||tau||^2 (1 - E) with the scales as sent. A block without
+gradient (||g_l||^2 below 1e-12 of the largest, e.g. a bias that a normalisation layer cancels)
+gets scale 0. Wire: the scale field becomes (L,) float32 (L parameter tensors; 8-bit: s is
+(2 + L,) = (s_x, s_y, a_1..a_L)), 4 (L - 1) bytes more data and, for float features, 4 more header
+bytes. MLP (L = 6), M = 4 at 8 bits: 3,235 bytes.
+
+Warm start (ours, ``warm_start``): a party's search starts from the better (lower objective) of
+fresh noise and the features it sent last time (kept per client, and by the server for its
+broadcasts; checkpointed). Nothing changes on the wire. Measured (docs/results.md, options group):
+it loses 10-15 points, so it is off by default and not in any named configuration.
 """
 
 from __future__ import annotations
