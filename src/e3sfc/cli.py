@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="plot runs: a metric against rounds and against megabytes sent")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", required=True, help="image file (.png, .pdf, .svg)")
-    plot.add_argument("--metric", default="accuracy", help="accuracy, loss or cosine")
+    plot.add_argument("--metric", default="accuracy", help="accuracy, loss, cosine (mean per-client compression cosine), "
+                      "downlink_cosine, aggregate_cosine (mean decoded update against the mean true update), "
+                      "aggregate_downlink_cosine (what the clients applied against the mean true update)")
     cmp_ = sub.add_parser("compare", help="compare runs in a table (terminal and markdown)")
     cmp_.add_argument("runs", nargs="+", metavar="RUN_DIR")
     cmp_.add_argument("--target", default=None, help="accuracy target for rounds / megabytes to reach it")

@@ -11,7 +11,7 @@ from typing import Sequence
 from .errors import ConfigError
 from .io import read_jsonl
 
-METRICS = ("accuracy", "loss", "cosine")
+METRICS = ("accuracy", "loss", "cosine", "downlink_cosine", "aggregate_cosine", "aggregate_downlink_cosine")
 
 
 @dataclass

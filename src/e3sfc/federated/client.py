@@ -71,6 +71,7 @@ class Prepared:
     use_ef: bool
     num_samples: int
     train_seconds: float
+    delta: torch.Tensor | None = None  # the true update Delta_k (in-process diagnostics; never sent)
 
 
 def prepare_update(
@@ -96,7 +97,7 @@ def prepare_update(
         delta.mul_(update_scale)
     use_ef = ef.enabled and compressor.biased
     target = ef.target(ctx.client, delta) if use_ef else delta
-    return Prepared(ctx, target, use_ef, int(x.shape[0]), time.perf_counter() - t0)
+    return Prepared(ctx, target, use_ef, int(x.shape[0]), time.perf_counter() - t0, delta)
 
 
 def finish_update(p: Prepared, compressor: Compressor, ef: ErrorFeedback, payload: Payload, stats: dict,

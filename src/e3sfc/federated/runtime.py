@@ -76,6 +76,14 @@ def uplink_compressor(cfg: RunConfig, ctx: Context) -> Compressor:
     return build_compressor(cfg.method, cfg.to_dict(), cfg.ratio, ctx)
 
 
+def _cosine(a: torch.Tensor, b: torch.Tensor | None) -> float:
+    """cos(a, b) in float64; NaN without b or when either is zero."""
+    if b is None:
+        return float("nan")
+    na, nb = float(torch.linalg.vector_norm(a.double())), float(torch.linalg.vector_norm(b.double()))
+    return float(a.double() @ b.double()) / (na * nb) if na > 0 and nb > 0 else float("nan")
+
+
 class StaleReplica(RuntimeError):
     """A client's replica is not at the round the server's catch-up starts from."""
 
@@ -258,20 +266,25 @@ class ServerRuntime:
         return self.downlink.message(t, k, M, plan, self.weights, self.context(t, None))
 
     # ------------------------------------------------------------------ round t, second half
-    def end_round(self, t: int, M: int | None, updates: list[ClientUpdate]) -> dict[str, float]:
+    def end_round(self, t: int, M: int | None, updates: list[ClientUpdate],
+                  true_mean: torch.Tensor | None = None) -> dict[str, float]:
         """Admit the replies (envelope checks), decode, bound and aggregate them, then move the
-        model (under a compressed downlink: by exactly the broadcast made for the clients)."""
+        model (under a compressed downlink: by exactly the broadcast made for the clients).
+        ``true_mean``: the mean of the participants' uncompressed updates, where the driver has them
+        (in-process); then the aggregate cosines compare what was applied with it."""
         ctx = self.context(t, M)
         updates, refused, received = admit(updates, set(self.asked), self.compressor.payload_bytes(ctx), self.sizes)
         for k, n in received.items():
             if n:  # bytes that arrived (a reply whose payload was no bytes at all adds none)
                 self.ledger.add(t, k, UP, n)
         agg = server_step(ctx, updates, self.compressor, weighted=self.cfg.weighted, norm_clip=self.cfg.norm_clip)
-        down_cos = float("nan")
+        down_cos = agg_down = float("nan")
+        agg_up = _cosine(agg.delta, true_mean)
         if self.downlink.compressed:
             Md = self.downlink_samples(M)
             b = self.downlink.broadcast(t, self.context(t, Md), agg.delta, Md, t == self.cfg.rounds, self.dense_bytes)
             down_cos = b.stats.get("cosine", float("nan"))
+            agg_down = _cosine(b.weights - self.weights, true_mean)
             self.weights = b.weights
         else:
             self.weights = self.weights + agg.delta
@@ -286,6 +299,8 @@ class ServerRuntime:
             "clipped": len(agg.clipped),
             "cosine": float(np.mean(cos)) if cos else float("nan"),
             "downlink_cosine": down_cos,
+            "aggregate_cosine": agg_up,
+            "aggregate_downlink_cosine": agg_down,
             "samples": float("nan") if M is None else M,
             "compress_seconds": float(sum(u.stats.get("compress_seconds", 0.0) for u in updates)),
             "train_seconds": float(sum(u.stats.get("train_seconds", 0.0) for u in updates)),

@@ -206,6 +206,7 @@ class Simulation:
         comp = self.server.compressor
         size = comp.batch_limit or len(participants)
         updates = []
+        true_sum, true_weight = torch.zeros_like(self.server.weights), 0.0  # for the aggregate cosine
         for i in range(0, len(participants), size):
             prepared = {}
             for k in participants[i:i + size]:
@@ -218,12 +219,16 @@ class Simulation:
                     # nothing mutates it in place, so memory is one copy per version in use, not per client
                     c.replica = self.server.weights
                 if p is not None:  # None: no reply (fault injection's drop)
+                    a = float(p.num_samples) if self.cfg.weighted else 1.0
+                    true_sum.add_(p.delta, alpha=a)
+                    true_weight += a
+                    p.delta = None
                     prepared[k] = p
             t0 = time.perf_counter()
             results = comp.compress_many([p.target for p in prepared.values()], [p.ctx for p in prepared.values()])
             share = (time.perf_counter() - t0) / max(1, len(prepared))  # each client's compress_seconds
             updates += [self.client(k).finish(p, *r, share) for (k, p), r in zip(prepared.items(), results)]
-        return self.server.end_round(t, M, updates)
+        return self.server.end_round(t, M, updates, true_sum / true_weight if true_weight else None)
 
     # ------------------------------------------------------------------ the loop
     def run(self, progress: Callable[[int, dict], None] | None = None, stop_after: int | None = None) -> dict:
