@@ -6,7 +6,7 @@ FedAvg come from the same run, so they are comparable across machines; the metho
 run interleaved round by round, so a slow spell of the machine hits them alike.
 
     python benchmarks/round_time.py --methods fedavg,3sfc,3sfc@patience=0 --rounds 5 --threads 1
-    python benchmarks/round_time.py --model convnet --methods fedavg,3sfc,3sfc@batch_search=1 --rounds 3
+    python benchmarks/round_time.py --model convnet-fast --methods fedavg,3sfc,3sfc@batch_search=1 --rounds 3
 """
 
 from __future__ import annotations

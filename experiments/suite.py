@@ -126,8 +126,13 @@ def groups(root: Path) -> dict[str, dict[str, list[str]]]:
             convnet_beyond[f"{name}-seed{s}"] = [*conv[name], "--seed", str(s)]
         convnet_beyond[f"3sfc-plus-seed{s}"] = [*conv["3sfc"], "--samples", "4", "--feature-bits", "8",
                                                 "--seed", str(s)]
+    faithful = {}  # the authors' protocol beside the project's, same methods and seed
+    for name, args in (("fedavg", ["--method", "fedavg"]), ("3sfc", ["--method", "3sfc"]),
+                       ("e3sfc", ["--method", "e3sfc"]), ("topk", ["--method", "topk", "--ratio", "0.01"])):
+        faithful[f"{name}-authors"] = ["--config", "configs/authors.toml", *args]
+        faithful[f"{name}-e3sfc"] = ["--config", "configs/reference.toml", *args]
     return {"reference": ref, "convnet": conv, "noniid": sweep, "seeds": seeds, "twoway": twoway, "beyond": beyond,
-            "options": options, "convnet-beyond": convnet_beyond}
+            "options": options, "convnet-beyond": convnet_beyond, "faithful": faithful}
 
 
 def run_one(out: Path, args: list[str], extra: list[str]) -> tuple[str, int]:
@@ -173,6 +178,8 @@ TITLES = {
                "downlink M = 6), warm start (--warm-start); two seeds",
     "convnet-beyond": "ConvNet, one way at the uplink bytes of M = 1: the published 3SFC, 8-bit M = 4, Top-k and STC, "
                       "two seeds",
+    "faithful": "The authors' protocol (configs/authors.toml) beside the project's (configs/reference.toml): "
+                "FedAvg, 3SFC, E-3SFC and Top-k 1% on Fashion-MNIST/MLP, Dirichlet 1.0, 100 rounds, seed 42",
     "twoway": "Both directions compressed: E-3SFC against Top-k and STC with a compressed downlink (server residual, "
               "as DoubleSqueeze) at E-3SFC's bytes each way, Dirichlet alpha 0.1, 0.5, 1.0 (otherwise the "
               "reference setting)",

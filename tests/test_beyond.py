@@ -56,11 +56,11 @@ def test_tensor_scales_exact_bytes(bits):
     assert p.fields[2].shape == ((L,) if bits != 8 else (2 + L,))
 
 
-@pytest.mark.parametrize("model", ["mlp", "convnet"])
+@pytest.mark.parametrize("model", ["mlp", "convnet-fast"])
 def test_tensor_scales_ef_identity_float64(model):
     """||e||^2 = ||tau||^2 - sum_l (2 a_l <g_l, tau_l> - a_l^2 ||g_l||^2) with the scales a_l as sent;
     that is ||tau||^2 - sum_l <g_l, tau_l>^2 / ||g_l||^2 up to the float32 rounding of a_l."""
-    ctx = _ctx(model, shape=(1, 28, 28) if model == "convnet" else (1, 8, 8))
+    ctx = _ctx(model, shape=(1, 28, 28) if model == "convnet-fast" else (1, 8, 8))
     comp = make_compressor("3sfc", samples=2, steps=2, max_iter=8, scales="tensor")
     ef = ErrorFeedback()
     ef.residuals[0] = _target(ctx, seed=5) * 0.1

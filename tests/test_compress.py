@@ -232,7 +232,7 @@ def test_decode_rejects_wrong_shape_and_bad_indices():
         tk.decompress(tk.decode(wire.encode(bad), ctx), ctx)
 
 
-@pytest.mark.parametrize("model", ["mnistnet", "convnet", "lenet", "resnet18", "vgg11", "regnet"])
+@pytest.mark.parametrize("model", ["mnistnet", "convnet-fast", "lenet", "resnet18", "vgg11", "regnet"])
 def test_synthesis_methods_work_with_every_model(model):
     """Double backprop (3SFC) and the differentiable unroll (FedSynth) through every architecture."""
     shape = (3, 32, 32)
@@ -363,7 +363,7 @@ def test_closed_form_is_used_only_for_linear_relu_chains():
     assert linear_relu_chain(mlp) is not None
     tau = torch.zeros(sum(p.numel() for p in mlp.parameters()))
     assert isinstance(cosine_match(mlp, tau, (1, 1, 8, 8), (1, 10)), MLPCosineMatch)
-    conv = build_model("convnet", (1, 28, 28), 10, seed=0)
+    conv = build_model("convnet-fast", (1, 28, 28), 10, seed=0)
     assert linear_relu_chain(conv) is None
     tau = torch.zeros(sum(p.numel() for p in conv.parameters()))
     assert isinstance(cosine_match(conv, tau, (1, 1, 28, 28), (1, 10)), CosineMatch)
@@ -448,7 +448,7 @@ def test_mlp_objectives_evaluated_in_one_batch_equal_each_alone(m, lambd, bias):
         MLPCosineMatchBatch([fs[0], other])
 
 
-@pytest.mark.parametrize("model,shape,m,lambd,chunk", [("convnet", (1, 28, 28), 1, 0.0, None),
+@pytest.mark.parametrize("model,shape,m,lambd,chunk", [("convnet-fast", (1, 28, 28), 1, 0.0, None),
                                                       ("lenet", (1, 28, 28), 2, 0.01, 2),
                                                       ("resnet18", (3, 16, 16), 1, 0.0, 2)])
 def test_autograd_objectives_evaluated_in_one_batch_equal_each_alone(model, shape, m, lambd, chunk, monkeypatch):
@@ -475,7 +475,7 @@ def test_autograd_objectives_evaluated_in_one_batch_equal_each_alone(model, shap
         CosineMatchBatch([fs[0], CosineMatch(ctx.model, fs[0].tau, (m, *shape), (m, 10), lambd + 1.0)])
 
 
-@pytest.mark.parametrize("model,shape", [("mlp", (1, 8, 8)), ("convnet", (1, 28, 28))])
+@pytest.mark.parametrize("model,shape", [("mlp", (1, 8, 8)), ("convnet-fast", (1, 28, 28))])
 def test_searches_run_together_match_each_alone_float64(model, shape):
     """run_together (the simulator's --batch-search) batches the objective evaluations of several
     3SFC searches (closed form for the MLP, torch.func for the ConvNet); in float64 every search

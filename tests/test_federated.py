@@ -8,7 +8,7 @@ from e3sfc.compress import ErrorFeedback, make_compressor
 from e3sfc.compress.base import Context
 from e3sfc.config import RunConfig
 from e3sfc.federated import (
-    ClientUpdate, Simulation, client_lr, get_flat, local_train, sample_clients, server_step,
+    ClientUpdate, Simulation, get_flat, local_train, sample_clients, server_step,
 )
 from e3sfc.models import build_model
 from e3sfc.wire import Payload
@@ -28,8 +28,10 @@ def test_local_train_one_full_batch_is_one_sgd_step():
 
 
 def test_client_lr_decays_per_participation():
-    assert client_lr(0.01, 0.99, 0) == 0.01
-    assert client_lr(0.01, 0.99, 3) == pytest.approx(0.01 * 0.99 ** 3)
+    from e3sfc.protocol import client_lr
+    cfg = RunConfig(lr=0.01, lr_decay=0.99)
+    assert client_lr(cfg, 0) == 0.01
+    assert client_lr(cfg, 3) == pytest.approx(0.01 * 0.99 ** 3)
 
 
 def test_server_step_uniform_and_weighted_means():
@@ -57,10 +59,10 @@ def test_server_rejects_malformed_payload_and_goes_on():
 
 
 def test_sampling_seeded_and_sized():
-    a = sample_clients(1, 5, 100, 0.1)
-    assert a == sample_clients(1, 5, 100, 0.1) and len(a) == 10 and a == sorted(set(a))
-    assert a != sample_clients(1, 6, 100, 0.1)
-    assert sample_clients(1, 5, 7, 1.0) == list(range(7))
+    a = sample_clients(1, 5, 100, 10)
+    assert a == sample_clients(1, 5, 100, 10) and len(a) == 10 and a == sorted(set(a))
+    assert a != sample_clients(1, 6, 100, 10)
+    assert sample_clients(1, 5, 7, 7) == list(range(7))
 
 
 def test_fedavg_bytes_are_exact():

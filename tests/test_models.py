@@ -20,8 +20,8 @@ def test_model_too_small_inputs_give_a_one_line_config_error():
     from e3sfc.errors import ConfigError
 
     # 8x8 reaches the ConvNet's fourth block at 1x1, where its instance norm has one value
-    with pytest.raises(ConfigError, match=r"--model: 'convnet' cannot take inputs of shape \(1, 8, 8\)"):
-        build_model("convnet", (1, 8, 8), 10, seed=0)
+    with pytest.raises(ConfigError, match=r"--model: 'convnet-fast' cannot take inputs of shape \(1, 8, 8\)"):
+        build_model("convnet-fast", (1, 8, 8), 10, seed=0)
 
 
 def test_mlp_parameter_count_matches_design():

@@ -21,10 +21,12 @@ from .errors import ConfigError, DataError, PayloadError
 log = logging.getLogger("e3sfc")
 
 HELP = {
+    "protocol": "e3sfc (the project's training protocol) or authors (the authors' code, row by row: lr decay, "
+                "client 80/20 split, [0, 1] inputs, int(K f), ...; see configs/authors.toml and docs/deviations.md)",
     "method": "compression method (fedavg, ...)",
     "dataset": "mnist, fmnist, emnist, cifar10, cifar100, digits",
     "emnist_split": "EMNIST split (balanced, byclass, bymerge, digits, letters, mnist)",
-    "model": "mlp, mnistnet, convnet, lenet, resnet18, vgg11, regnet",
+    "model": "mlp, mnistnet, convnet (the authors'), convnet-fast, lenet, resnet18, vgg11, regnet",
     "clients": "number of clients K",
     "fraction": "fraction of clients sampled per round, in (0, 1]",
     "partition": "dirichlet (label skew) or iid",

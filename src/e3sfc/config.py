@@ -31,6 +31,7 @@ def _flag(name: str) -> str:
 @dataclass(frozen=True)
 class RunConfig:
     # what to run
+    protocol: str = "e3sfc"
     method: str = "fedavg"
     dataset: str = "fmnist"
     emnist_split: str = "balanced"
@@ -237,6 +238,7 @@ def _validate(c: RunConfig) -> None:
     from .models import available_models
 
     for name, choices in (
+        ("protocol", ("e3sfc", "authors")),
         ("method", available_methods()),
         ("dataset", available_datasets()),
         ("model", available_models()),

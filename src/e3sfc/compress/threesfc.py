@@ -93,14 +93,17 @@ class ThreeSFC(Compressor):
 
     def __init__(self, samples: int = 1, steps: int = 10, max_iter: int = 20, lambd: float = 0.0,
                  history: int = 100, patience: int = 20, tol: float = 1e-4, lock_cos: float = 0.05,
-                 batch_search: bool = False, feature_bits: int = 32, warm_start: bool = False, scales: str = "one"):
+                 batch_search: bool = False, feature_bits: int = 32, warm_start: bool = False, scales: str = "one",
+                 select: str = "every"):
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         if feature_bits not in FEATURE_BITS:
             raise ValueError(f"feature_bits must be one of {', '.join(map(str, FEATURE_BITS))}, got {feature_bits}")
         if scales not in SCALES:
             raise ValueError(f"scales must be one of {', '.join(SCALES)}, got {scales!r}")
-        self.feature_bits, self.scales = feature_bits, scales
+        if select not in ("every", "step"):
+            raise ValueError(f"select must be every or step, got {select!r}")
+        self.feature_bits, self.scales, self.select = feature_bits, scales, select
         self.samples, self.steps, self.max_iter, self.lambd, self.history = samples, steps, max_iter, lambd, history
         self.patience, self.tol, self.lock_cos = patience, tol, lock_cos
         self.batch_search, self.warm_start = batch_search, warm_start
@@ -164,7 +167,7 @@ class ThreeSFC(Compressor):
             while True:
                 val, cos, grad = yield f, zk
                 improved = val < best_obj - self.tol
-                if val < best_obj:  # NaN never compares smaller
+                if val < best_obj and self.select == "every":  # NaN never compares smaller
                     best_obj, best_z, best_cos = val, zk.clone(), cos
                 stale = 0 if improved else stale + 1
                 if self.patience and stale >= self.patience and best_cos >= self.lock_cos:
@@ -175,6 +178,10 @@ class ThreeSFC(Compressor):
                     zk = steps.send((val, grad))
                 except StopIteration:
                     break
+            if self.select == "step":  # the authors' rule: the point a step ends at, evaluated once more
+                val, cos, _ = yield f, opt.z
+                if 0 <= val < best_obj:
+                    best_obj, best_z, best_cos = val, opt.z.clone(), cos
         bx, by = f.split(best_z)
         return bx, by, best_cos
 

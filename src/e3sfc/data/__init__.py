@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .. import protocol
 from ..errors import ConfigError, DataError
 from .partition import dirichlet_partition, iid_partition, partition
 from .readers import read_cifar_batch, read_idx
@@ -81,6 +82,13 @@ def _emnist_source(split: str) -> Source:
     )
     # NIST ships EMNIST as one large zip without a published SHA-256: no automatic download.
     return Source("emnist", files, (), subdirs=("gzip",))
+
+
+# the authors' input normalisation: CIFAR with fixed per-channel constants, the rest [0, 1] as read
+AUTHORS_NORMALIZE = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+}
 
 
 @dataclass
@@ -183,12 +191,17 @@ def load_dataset(
     train_subset: int = 0,
     test_subset: int = 0,
     seed: int = 0,
+    scaling: str = "standard",
 ) -> FedData:
-    """Load ``name`` and standardise it.
+    """Load ``name`` and scale its inputs.
 
     ``holdout > 0`` follows the authors' protocol: that fraction of the training
     set (seeded) becomes the test set and the official test split is unused.
     ``train_subset`` / ``test_subset`` keep a seeded random subset (0 = all).
+    ``scaling``: ``standard`` (per-channel mean and std of the training set) or ``authors``
+    (pixels in [0, 1], CIFAR normalised with the authors' fixed constants; EMNIST then takes
+    50,000 / 10,000 images from one permutation of its training split and reports 62 classes,
+    as their code does).
     """
     if name not in _LOADERS:
         raise ConfigError(f"--dataset: {name!r} is not allowed; expected one of {', '.join(_LOADERS)}")
@@ -196,7 +209,13 @@ def load_dataset(
     _check_pair(name, xtr, ytr, classes)
     _check_pair(name, xte, yte, classes)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xDA7A]))
-    if holdout > 0:
+    if scaling == "authors" and name == "emnist":
+        perm = rng.permutation(len(ytr))
+        n_train, n_test = protocol.EMNIST_SPLIT
+        xte, yte = xtr[perm[n_train:n_train + n_test]], ytr[perm[n_train:n_train + n_test]]
+        xtr, ytr = xtr[perm[:n_train]], ytr[perm[:n_train]]
+        classes = protocol.EMNIST_OUTPUTS
+    elif holdout > 0:
         perm = rng.permutation(len(ytr))
         cut = int(round(len(ytr) * (1 - holdout)))
         xte, yte = xtr[perm[cut:]], ytr[perm[cut:]]
@@ -211,8 +230,12 @@ def load_dataset(
         raise DataError(f"dataset {name!r}: empty training or test split")
     xtr_f = torch.from_numpy(np.ascontiguousarray(xtr, dtype=np.float32) / scale)
     xte_f = torch.from_numpy(np.ascontiguousarray(xte, dtype=np.float32) / scale)
-    mean = xtr_f.mean(dim=(0, 2, 3), keepdim=True)
-    std = xtr_f.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    if scaling == "authors":
+        m, sd = AUTHORS_NORMALIZE.get(name, ((0.0,), (1.0,)))
+        mean, std = torch.tensor(m).view(1, -1, 1, 1), torch.tensor(sd).view(1, -1, 1, 1)
+    else:
+        mean = xtr_f.mean(dim=(0, 2, 3), keepdim=True)
+        std = xtr_f.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     log.info("dataset %s: %d train, %d test, shape %s, %d classes",
              name, len(ytr), len(yte), tuple(xtr.shape[1:]), classes)
     return FedData(

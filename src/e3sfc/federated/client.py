@@ -30,11 +30,6 @@ class ClientUpdate:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def client_lr(lr: float, decay: float, times_trained: int) -> float:
-    """The reference code multiplies a client's lr by ``decay`` each time it trains."""
-    return lr * decay ** times_trained
-
-
 def local_train(
     model: nn.Module,
     start: torch.Tensor,

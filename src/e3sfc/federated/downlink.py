@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import protocol
 from ..compress import Compressor, Context, ErrorFeedback, build_compressor
 from ..compress.fedavg import Dense
 from ..metrics import DOWN, Ledger
@@ -65,7 +66,8 @@ def downlink_compressor(cfg: Any, ctx: Context) -> Compressor | None:
     name = cfg.resolved_downlink
     if name == "dense":
         return None
-    options = {**cfg.to_dict(), "patience": cfg.downlink_patience, "batch_search": False}
+    options = {**cfg.to_dict(), "patience": cfg.downlink_patience, "batch_search": False,
+               "lambd": protocol.downlink_lambd(cfg), "select": protocol.selection(cfg)}
     return build_compressor(name, options, cfg.resolved_downlink_ratio, ctx, "--downlink-ratio")
 
 

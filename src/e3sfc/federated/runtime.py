@@ -37,7 +37,8 @@ from ..metrics import DOWN, UP, Ledger
 from ..wire import Payload
 from . import adversary
 from .budget import BudgetScheduler
-from .client import ClientUpdate, Prepared, client_lr, finish_update, prepare_update
+from .. import protocol
+from .client import ClientUpdate, Prepared, finish_update, prepare_update
 from .downlink import Downlink, TrainIns, apply_broadcast, downlink_compressor
 from .params import set_flat
 from .server import admit, server_step
@@ -51,13 +52,8 @@ def derive_seed(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def round_half_up(x: float) -> int:
-    return int(np.floor(x + 0.5))
-
-
-def sample_clients(seed: int, round: int, clients: int, fraction: float) -> list[int]:
-    """Seeded client sampling over ids 0..K-1 (sorted); every client when fraction is 1."""
-    m = max(1, round_half_up(fraction * clients))
+def sample_clients(seed: int, round: int, clients: int, m: int) -> list[int]:
+    """Seeded sampling of m of the client ids 0..K-1 (sorted); every client when m >= K."""
     if m >= clients:
         return list(range(clients))
     rng = np.random.default_rng(derive_seed(seed, SAMPLING, round))
@@ -73,7 +69,7 @@ def make_context(cfg: RunConfig, model: nn.Module, weights: torch.Tensor, input_
 
 def uplink_compressor(cfg: RunConfig, ctx: Context) -> Compressor:
     """The run's method with its own options from the run settings (``--ratio match:M`` resolved at ``ctx``)."""
-    return build_compressor(cfg.method, cfg.to_dict(), cfg.ratio, ctx)
+    return build_compressor(cfg.method, {**cfg.to_dict(), "select": protocol.selection(cfg)}, cfg.ratio, ctx)
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor | None) -> float:
@@ -153,7 +149,7 @@ class ClientRuntime:
         ctx.start = self.start
         p = prepare_update(
             train_model, ctx, x, y, compressor=self.compressor, ef=self.ef,
-            epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=client_lr(cfg.lr, cfg.lr_decay, self.trained),
+            epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=protocol.client_lr(cfg, self.trained),
             generator=g, update_scale=adversary.SCALE if self.hostile == "scale" else 1.0)
         self.trained += 1
         return p
@@ -213,7 +209,7 @@ class ServerRuntime:
         self.last_cosine: float | None = None
         self.schedule_log: list[int] = []
         if self.scheduler.budget is not None:
-            m = max(1, round_half_up(cfg.fraction * cfg.clients))
+            m = protocol.clients_per_round(cfg)
             need_dense = not self.downlink.compressed or cfg.resolved_init == "broadcast"
             self.scheduler.check(lambda M: self.round_cost(M, m, m if need_dense else 0, last=False))
 
@@ -239,7 +235,7 @@ class ServerRuntime:
         """Sample the participants (those of them in ``reachable``, where a driver cannot reach every
         client), choose M_t, and make each participant's catch-up message."""
         cfg = self.cfg
-        participants = [k for k in sample_clients(cfg.seed, t, cfg.clients, cfg.fraction)
+        participants = [k for k in sample_clients(cfg.seed, t, cfg.clients, protocol.clients_per_round(cfg))
                         if reachable is None or k in reachable]
         plans = {k: self.downlink.plan(t, k, self.dense_bytes) for k in participants}
         M = self._choose_samples(t, participants, plans) if cfg.sized_by_samples else None

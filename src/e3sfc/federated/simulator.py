@@ -31,15 +31,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .. import io
+from .. import io, protocol
 from ..config import RunConfig
 from ..data import FedData, load_dataset, partition
 from ..errors import ConfigError
 from ..metrics import DOWN, UP
 from ..models import build_model, num_params
 from .evaluate import evaluate
-from .params import get_flat
-from .runtime import MODEL_INIT, ClientRuntime, ServerRuntime, derive_seed, round_half_up
+from .params import get_flat, set_flat
+from .runtime import MODEL_INIT, ClientRuntime, ServerRuntime, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def estimate_memory(cfg: RunConfig, num_params: int, input_shape, num_classes: i
     plus the set's gradient); a coarse upper bound for refusing runs that cannot fit."""
     from ..compress import get_compressor_class
 
-    per_round = max(1, round_half_up(cfg.fraction * cfg.clients))  # as sample_clients draws them
+    per_round = protocol.clients_per_round(cfg)  # as sample_clients draws them
     holders = min(cfg.clients, per_round * cfg.rounds)
     residuals = holders * num_params * 4 if cfg.ef and get_compressor_class(cfg.method).biased else 0
     search = 0
@@ -140,12 +140,16 @@ class Simulation:
             data = load_dataset(
                 cfg.dataset, cfg.data_dir, emnist_split=cfg.emnist_split, holdout=cfg.holdout,
                 train_subset=cfg.train_subset, test_subset=cfg.test_subset, seed=cfg.seed,
+                scaling=protocol.input_scaling(cfg),
             )
         self.data = data
         self.parts = partition(data.train_y.numpy(), cfg.clients, cfg.partition, cfg.alpha, cfg.seed)
         tx, ty = data.train_x.to(self.device), data.train_y.to(self.device)
-        self.client_data = [(tx[torch.from_numpy(p).to(self.device)], ty[torch.from_numpy(p).to(self.device)])
-                            for p in self.parts]
+        splits = [protocol.split_shard(cfg, k, p) for k, p in enumerate(self.parts)]  # (train, evaluation)
+        self.client_data = [(tx[torch.from_numpy(a).to(self.device)], ty[torch.from_numpy(a).to(self.device)])
+                            for a, _ in splits]
+        self.client_eval = [(tx[torch.from_numpy(b).to(self.device)], ty[torch.from_numpy(b).to(self.device)])
+                            for _, b in splits if len(b)]
         self.test_x, self.test_y = data.test_x.to(self.device), data.test_y.to(self.device)
         model = build_model(cfg.model, data.input_shape, data.num_classes,
                             derive_seed(cfg.seed, MODEL_INIT)).to(self.device)
@@ -230,6 +234,14 @@ class Simulation:
             updates += [self.client(k).finish(p, *r, share) for (k, p), r in zip(prepared.items(), results)]
         return self.server.end_round(t, M, updates, true_sum / true_weight if true_weight else None)
 
+    def client_accuracy(self) -> float | None:
+        """The authors' client-side evaluation: the mean over all clients of the accuracy of the model
+        they receive this round (w_t) on their held-out 20%; None without such splits."""
+        if not self.client_eval:
+            return None
+        set_flat(self.model, self.server.weights)
+        return float(np.mean([evaluate(self.model, x, y)[0] for x, y in self.client_eval]))
+
     # ------------------------------------------------------------------ the loop
     def run(self, progress: Callable[[int, dict], None] | None = None, stop_after: int | None = None) -> dict:
         """Run to ``cfg.rounds`` (or stop after round ``stop_after``, for tests); returns the summary."""
@@ -250,7 +262,10 @@ class Simulation:
         last = cfg.rounds if stop_after is None else min(stop_after, cfg.rounds)
         for t in range(self.round + 1, last + 1):
             t0 = time.perf_counter()
+            client_acc = self.client_accuracy()
             stats = self.run_round(t)
+            if client_acc is not None:
+                stats["client_accuracy"] = client_acc
             self.round = t
             row: dict[str, Any] | None = None
             if t % cfg.eval_every == 0 or t == cfg.rounds:

@@ -39,6 +39,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from .. import protocol
 from ..config import RunConfig
 from ..data import load_dataset, partition
 from ..federated.client import ClientUpdate
@@ -110,12 +111,13 @@ _CACHE: dict[tuple, Any] = {}
 def _client_setup(cfg: RunConfig, pid: int):
     """Data of partition ``pid`` and the two working models (cached per process)."""
     key = (cfg.dataset, cfg.data_dir, cfg.emnist_split, cfg.holdout, cfg.train_subset, cfg.seed, cfg.clients,
-           cfg.partition, cfg.alpha, cfg.model, pid)
+           cfg.partition, cfg.alpha, cfg.model, cfg.protocol, pid)
     if key not in _CACHE:
         data = load_dataset(cfg.dataset, cfg.data_dir, emnist_split=cfg.emnist_split, holdout=cfg.holdout,
-                            train_subset=cfg.train_subset, test_subset=1, seed=cfg.seed)
+                            train_subset=cfg.train_subset, test_subset=1, seed=cfg.seed,
+                            scaling=protocol.input_scaling(cfg))
         parts = partition(data.train_y.numpy(), cfg.clients, cfg.partition, cfg.alpha, cfg.seed)
-        idx = torch.from_numpy(parts[pid])
+        idx = torch.from_numpy(protocol.split_shard(cfg, pid, parts[pid])[0])  # what it trains on
         model = build_model(cfg.model, data.input_shape, data.num_classes, derive_seed(cfg.seed, MODEL_INIT))
         work, train = build_model(cfg.model, data.input_shape, data.num_classes, 0), \
             build_model(cfg.model, data.input_shape, data.num_classes, 0)

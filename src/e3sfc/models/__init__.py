@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .convnet import ConvNet
+from .convnet import AuthorsConvNet, ConvNet
 from .lenet import LeNet5
 from .mlp import MLP
 from .mnistnet import MnistNet
@@ -26,7 +26,8 @@ Builder = Callable[[tuple[int, ...], int], nn.Module]
 _REGISTRY: dict[str, Builder] = {
     "mlp": MLP,
     "mnistnet": MnistNet,
-    "convnet": ConvNet,
+    "convnet": AuthorsConvNet,
+    "convnet-fast": ConvNet,
     "lenet": LeNet5,
     "resnet18": resnet18,
     "vgg11": vgg11,
