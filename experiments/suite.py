@@ -39,6 +39,23 @@ ALPHAS = ("0.1", "0.5", "1.0")  # the non-IID sweep
 COMMAND = "python experiments/suite.py --jobs 2"
 
 
+TEXT_SETS = ("agnews", "imdb", "sogou")
+
+
+def text_files_present() -> list[str]:
+    """The text datasets whose published files this machine has (--data-dir-less lookup: $E3SFC_DATA,
+    the user cache)."""
+    from e3sfc.data.text import TEXT_SOURCES, _find
+    present = []
+    for ds in TEXT_SETS:
+        try:
+            _find(TEXT_SOURCES[ds][0], None)
+            present.append(ds)
+        except Exception:
+            pass
+    return present
+
+
 def reference_runs(base: str) -> dict[str, list[str]]:
     runs = {
         "fedavg": ["--method", "fedavg"],
@@ -131,8 +148,18 @@ def groups(root: Path) -> dict[str, dict[str, list[str]]]:
                        ("e3sfc", ["--method", "e3sfc"]), ("topk", ["--method", "topk", "--ratio", "0.01"])):
         faithful[f"{name}-authors"] = ["--config", "configs/authors.toml", *args]
         faithful[f"{name}-e3sfc"] = ["--config", "configs/reference.toml", *args]
+    text = {}  # runs only where the files are (text_files_present)
+    for ds in TEXT_SETS:
+        for name, args in (("fedavg", ["--method", "fedavg"]), ("3sfc", ["--method", "3sfc"]),
+                           ("e3sfc", ["--method", "e3sfc"]),
+                           ("topk-match", ["--method", "topk", "--ratio", "match:3sfc"]),
+                           ("stc-match", ["--method", "stc", "--ratio", "match:3sfc"])):
+            text[f"{ds}-textbag-{name}"] = ["--config", "configs/text.toml", "--dataset", ds, *args]
+        for name in ("fedavg", "3sfc"):
+            text[f"{ds}-transformer-{name}"] = ["--config", "configs/text.toml", "--dataset", ds, "--model",
+                                                "transformer", "--method", name]
     return {"reference": ref, "convnet": conv, "noniid": sweep, "seeds": seeds, "twoway": twoway, "beyond": beyond,
-            "options": options, "convnet-beyond": convnet_beyond, "faithful": faithful}
+            "options": options, "convnet-beyond": convnet_beyond, "faithful": faithful, "text": text}
 
 
 def run_one(out: Path, args: list[str], extra: list[str]) -> tuple[str, int]:
@@ -180,6 +207,8 @@ TITLES = {
                       "two seeds",
     "faithful": "The authors' protocol (configs/authors.toml) beside the project's (configs/reference.toml): "
                 "FedAvg, 3SFC, E-3SFC and Top-k 1% on Fashion-MNIST/MLP, Dirichlet 1.0, 100 rounds, seed 42",
+    "text": "Text: AG News, IMDB and Sogou News with textbag (FedAvg, 3SFC, E-3SFC, Top-k and STC at 3SFC's bytes) "
+            "and the transformer (FedAvg, 3SFC), 10 clients, Dirichlet 1.0, 50 rounds (configs/text.toml)",
     "twoway": "Both directions compressed: E-3SFC against Top-k and STC with a compressed downlink (server residual, "
               "as DoubleSqueeze) at E-3SFC's bytes each way, Dirichlet alpha 0.1, 0.5, 1.0 (otherwise the "
               "reference setting)",
@@ -407,6 +436,12 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
     kept = previous_sections(docs / "results.md")
     for group, runs in names.items():
         done = [n for n in runs if (root / group / n / "summary.json").is_file()]
+        if group == "text" and not done:
+            parts.append(f"## {TITLES[group]}\n")
+            parts.append("Not run: the machine that wrote this report has no copy of the AG News, IMDB or Sogou News "
+                         "files and no internet. Put them where `e3sfc fetch agnews` finds them (`$E3SFC_DATA` or "
+                         "the user cache, see the README) and run `python experiments/suite.py --groups text`.\n")
+            continue
         if not (root / group).is_dir() and TITLES[group] in kept:
             parts.append(kept[TITLES[group]])  # its runs are not on this machine: the last report's section
             continue
@@ -460,6 +495,10 @@ def main() -> None:
     if not args.report_only:
         for g in wanted:
             todo = groups(root)[g]  # re-read: the non-IID sweep uses the reference group's best baseline
+            if g == "text":
+                have = text_files_present()
+                print(f"text: files found for {', '.join(have) or 'none'} of {', '.join(TEXT_SETS)}", flush=True)
+                todo = {n: a for n, a in todo.items() if n.split("-")[0] in have}
             jobs = [(root / g / n, a) for n, a in todo.items() if args.only is None or n in args.only.split(",")]
             with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
                 for msg, rc in pool.map(lambda j: run_one(j[0], j[1], extra), jobs):

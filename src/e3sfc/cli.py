@@ -24,9 +24,10 @@ HELP = {
     "protocol": "e3sfc (the project's training protocol) or authors (the authors' code, row by row: lr decay, "
                 "client 80/20 split, [0, 1] inputs, int(K f), ...; see configs/authors.toml and docs/deviations.md)",
     "method": "compression method (fedavg, ...)",
-    "dataset": "mnist, fmnist, emnist, cifar10, cifar100, digits",
+    "dataset": "mnist, fmnist, emnist, cifar10, cifar100, digits; text: agnews, imdb, sogou",
     "emnist_split": "EMNIST split (balanced, byclass, bymerge, digits, letters, mnist)",
-    "model": "mlp, mnistnet, convnet (the authors'), convnet-fast, lenet, resnet18, vgg11, regnet",
+    "model": "mlp, mnistnet, convnet (the authors'), convnet-fast, lenet, resnet18, vgg11, regnet; text: textbag, "
+             "transformer",
     "clients": "number of clients K",
     "fraction": "fraction of clients sampled per round, in (0, 1]",
     "partition": "dirichlet (label skew) or iid",
@@ -41,6 +42,9 @@ HELP = {
     "train_subset": "use a seeded random subset of this many training samples (0 = all)",
     "test_subset": "use a seeded random subset of this many test samples (0 = all)",
     "data_dir": "folder holding the dataset files",
+    "max_len": "text: tokens kept per document (the rest cut; shorter ones padded)",
+    "min_freq": "text: a word enters the vocabulary after this many occurrences in the training split",
+    "vocab_size": "text: cap on the vocabulary, the two specials included (0 = no cap)",
     "samples": "3SFC/FedSynth: synthetic samples M per payload",
     "steps": "3SFC: L-BFGS steps s",
     "max_iter": "3SFC: L-BFGS iterations per step",
@@ -108,14 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             run.add_argument(flag, dest=f.name, default=None, help=HELP.get(f.name))
     fetch = sub.add_parser("fetch", help="find or download a dataset (SHA-256 checked) and report where it is")
-    fetch.add_argument("dataset", help="mnist, fmnist, emnist, cifar10, cifar100, digits")
+    fetch.add_argument("dataset", help="mnist, fmnist, emnist, cifar10, cifar100, digits, agnews, imdb, sogou")
     fetch.add_argument("--data-dir", default=None, help="folder to look in and download into")
     fetch.add_argument("--emnist-split", default="balanced")
     plot = sub.add_parser("plot", help="plot runs: a metric against rounds and against megabytes sent")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", required=True, help="image file (.png, .pdf, .svg)")
-    plot.add_argument("--metric", default="accuracy", help="accuracy, loss, cosine (mean per-client compression cosine), "
-                      "downlink_cosine, aggregate_cosine (mean decoded update against the mean true update), "
+    plot.add_argument("--metric", default="accuracy",
+                      help="accuracy, loss, cosine (mean per-client compression cosine), downlink_cosine, "
+                      "aggregate_cosine (mean decoded update against the mean true update), "
                       "aggregate_downlink_cosine (what the clients applied against the mean true update)")
     cmp_ = sub.add_parser("compare", help="compare runs in a table (terminal and markdown)")
     cmp_.add_argument("runs", nargs="+", metavar="RUN_DIR")

@@ -53,6 +53,9 @@ class RunConfig:
     train_subset: int = 0
     test_subset: int = 0
     data_dir: str | None = None
+    max_len: int = 128
+    min_freq: int = 1
+    vocab_size: int = 0
     # compression (each method reads its own knobs; DESIGN 1.1, 1.4)
     samples: int = 1
     steps: int = 10
@@ -275,6 +278,9 @@ def _validate(c: RunConfig) -> None:
     )
     _require(c.train_subset >= 0, "train_subset", c.train_subset, "an integer >= 0 (0 = all)")
     _require(c.test_subset >= 0, "test_subset", c.test_subset, "an integer >= 0 (0 = all)")
+    _require(c.max_len >= 1, "max_len", c.max_len, "an integer >= 1 (tokens kept per document)")
+    _require(c.min_freq >= 1, "min_freq", c.min_freq, "an integer >= 1")
+    _require(c.vocab_size == 0 or c.vocab_size >= 3, "vocab_size", c.vocab_size, "0 (no cap) or an integer >= 3")
     _require(c.samples >= 1, "samples", c.samples, "an integer >= 1")
     _require(c.steps >= 0, "steps", c.steps, "an integer >= 0")
     _require(c.max_iter >= 1, "max_iter", c.max_iter, "an integer >= 1")

@@ -6,15 +6,25 @@ The compressors are the same under both; what differs is the federated training 
 batch size 128, the full model shipped in round 1, the search without early stop). Each row
 names the project's default and why it is kept.
 
-| row | e3sfc (default) | authors | why the default |
-|---|---|---|---|
-| lr decay | lr * decay^n, n = the client's earlier trainings (round 1 uses lr) | lr * decay^(n + 1): the lr is decayed before every training (round 1 uses 0.99 lr) | ``--lr`` means the lr a client trains with first |
-| client data | a client trains on all of its shard | 80% (int, random) to train, 20% held out; every client's accuracy on its 20%, with the model it received, logged each round (``client_accuracy``) | the official test split measures the global model; holding out 20% of each shard removes training data |
-| inputs | standardised by the training set's per-channel mean and std | pixels in [0, 1] (MNIST family), CIFAR normalised with fixed constants | one rule for every dataset; same accuracy in our runs |
-| clients per round | round(K f), at least 1 | int(K f) (rounded down) | f = 0.15 of 10 clients asks for 1.5: 2 is nearer |
-| downlink lambda | ``--lambd`` on both searches | no lambda on the server's search | one objective for both directions |
-| best iterate | the best of every objective evaluation | checked once at the end of each of the s L-BFGS steps (one extra evaluation each) | never keeps a worse point than one it has seen |
-| EMNIST | held-out/official splits as for every dataset; as many outputs as classes | 50,000 / 10,000 from one permutation of the training split; 62 outputs whatever the split | a model outputs the classes that exist |
+Each row: the project's default; the authors'; why the default.
+
+- lr decay: lr * decay^n, n = the client's earlier trainings (round 1 uses lr); the lr decayed
+  before every training, lr * decay^(n + 1) (round 1 uses 0.99 lr); ``--lr`` is then the lr a
+  client first trains with.
+- client data: a client trains on its whole shard; int(0.8 n) of it at random to train, the rest
+  held out, and every client's accuracy on its held-out part with the model it received logged
+  each round (``client_accuracy``); the test split already measures the model, and holding out
+  20% of each shard takes a fifth of the training data away.
+- inputs: standardised by the training set's per-channel mean and std; pixels in [0, 1], CIFAR
+  normalised with fixed constants; one rule for every dataset.
+- clients per round: round(K f), at least 1; int(K f); f = 0.15 of 10 clients asks for 1.5, and 2
+  is nearer than 1.
+- downlink lambda: ``--lambd`` in both searches; none in the server's; one objective both ways.
+- best iterate: the best of every objective evaluation; checked once at the end of each of the s
+  L-BFGS steps (one more evaluation each); a point seen and better is never thrown away.
+- EMNIST: the official splits (or ``--holdout``) and as many outputs as classes; 50,000 / 10,000
+  images from one permutation of the training split and 62 outputs whatever the split; a model
+  outputs the classes that exist.
 
 The authors' ConvNet is ``--model convnet`` whatever the protocol (the project's faster variant
 is ``convnet-fast``).

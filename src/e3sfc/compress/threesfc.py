@@ -37,6 +37,8 @@ Decoder: alpha * g(x, y) at w_t.
 Wire format (``feature_bits`` 32, the default and the published algorithm): three float32
 fields x (M, *input_shape), y (M, C), alpha (). Size: 4 (M d + M C + 1) bytes of data,
 d = prod(input_shape), plus a header of 5 + (2 + 4 (1 + len(input_shape))) + (2 + 8) + 2 bytes.
+For text models input_shape is the model's synthetic sample (``textbag``: (V,), weights over the
+vocabulary; ``transformer``: (4, V), soft tokens; :mod:`e3sfc.models.text`).
 MLP on 28x28, C = 10, M = 1: 3,180 + 35 = 3,215 bytes (dense: 796,851).
 
 Low-precision features (ours, ``feature_bits`` 16 or 8): precision traded for

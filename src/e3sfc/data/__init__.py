@@ -18,6 +18,7 @@ from ..errors import ConfigError, DataError
 from .partition import dirichlet_partition, iid_partition, partition
 from .readers import read_cifar_batch, read_idx
 from .sources import Remote, Source, resolve
+from .text import TEXT_SOURCES, load_text
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class FedData:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
+    vocab_size: int = 0    # text: token ids in train_x/test_x ((N, max_len) int64) index a vocabulary this size
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -179,7 +181,11 @@ _LOADERS: dict[str, Callable[..., tuple]] = {
 
 
 def available_datasets() -> tuple[str, ...]:
-    return tuple(_LOADERS)
+    return (*_LOADERS, *TEXT_SOURCES)
+
+
+def is_text(name: str) -> bool:
+    return name in TEXT_SOURCES
 
 
 def load_dataset(
@@ -192,6 +198,9 @@ def load_dataset(
     test_subset: int = 0,
     seed: int = 0,
     scaling: str = "standard",
+    max_len: int = 128,
+    min_freq: int = 1,
+    vocab_size: int = 0,
 ) -> FedData:
     """Load ``name`` and scale its inputs.
 
@@ -203,9 +212,15 @@ def load_dataset(
     50,000 / 10,000 images from one permutation of its training split and reports 62 classes,
     as their code does).
     """
-    if name not in _LOADERS:
-        raise ConfigError(f"--dataset: {name!r} is not allowed; expected one of {', '.join(_LOADERS)}")
-    xtr, ytr, xte, yte, classes, scale = _LOADERS[name](data_dir, emnist_split)
+    if name not in _LOADERS and name not in TEXT_SOURCES:
+        raise ConfigError(f"--dataset: {name!r} is not allowed; expected one of {', '.join(available_datasets())}")
+    vocab = 0
+    if name in TEXT_SOURCES:  # token ids (N, max_len); no input scaling
+        xtr, ytr, xte, yte, classes, vocab = load_text(name, data_dir, max_len=max_len, min_freq=min_freq,
+                                                       vocab_size=vocab_size)
+        scale = None
+    else:
+        xtr, ytr, xte, yte, classes, scale = _LOADERS[name](data_dir, emnist_split)
     _check_pair(name, xtr, ytr, classes)
     _check_pair(name, xte, yte, classes)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xDA7A]))
@@ -228,6 +243,14 @@ def load_dataset(
         xte, yte = xte[keep], yte[keep]
     if len(ytr) == 0 or len(yte) == 0:
         raise DataError(f"dataset {name!r}: empty training or test split")
+    if scale is None:
+        log.info("dataset %s: %d train, %d test documents, %d tokens each, vocabulary %d, %d classes",
+                 name, len(ytr), len(yte), xtr.shape[1], vocab, classes)
+        return FedData(name=name, train_x=torch.from_numpy(np.ascontiguousarray(xtr, dtype=np.int64)),
+                       train_y=torch.from_numpy(np.ascontiguousarray(ytr, dtype=np.int64)),
+                       test_x=torch.from_numpy(np.ascontiguousarray(xte, dtype=np.int64)),
+                       test_y=torch.from_numpy(np.ascontiguousarray(yte, dtype=np.int64)),
+                       num_classes=classes, vocab_size=vocab)
     xtr_f = torch.from_numpy(np.ascontiguousarray(xtr, dtype=np.float32) / scale)
     xte_f = torch.from_numpy(np.ascontiguousarray(xte, dtype=np.float32) / scale)
     if scaling == "authors":

@@ -36,7 +36,7 @@ from ..config import RunConfig
 from ..data import FedData, load_dataset, partition
 from ..errors import ConfigError
 from ..metrics import DOWN, UP
-from ..models import build_model, num_params
+from ..models import build_model, num_params, synthetic_shape
 from .evaluate import evaluate
 from .params import get_flat, set_flat
 from .runtime import MODEL_INIT, ClientRuntime, ServerRuntime, derive_seed
@@ -140,7 +140,8 @@ class Simulation:
             data = load_dataset(
                 cfg.dataset, cfg.data_dir, emnist_split=cfg.emnist_split, holdout=cfg.holdout,
                 train_subset=cfg.train_subset, test_subset=cfg.test_subset, seed=cfg.seed,
-                scaling=protocol.input_scaling(cfg),
+                scaling=protocol.input_scaling(cfg), max_len=cfg.max_len, min_freq=cfg.min_freq,
+                vocab_size=cfg.vocab_size,
             )
         self.data = data
         self.parts = partition(data.train_y.numpy(), cfg.clients, cfg.partition, cfg.alpha, cfg.seed)
@@ -152,9 +153,10 @@ class Simulation:
                             for _, b in splits if len(b)]
         self.test_x, self.test_y = data.test_x.to(self.device), data.test_y.to(self.device)
         model = build_model(cfg.model, data.input_shape, data.num_classes,
-                            derive_seed(cfg.seed, MODEL_INIT)).to(self.device)
+                            derive_seed(cfg.seed, MODEL_INIT), vocab_size=data.vocab_size).to(self.device)
         self.num_params = num_params(model)
-        need, flag = estimate_memory(cfg, self.num_params, data.input_shape, data.num_classes)
+        self.feature_shape = synthetic_shape(model, data.input_shape)  # one synthetic sample (3SFC, FedSynth)
+        need, flag = estimate_memory(cfg, self.num_params, self.feature_shape, data.num_classes)
         avail = available_memory()
         if avail is not None and need > avail:
             raise ConfigError(
@@ -166,7 +168,7 @@ class Simulation:
         # the clients' working models (one pair, reused by every in-process client)
         self.client_model, self.train_model = copy.deepcopy(model), copy.deepcopy(model)
         self.client_model.eval()
-        self.server = ServerRuntime(cfg, model, self.initial_weights.clone(), data.input_shape, data.num_classes,
+        self.server = ServerRuntime(cfg, model, self.initial_weights.clone(), self.feature_shape, data.num_classes,
                                     sizes={k: len(p) for k, p in enumerate(self.parts)})
         self.clients: dict[int, ClientRuntime] = {}
         self.round = 0
@@ -192,7 +194,7 @@ class Simulation:
 
     def client(self, k: int) -> ClientRuntime:
         if k not in self.clients:
-            self.clients[k] = ClientRuntime(self.cfg, k, self.data.input_shape, self.data.num_classes,
+            self.clients[k] = ClientRuntime(self.cfg, k, self.feature_shape, self.data.num_classes,
                                             self.initial_weights, compressor=self.server.compressor,
                                             down=self.server.downlink.compressor)
         return self.clients[k]
@@ -402,7 +404,7 @@ class Simulation:
                 raise ValueError(f"client id {k!r} is outside 0..{self.cfg.clients - 1}")
             tensors += [v for v in (c["replica"], c["residual"]) if v is not None]
         starts = [down.get("start"), *(c.get("start") for c in state["clients"].values())]
-        per_sample = int(np.prod(self.data.input_shape)) + self.data.num_classes
+        per_sample = int(np.prod(self.feature_shape)) + self.data.num_classes
         for v in (v for v in starts if v is not None):  # warm starts: M_s whole samples of features
             if not (isinstance(v, torch.Tensor) and v.dim() == 1 and v.is_floating_point() and v.numel()
                     and v.numel() % per_sample == 0):

@@ -46,7 +46,7 @@ from ..federated.client import ClientUpdate
 from ..federated.params import get_flat
 from ..federated.runtime import MODEL_INIT, ClientRuntime, TrainIns, derive_seed
 from ..federated.simulator import Simulation
-from ..models import build_model
+from ..models import build_model, synthetic_shape
 
 log = logging.getLogger(__name__)
 
@@ -111,19 +111,19 @@ _CACHE: dict[tuple, Any] = {}
 def _client_setup(cfg: RunConfig, pid: int):
     """Data of partition ``pid`` and the two working models (cached per process)."""
     key = (cfg.dataset, cfg.data_dir, cfg.emnist_split, cfg.holdout, cfg.train_subset, cfg.seed, cfg.clients,
-           cfg.partition, cfg.alpha, cfg.model, cfg.protocol, pid)
+           cfg.partition, cfg.alpha, cfg.model, cfg.protocol, cfg.max_len, cfg.min_freq, cfg.vocab_size, pid)
     if key not in _CACHE:
         data = load_dataset(cfg.dataset, cfg.data_dir, emnist_split=cfg.emnist_split, holdout=cfg.holdout,
                             train_subset=cfg.train_subset, test_subset=1, seed=cfg.seed,
-                            scaling=protocol.input_scaling(cfg))
+                            scaling=protocol.input_scaling(cfg), max_len=cfg.max_len, min_freq=cfg.min_freq,
+                            vocab_size=cfg.vocab_size)
         parts = partition(data.train_y.numpy(), cfg.clients, cfg.partition, cfg.alpha, cfg.seed)
         idx = torch.from_numpy(protocol.split_shard(cfg, pid, parts[pid])[0])  # what it trains on
-        model = build_model(cfg.model, data.input_shape, data.num_classes, derive_seed(cfg.seed, MODEL_INIT))
-        work, train = build_model(cfg.model, data.input_shape, data.num_classes, 0), \
-            build_model(cfg.model, data.input_shape, data.num_classes, 0)
+        model, work, train = (build_model(cfg.model, data.input_shape, data.num_classes, s, data.vocab_size)
+                              for s in (derive_seed(cfg.seed, MODEL_INIT), 0, 0))
         work.eval()
-        _CACHE[key] = (data.train_x[idx], data.train_y[idx], data.input_shape, data.num_classes,
-                       get_flat(model), work, train)
+        _CACHE[key] = (data.train_x[idx], data.train_y[idx], synthetic_shape(model, data.input_shape),
+                       data.num_classes, get_flat(model), work, train)
     return _CACHE[key]
 
 

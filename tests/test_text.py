@@ -1,0 +1,181 @@
+"""Text: readers for the published formats (written here, small), the basic_english tokenizer, the
+vocabulary and its cache, the two text models and their synthetic paths, 3SFC's exact bytes and a
+short federated run that learns, replicas and resume."""
+
+from __future__ import annotations
+
+import csv
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from e3sfc.compress import make_compressor
+from e3sfc.compress.base import Context
+from e3sfc.config import RunConfig
+from e3sfc.data import load_dataset
+from e3sfc.data import text as textdata
+from e3sfc.errors import DataError
+from e3sfc.federated import Simulation, get_flat
+from e3sfc.models import build_model, num_params, synthetic_shape
+
+
+def write_csv(root: Path, classes: int, n_train: int = 240, n_test: int = 80, seed: int = 0) -> Path:
+    """A dataset in the char-CNN CSV format (no header; class from 1, title, description), each class
+    with words of its own among common ones."""
+    rng = random.Random(seed)
+    own = {c: [f"w{c}k{i}" for i in range(8)] for c in range(classes)}
+    common = [f"the{i}" for i in range(20)]
+    root.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train.csv", n_train), ("test.csv", n_test)):
+        with open(root / name, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, quoting=csv.QUOTE_ALL)
+            for _ in range(n):
+                c = rng.randrange(classes)
+                pick = own[c] + common
+                w.writerow([c + 1, " ".join(rng.choice(pick) for _ in range(3)).title(),
+                            " ".join(rng.choice(pick) for _ in range(rng.randint(4, 20))) + ", it's \"so\"!"])
+    return root
+
+
+def write_imdb(root: Path, n: int = 40, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    for part in ("train", "test"):
+        for label, name in ((0, "neg"), (1, "pos")):
+            d = root / "aclImdb" / part / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                words = [rng.choice(["bad", "awful", "dull"] if label == 0 else ["good", "great", "fun"])
+                         for _ in range(6)]
+                (d / f"{i}_{rng.randint(1, 10)}.txt").write_text(f"This movie was {' '.join(words)}.<br />The end.")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def test_basic_english_rules():
+    assert textdata.tokenize("You can now install TorchText using pip!") == \
+        ["you", "can", "now", "install", "torchtext", "using", "pip", "!"]
+    assert textdata.tokenize('It\'s "fine", (really)? a;b:c.<br />Next') == \
+        ["it", "'", "s", "fine", ",", "(", "really", ")", "?", "a", "b", "c", ".", "next"]
+
+
+def test_vocabulary_order_cap_and_encoding():
+    docs = [["b", "a", "c"], ["a", "b"], ["a", "d"]]
+    assert textdata.build_vocab(docs) == ["<pad>", "<unk>", "a", "b", "c", "d"]    # frequency, then alphabetical
+    assert textdata.build_vocab(docs, min_freq=2) == ["<pad>", "<unk>", "a", "b"]
+    assert textdata.build_vocab(docs, vocab_size=3) == ["<pad>", "<unk>", "a"]
+    ids = textdata.encode([["a", "zz", "b"], ["a"] * 5], ["<pad>", "<unk>", "a", "b"], max_len=4)
+    assert ids.tolist() == [[2, 1, 3, 0], [2, 2, 2, 2]] and ids.dtype == np.int32
+
+
+def test_agnews_and_sogou_read_and_cached(tmp_path, monkeypatch):
+    for name, classes in (("agnews", 4), ("sogou", 5)):
+        root = write_csv(tmp_path / name, classes)
+        d = load_dataset(name, str(root), max_len=16)
+        assert d.num_classes == classes and d.train_x.shape == (240, 16) and d.test_x.shape == (80, 16)
+        assert d.train_x.dtype == torch.int64 and int(d.train_y.max()) < classes and d.vocab_size > 40
+        monkeypatch.setattr(textdata, "tokenize", lambda s: pytest.fail("tokenized again"))
+        again = load_dataset(name, str(root), max_len=16)  # from the cache
+        assert torch.equal(again.train_x, d.train_x) and again.vocab_size == d.vocab_size
+        monkeypatch.undo()
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def test_imdb_folder(tmp_path):
+    d = load_dataset("imdb", str(write_imdb(tmp_path / "imdb")), max_len=12)
+    assert d.num_classes == 2 and len(d.train_y) == 80 and sorted(set(d.train_y.tolist())) == [0, 1]
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda p: p.write_text('"1","title only"\n"7","bad class","x"\n'), "class 7 is outside 1..4"),
+    (lambda p: p.write_text('"one","a","b"\n'), "is not an integer"),
+    (lambda p: p.write_text('"1"\n'), "expected class, title, text"),
+    (lambda p: p.write_bytes(b"\xff\xfe\x00bad"), "not a readable CSV"),
+    (lambda p: p.unlink(), "not found"),
+])
+def test_bad_files_are_one_line_errors(tmp_path, damage, match):
+    root = write_csv(tmp_path / "ag", 4)
+    damage(root / "train.csv")
+    with pytest.raises(DataError, match=match):
+        load_dataset("agnews", str(root))
+    if match == "not found":
+        r = subprocess.run([sys.executable, "-m", "e3sfc.cli", "run", "--dataset", "agnews", "--model", "textbag",
+                            "--data-dir", str(root), "--rounds", "1"], capture_output=True, text=True)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "agnews" in r.stderr
+
+
+def test_models_refuse_the_wrong_kind_of_data():
+    from e3sfc.errors import ConfigError
+    with pytest.raises(ConfigError, match="textbag or transformer for a text dataset"):
+        build_model("mlp", (16,), 4, 0, vocab_size=50)
+    with pytest.raises(ConfigError, match="expected an image model"):
+        build_model("textbag", (1, 28, 28), 10, 0)
+
+
+def test_textbag_synthetic_path_is_the_bag_mean_and_parameter_count():
+    m = build_model("textbag", (6,), 4, 0, vocab_size=50)
+    ids = torch.tensor([[5, 7, 7, 9, 0, 0]])
+    freq = torch.zeros(1, 50)
+    for t in (5, 7, 7, 9):
+        freq[0, t] += 0.25
+    torch.testing.assert_close(m(freq), m(ids))
+    assert synthetic_shape(m, (6,)) == (50,)
+    # the authors' size: V = 98,635, C = 4
+    assert num_params(build_model("textbag", (128,), 4, 0, vocab_size=98_635)) == 6_317_060
+
+
+def test_transformer_one_hot_soft_tokens_are_real_tokens():
+    m = build_model("transformer", (8,), 3, 0, vocab_size=30).eval()
+    ids = torch.tensor([[4, 9, 2, 17]])
+    soft = torch.nn.functional.one_hot(ids, 30).double()
+    m = m.double()
+    torch.testing.assert_close(m(soft), m(ids))
+    assert synthetic_shape(m, (8,)) == (4, 30)
+    empty = torch.zeros(1, 8, dtype=torch.long)  # a document with no tokens does not make NaN
+    assert torch.isfinite(m(empty)).all()
+
+
+@pytest.mark.parametrize("model", ["textbag", "transformer"])
+def test_3sfc_payload_bytes_and_the_embedding_moves(model):
+    V, C = 40, 4
+    net = build_model(model, (8,), C, 0, vocab_size=V).double().eval()
+    shape = synthetic_shape(net, (8,))
+    ctx = Context(net, get_flat(net), shape, C, generator=torch.Generator().manual_seed(0))
+    comp = make_compressor("3sfc", samples=2, steps=1, max_iter=4)
+    tau = torch.randn(ctx.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    payload, _ = comp.compress(tau, ctx)
+    blob = comp.encode(payload)
+    d = int(np.prod(shape))
+    header = 5 + (2 + 4 * (1 + len(shape))) + (2 + 8) + 2
+    assert len(blob) == comp.payload_bytes(ctx) == 4 * (2 * d + 2 * C + 1) + header
+    upd = comp.decompress(comp.decode(blob, ctx), ctx)
+    emb = net.embedding.weight.numel()
+    assert float(upd[:emb].abs().sum()) > 0  # the embedding is the first tensor and its update is not zero
+
+
+def test_short_run_learns_and_e3sfc_replicas_and_resume(tmp_path):
+    root = str(write_csv(tmp_path / "ag", 4, n_train=400, n_test=120))
+    fed = Simulation(RunConfig(dataset="agnews", data_dir=root, model="textbag", method="fedavg", clients=3,
+                               rounds=3, lr=0.5, batch_size=16, max_len=24, threads=1))
+    fed.run()
+    assert fed.metrics[-1]["accuracy"] > 0.5  # 4 classes: chance is 0.25
+    cfg = RunConfig(dataset="agnews", data_dir=root, model="textbag", method="e3sfc", clients=3, rounds=3,
+                    lr=0.5, batch_size=16, max_len=24, steps=1, max_iter=4, feature_bits=8, samples=2,
+                    threads=1, checkpoint_every=1)
+    whole = Simulation(cfg)
+    whole.run()
+    for k in range(3):
+        assert torch.equal(whole.sync(whole.round + 1, k), whole.weights)
+    stopped = Simulation(cfg, out_dir=tmp_path / "r")
+    stopped.run(stop_after=1)
+    resumed = Simulation.resume(tmp_path / "r")
+    resumed.run()
+    assert torch.equal(resumed.weights, whole.weights)
