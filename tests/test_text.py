@@ -179,3 +179,38 @@ def test_short_run_learns_and_e3sfc_replicas_and_resume(tmp_path):
     resumed = Simulation.resume(tmp_path / "r")
     resumed.run()
     assert torch.equal(resumed.weights, whole.weights)
+
+
+@pytest.mark.parametrize("model", ["textbag", "transformer"])
+def test_ef_identity_float64(model):
+    from e3sfc.compress import ErrorFeedback
+    net = build_model(model, (8,), 3, 0, vocab_size=30).double().eval()
+    shape = synthetic_shape(net, (8,))
+    ctx = Context(net, get_flat(net), shape, 3, client=0, generator=torch.Generator().manual_seed(0))
+    comp = make_compressor("3sfc", samples=1, steps=1, max_iter=4)
+    ef = ErrorFeedback()
+    ef.residuals[0] = torch.randn(ctx.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    tau = ef.target(0, torch.randn(ctx.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(4)))
+    payload, stats = comp.compress(tau, ctx)
+    decoded = comp.decompress(comp.decode(comp.encode(payload), ctx), ctx)
+    ef.update(0, tau, decoded)
+    torch.testing.assert_close(decoded + ef.residuals[0], tau, rtol=0, atol=1e-12)
+    e2, t2 = float(ef.residuals[0] @ ef.residuals[0]), float(tau @ tau)
+    assert e2 == pytest.approx(t2 * (1 - stats["cosine"] ** 2), rel=1e-6)
+
+
+@pytest.mark.parametrize("dataset", ["agnews", "imdb", "sogou"])
+@pytest.mark.parametrize("model", ["textbag", "transformer"])
+def test_every_dataset_with_every_model_runs_e3sfc_with_exact_bytes(tmp_path, dataset, model):
+    root = write_imdb(tmp_path / "d", n=12) if dataset == "imdb" else \
+        write_csv(tmp_path / "d", 4 if dataset == "agnews" else 5, n_train=60, n_test=20)
+    cfg = RunConfig(dataset=dataset, data_dir=str(root), model=model, method="e3sfc", clients=2, rounds=2,
+                    max_len=12, steps=1, max_iter=3, threads=1)
+    sim = Simulation(cfg)
+    sim.run()
+    up = sim.server.compressor.payload_bytes(sim.server.context(0, None))
+    d = int(np.prod(sim.feature_shape))
+    assert up == 4 * (d + sim.data.num_classes + 1) + 5 + (2 + 4 * (1 + len(sim.feature_shape))) + (2 + 8) + 2
+    assert [r["uplink_bytes"] for r in sim.metrics] == [2 * up, 2 * up]
+    for k in range(2):
+        assert torch.equal(sim.sync(sim.round + 1, k), sim.weights)
