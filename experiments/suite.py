@@ -49,7 +49,7 @@ def text_files_present() -> list[str]:
     present = []
     for ds in TEXT_SETS:
         try:
-            _find(TEXT_SOURCES[ds][0], None)
+            _find(TEXT_SOURCES[ds][0], None, fetch=False)
             present.append(ds)
         except Exception:
             pass

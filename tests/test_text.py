@@ -214,3 +214,26 @@ def test_every_dataset_with_every_model_runs_e3sfc_with_exact_bytes(tmp_path, da
     assert [r["uplink_bytes"] for r in sim.metrics] == [2 * up, 2 * up]
     for k in range(2):
         assert torch.equal(sim.sync(sim.round + 1, k), sim.weights)
+
+
+def test_download_checks_the_published_md5(tmp_path, monkeypatch):
+    """A missing dataset is downloaded from its source (a file:// URL here) and kept only when its MD5
+    matches; a mismatch keeps nothing and says which sum it got."""
+    import hashlib
+
+    from e3sfc.data.sources import Remote, Source
+    src_dir = write_csv(tmp_path / "published", 4)
+    md5 = {n: hashlib.md5((src_dir / n).read_bytes()).hexdigest() for n in ("train.csv", "test.csv")}
+    monkeypatch.delenv("E3SFC_NO_DOWNLOAD", raising=False)
+    good = Source("agnews", ("train.csv", "test.csv"), tuple(
+        Remote((src_dir / n).as_uri(), "md5:" + md5[n]) for n in ("train.csv", "test.csv")))
+    monkeypatch.setitem(textdata.TEXT_SOURCES, "agnews", (good, 4))
+    (tmp_path / "dl").mkdir()
+    (tmp_path / "dl2").mkdir()
+    d = load_dataset("agnews", str(tmp_path / "dl"))
+    assert len(d.train_y) == 240 and (tmp_path / "dl" / "agnews" / "train.csv").is_file()
+    bad = Source("agnews", ("train.csv", "test.csv"), (Remote((src_dir / "train.csv").as_uri(), "md5:" + "0" * 32),))
+    monkeypatch.setitem(textdata.TEXT_SOURCES, "agnews", (bad, 4))
+    with pytest.raises(DataError, match=f"has MD5 {md5['train.csv']}, expected 0000"):
+        load_dataset("agnews", str(tmp_path / "dl2"))
+    assert not (tmp_path / "dl2" / "agnews" / "train.csv").exists()

@@ -30,11 +30,28 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Remote:
-    """One downloadable file: its URL and SHA-256; ``extract`` for tar archives."""
+    """One downloadable file: its URL and checksum (SHA-256, or MD5 where the publisher lists only
+    that: ``md5:<hex>``); ``extract`` for tar archives; ``name``: the file name when the URL's last
+    part is not one."""
 
     url: str
     sha256: str
     extract: bool = False
+    name: str = ""
+
+    @property
+    def file_name(self) -> str:
+        return self.name or self.url.rsplit("/", 1)[-1]
+
+    def digest(self, path: Path) -> str:
+        """``path``'s checksum in the form of ``sha256`` (hex, or ``md5:`` hex)."""
+        if self.sha256.startswith("md5:"):
+            h = hashlib.md5()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            return "md5:" + h.hexdigest()
+        return sha256_file(path)
 
 
 @dataclass(frozen=True)
@@ -107,9 +124,9 @@ def download(src: Source, target: Path) -> None:
     """Download each remote into ``target``, verifying SHA-256 before the atomic move."""
     target.mkdir(parents=True, exist_ok=True)
     for remote in src.remotes:
-        name = remote.url.rsplit("/", 1)[-1]
+        name = remote.file_name
         dest = target / name
-        if dest.is_file() and sha256_file(dest) == remote.sha256 and not remote.extract:
+        if dest.is_file() and remote.digest(dest) == remote.sha256 and not remote.extract:
             continue
         log.info("downloading %s", remote.url)
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=target)
@@ -125,11 +142,12 @@ def download(src: Source, target: Path) -> None:
                     f"dataset {src.name!r}: could not download {remote.url} ({exc}); "
                     f"put the files in a folder and pass --data-dir"
                 ) from None
-            digest = sha256_file(tmp_path)
+            digest = remote.digest(tmp_path)
             if digest != remote.sha256:
+                kind = "MD5" if remote.sha256.startswith("md5:") else "SHA-256"
                 raise DataError(
-                    f"dataset {src.name!r}: {name} has SHA-256 {digest}, expected {remote.sha256}; "
-                    "the download is corrupt, nothing was kept"
+                    f"dataset {src.name!r}: {name} has {kind} {digest.removeprefix('md5:')}, expected "
+                    f"{remote.sha256.removeprefix('md5:')}; the download is corrupt, nothing was kept"
                 )
             if remote.extract:
                 with tarfile.open(tmp_path) as tar:

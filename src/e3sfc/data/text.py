@@ -3,8 +3,9 @@
 Files are found like the image sets' (``--data-dir``, ``$E3SFC_DATA``, the user cache, each as is
 or under a sub-folder named after the dataset or its archive): ``train.csv`` and ``test.csv``
 (no header; columns: class index from 1, title, description; AG News: 4 classes, Sogou: 5) or
-``aclImdb/{train,test}/{pos,neg}/*.txt`` (neg = 0, pos = 1). There is no automatic download (the
-published archives have MD5 sums only); a missing file is a one-line error naming where to put it.
+``aclImdb/{train,test}/{pos,neg}/*.txt`` (neg = 0, pos = 1). Files not found are downloaded from the
+sources torchtext lists and checked against the MD5 sums it publishes (``E3SFC_NO_DOWNLOAD=1`` turns
+that off); a file still missing, or a download that fails or does not match, is a one-line error.
 
 Tokens: the ``basic_english`` rules (lowercase; ``'`` spaced out, ``"`` removed, ``.``, ``,``,
 ``(``, ``)``, ``!``, ``?`` spaced out, ``<br />``, ``;`` and ``:`` to a space; split on
@@ -30,7 +31,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..io import atomic_write
-from .sources import Source, cache_dir, candidate_roots
+from .sources import Remote, Source, cache_dir, candidate_roots, download
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,19 @@ _RULES = [(re.compile(p), r) for p, r in (
     (r"\'", " '  "), (r"\"", ""), (r"\.", " . "), (r"<br \/>", " "), (r",", " , "), (r"\(", " ( "),
     (r"\)", " ) "), (r"\!", " ! "), (r"\?", " ? "), (r"\;", " "), (r"\:", " "), (r"\s+", " "))]
 
+# where torchtext's dataset sources download them, with the MD5 sums they publish
+_AG = "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv/"
 TEXT_SOURCES = {
-    "agnews": (Source("agnews", ("train.csv", "test.csv"), subdirs=("ag_news_csv",)), 4),
-    "sogou": (Source("sogou", ("train.csv", "test.csv"), subdirs=("sogou_news_csv",)), 5),
-    "imdb": (Source("imdb", ("aclImdb/train", "aclImdb/test")), 2),
+    "agnews": (Source("agnews", ("train.csv", "test.csv"), (
+        Remote(_AG + "train.csv", "md5:b1a00f826fdfbd249f79597b59e1dc12"),
+        Remote(_AG + "test.csv", "md5:d52ea96a97a2d943681189a97654912d")), subdirs=("ag_news_csv",)), 4),
+    "sogou": (Source("sogou", ("train.csv", "test.csv"), (
+        Remote("https://drive.google.com/uc?export=download&id=0Bz8a_Dbh9QhbUkVqNEszd0RHaFE",
+               "md5:0c1700ba70b73f964dd8de569d3fd03e", extract=True, name="sogou_news_csv.tar.gz"),),
+        subdirs=("sogou_news_csv",)), 5),
+    "imdb": (Source("imdb", ("aclImdb/train", "aclImdb/test"), (
+        Remote("http://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
+               "md5:7c2ac02c03563afcf9b574c7e56c153a", extract=True),)), 2),
 }
 
 
@@ -56,14 +66,22 @@ def tokenize(line: str) -> list[str]:
     return line.split()
 
 
-def _find(src: Source, data_dir: str | None) -> Path:
+def _find(src: Source, data_dir: str | None, fetch: bool = True) -> Path:
+    """The folder holding ``src``'s files; else, unless downloads are off, download them (checked
+    against the published MD5) into ``--data-dir`` or the cache and look again."""
     roots = candidate_roots(src, data_dir)
     for root in roots:
         if all((root / f).exists() for f in src.files):
             return root
+    if fetch and not os.environ.get("E3SFC_NO_DOWNLOAD"):
+        target = (Path(data_dir) if data_dir is not None else cache_dir()) / src.name
+        download(src, target)
+        for root in (target, *(target / s for s in src.subdirs)):
+            if all((root / f).exists() for f in src.files):
+                return root
     where = ", ".join(str(r) for r in roots[:: 2 + len(src.subdirs)])
     raise DataError(f"dataset {src.name!r} not found (looked for {src.files[0]} and {src.files[1]} in {where}); "
-                    f"download it and pass --data-dir (see the README, 'Text')")
+                    f"put the files there or pass --data-dir (see the README, 'Text')")
 
 
 def _read_csv(path: Path, classes: int) -> tuple[list[str], list[int]]:
