@@ -98,7 +98,9 @@ def test_imdb_folder(tmp_path):
     (lambda p: p.write_text('"1","title only"\n"7","bad class","x"\n'), "class 7 is outside 1..4"),
     (lambda p: p.write_text('"one","a","b"\n'), "is not an integer"),
     (lambda p: p.write_text('"1"\n'), "expected class, title, text"),
-    (lambda p: p.write_bytes(b"\xff\xfe\x00bad"), "not a readable CSV"),
+    (lambda p: p.write_bytes(b"\xff\xfe\x00bad\n"), "not a readable CSV"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-15]), "truncated"),
+    (lambda p: p.write_text('"1","a "b" c","d"\n'), "not a readable CSV"),
     (lambda p: p.unlink(), "not found"),
 ])
 def test_bad_files_are_one_line_errors(tmp_path, damage, match):

@@ -86,9 +86,13 @@ def _find(src: Source, data_dir: str | None, fetch: bool = True) -> Path:
 
 def _read_csv(path: Path, classes: int) -> tuple[list[str], list[int]]:
     texts, labels = [], []
+    with open(path, "rb") as fb:  # the published files end with a newline: without one the file was cut
+        fb.seek(0, os.SEEK_END)
+        if fb.tell() and (fb.seek(-1, os.SEEK_END), fb.read(1))[1] != b"\n":
+            raise DataError(f"{path}: truncated (the last line has no end)")
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            for n, row in enumerate(csv.reader(f), 1):
+            for n, row in enumerate(csv.reader(f, strict=True), 1):
                 if len(row) < 2:
                     raise DataError(f"{path}:{n}: expected class, title, text; got {len(row)} field(s)")
                 try:
