@@ -7,7 +7,7 @@ from torch import nn
 from e3sfc.models import available_models, build_model, num_params
 
 
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", [m for m in available_models() if m not in ("textbag", "transformer")])
 @pytest.mark.parametrize("shape,classes", [((1, 28, 28), 10), ((3, 32, 32), 100)])
 def test_every_model_builds_and_runs(name, shape, classes):
     m = build_model(name, shape, classes, seed=0)

@@ -116,7 +116,8 @@ def compression_mod(model_fn: Callable[[], nn.Module], input_shape: tuple[int, .
         residual = ctx.state.array_records.get(STATE)
         target = delta + (torch.as_tensor(residual["e"].numpy()) if residual is not None
                           and codec.compressor.biased else 0.0)
-        cctx = codec.context(w_t, int(config.get("server-round", 0) or 0), ctx.node_id)
+        node = int(ctx.node_config.get("partition-id", ctx.node_id))  # stable across runs where the app has one
+        cctx = codec.context(w_t, int(config.get("server-round", 0) or 0), node)
         payload, _ = codec.compressor.compress(target, cctx)
         blob = codec.compressor.encode(payload)
         if codec.compressor.biased:

@@ -1,0 +1,1 @@
+"""A small ordinary Flower app that adopts e3sfc's 3SFC compression."""
