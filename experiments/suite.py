@@ -341,6 +341,25 @@ def versus(where: str, mine: str, me: dict[int, dict], o: str, them: dict[int, d
             f"{me[both[0]]['total_mb']:.2f} against {them[both[0]]['total_mb']:.2f}).")
 
 
+def faithful_verdicts(rows: list[dict], root: Path) -> list[str]:
+    """Per method: the authors' protocol against the project's, same seed (one seed: a measurement of
+    how far the protocol moves a run, not a claim about either)."""
+    by = {r["run"]: r for r in rows}
+    out = []
+    for m in ("fedavg", "3sfc", "e3sfc", "topk"):
+        a, e = by.get(f"{m}-authors"), by.get(f"{m}-e3sfc")
+        if not (a and e):
+            continue
+        d = (a["acc_last10"] - e["acc_last10"]) * 100
+        rows_a = load_run(root / "faithful" / f"{m}-authors").rows[-10:]
+        cacc = [r["client_accuracy"] for r in rows_a if r.get("client_accuracy") is not None]
+        client = f"; the clients' own held-out accuracy {sum(cacc) / len(cacc):.4f}" if cacc else ""
+        out.append(f"- {m}: {a['acc_last10']:.4f} under the authors' protocol against {e['acc_last10']:.4f} under "
+                   f"the project's ({abs(d):.1f} points {'lower' if d < 0 else 'higher'}; mean of the last 10 rounds, "
+                   f"seed 42 only{client}; MB in all {a['total_mb']:.2f} against {e['total_mb']:.2f}).")
+    return out
+
+
 def options_verdicts(root: Path, rows: list[dict]) -> list[str]:
     """Per option and alpha, mean over seeds: the option against e3sfc-plus (the beyond group's runs)
     at the same settings and (within 1%) the same total bytes."""
@@ -439,8 +458,9 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
         if group == "text" and not done:
             parts.append(f"## {TITLES[group]}\n")
             parts.append("Not run: the machine that wrote this report has no copy of the AG News, IMDB or Sogou News "
-                         "files and no internet. Put them where `e3sfc fetch agnews` finds them (`$E3SFC_DATA` or "
-                         "the user cache, see the README) and run `python experiments/suite.py --groups text`.\n")
+                         "files and no internet. `e3sfc fetch agnews` (imdb, sogou) downloads and checks them, or put "
+                         "them under `$E3SFC_DATA` or the user cache (see the README); then run "
+                         "`python experiments/suite.py --groups text`.\n")
             continue
         if not (root / group).is_dir() and TITLES[group] in kept:
             parts.append(kept[TITLES[group]])  # its runs are not on this machine: the last report's section
@@ -466,7 +486,8 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
         parts.append(f"![{group}]({group}.png)\n")
         v = {"seeds": lambda: seed_verdicts(root), "noniid": lambda: noniid_verdicts(rows),
              "twoway": lambda: twoway_verdicts(rows), "beyond": lambda: beyond_verdicts(root, rows),
-             "options": lambda: options_verdicts(root, rows)}.get(
+             "options": lambda: options_verdicts(root, rows),
+             "faithful": lambda: faithful_verdicts(rows, root)}.get(
             group, lambda: verdicts(rows))()
         if v:
             parts.append("Where the synthesis methods win and lose:\n\n" + "\n".join(v) + "\n")
