@@ -137,3 +137,23 @@ def test_flower_server_checks_every_reply_before_use(tmp_path, monkeypatch):
     assert grid.timeouts[-1] == 7.5
     assert torch.isfinite(sim.server.weights).all()
     assert sorted(sim.ledger.per_client(1, "up")) == [0, 1]  # replies 2 and 3 carried no payload bytes
+
+
+def test_app_config_lists_every_run_setting():
+    """[tool.flwr.app.config] holds every RunConfig field (kebab-case) at its default, except the
+    documented few, and reads back into a valid RunConfig."""
+    import dataclasses
+    import tomllib
+    from pathlib import Path
+
+    from e3sfc.flower.apps import config_from_run_config
+
+    app = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    conf = app["tool"]["flwr"]["app"]["config"]
+    fields = {f.name.replace("_", "-"): f.default for f in dataclasses.fields(RunConfig)}
+    assert list(conf) == list(fields)
+    differs = {k for k in conf if conf[k] != "" and conf[k] != fields[k]}  # "": unset, the default
+    assert all(fields[k] in (None, "") for k in conf if conf[k] == "")
+    assert differs == {"method", "engine", "threads"}
+    cfg = config_from_run_config(conf)
+    assert cfg.method == "e3sfc" and cfg.engine == "flower" and cfg.threads == 1

@@ -35,4 +35,5 @@ def test_example_app_compresses_and_learns(monkeypatch):
         assert train[r]["e3sfc-uplink-bytes"] * 100 < train[r]["e3sfc-dense-bytes"]
     assert train[rounds[-1]]["train_loss"] < 0.8 * train[rounds[0]]["train_loss"]
     ev = result.evaluate_metrics_clientapp
-    assert ev[rounds[-1]]["eval_loss"] < ev[rounds[0]]["eval_loss"]
+    assert ev[rounds[-1]]["eval_loss"] < ev[rounds[0]]["eval_loss"] - 0.5
+    assert ev[rounds[-1]]["eval_acc"] > 0.5  # ten classes: chance is 0.1 (two runs here: 0.80, 0.79)

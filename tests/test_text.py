@@ -239,3 +239,29 @@ def test_download_checks_the_published_md5(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=f"has MD5 {md5['train.csv']}, expected 0000"):
         load_dataset("agnews", str(tmp_path / "dl2"))
     assert not (tmp_path / "dl2" / "agnews" / "train.csv").exists()
+
+
+@pytest.mark.parametrize("model", ["textbag", "transformer"])
+def test_every_method_runs_on_the_text_models(tmp_path, model):
+    from e3sfc.compress import available_methods
+    root = str(write_csv(tmp_path / "ag", 4, n_train=40, n_test=12))
+    for method in available_methods():
+        extra = {"synth_iters": 2} if method == "fedsynth" else {}
+        cfg = RunConfig(dataset="agnews", data_dir=root, model=model, method=method, clients=2, rounds=1,
+                        max_len=8, steps=1, max_iter=2, threads=1, **extra)
+        sim = Simulation(cfg)
+        sim.run()
+        assert torch.isfinite(sim.weights).all(), method
+        assert sim.metrics[-1]["uplink_bytes"] == 2 * sim.server.compressor.payload_bytes(sim.server.context(1, None))
+
+
+def test_text_on_the_flower_engine(tmp_path):
+    pytest.importorskip("flwr")
+    from e3sfc.flower import run_flower_simulation
+    from e3sfc.io import read_jsonl
+    root = str(write_csv(tmp_path / "ag", 4, n_train=60, n_test=20))
+    cfg = RunConfig(dataset="agnews", data_dir=root, model="textbag", method="e3sfc", clients=2, rounds=2,
+                    max_len=8, steps=1, max_iter=3, threads=1, engine="flower")
+    run_flower_simulation(cfg, tmp_path / "run")
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert len(rows) == 2 and all(r["uplink_bytes"] > 0 for r in rows)
