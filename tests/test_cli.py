@@ -102,3 +102,24 @@ def test_end_to_end_real_fashion_mnist(tmp_path, capsys):
     s = json.loads((out / "summary.json").read_text())
     assert s["final_accuracy"] > 0.6
     assert s["total_uplink_bytes"] == 3 * 5 * (4 * 199_210 + 11)
+
+
+def test_version_and_written_files_follow_the_umask(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from e3sfc import __version__
+    from e3sfc.io import write_json
+
+    r = subprocess.run([sys.executable, "-m", "e3sfc.cli", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == f"e3sfc {__version__}"
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {})
+        os.umask(0o077)
+        write_json(tmp_path / "b.json", {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600

@@ -1,4 +1,4 @@
-"""Flower driver == in-process driver (DESIGN 4), and bad replies do not stop a round."""
+"""Flower driver == in-process driver (docs/design.md §4), and bad replies do not stop a round."""
 
 from __future__ import annotations
 

@@ -92,6 +92,11 @@ HELP = {
 }
 
 
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, status 2
         self.exit(2, f"e3sfc: error: {message}\n")
@@ -100,6 +105,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="e3sfc", description="Communication-efficient FL by synthesizing features (3SFC / E-3SFC).")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument("--version", action="version", version=f"e3sfc {_version()}")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     run = sub.add_parser("run", help="run one federated training")
     run.add_argument("--config", help="TOML file with settings (flags override it)")

@@ -56,7 +56,7 @@ class RunConfig:
     max_len: int = 128
     min_freq: int = 1
     vocab_size: int = 0
-    # compression (each method reads its own knobs; DESIGN 1.1, 1.4)
+    # compression (each method reads its own knobs; docs/design.md §1.1, §1.4)
     samples: int = 1
     steps: int = 10
     max_iter: int = 20
@@ -74,7 +74,7 @@ class RunConfig:
     unroll: int = 2
     synth_iters: int = 50
     synth_lr: float = 0.05
-    # double-way compression and budget (DESIGN 1.2, 1.3)
+    # double-way compression and budget (docs/design.md §1.2, §1.3)
     downlink: str = "auto"
     downlink_ratio: str = ""
     downlink_samples: int = 0

@@ -10,11 +10,13 @@ from typing import Any, Callable, Iterable
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w") -> None:
-    """Write through ``write(fileobj)`` into a temporary sibling, fsync, then rename."""
+    """Write through ``write(fileobj)`` into a temporary sibling, fsync, then rename. The file gets
+    the permissions a plain ``open`` would give it (0666 less the umask), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -26,6 +28,21 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
         except FileNotFoundError:
             pass
         raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system says it (Linux), else by setting
+    and restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -1,4 +1,4 @@
-"""Update compressors behind one interface and one registry (DESIGN 1.4, 2)."""
+"""Update compressors behind one interface and one registry (docs/design.md §1.4, §2)."""
 
 from __future__ import annotations
 

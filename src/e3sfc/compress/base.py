@@ -1,4 +1,4 @@
-"""The compressor interface (DESIGN 2): update -> Payload -> update.
+"""The compressor interface (docs/design.md §2): update -> Payload -> update.
 
 A compressor turns a flat update (the EF target) into a :class:`~e3sfc.wire.Payload`
 given a :class:`Context` that both ends share and never count (model at w_t,

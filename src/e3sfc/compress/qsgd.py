@@ -2,7 +2,7 @@
 
 For v with norm ||v||_2: l_i = floor(s |v_i| / ||v||), rounded up with probability
 s |v_i| / ||v|| - l_i; sent value ||v|| sign(v_i) l_i / s. E[Q(v)] = v (tested).
-Unbiased, so error feedback is off by default (``--ef`` turns it on).
+Unbiased, so error feedback never applies to it (``biased = False``; ``--ef`` changes nothing here).
 
 Wire format: float32 norm (), packed sign bits (ceil(P/8),), levels packed at
 b = ceil(log2(s + 1)) bits each (ceil(P b / 8),) uint8.

@@ -2,7 +2,7 @@
 
 The decoder "model is the decompressor": g(x, y) = grad_w L(w_t; x, y) with the
 soft-label cross-entropy L = mean_m -sum_c y_mc log softmax(f_w(x_m))_c
-(DESIGN 1.1; y unconstrained). The model is used as it is (eval mode, at w_t)
+(docs/design.md §1.1; y unconstrained). The model is used as it is (eval mode, at w_t)
 and never modified: gradients are taken with ``torch.autograd.grad``, so no
 ``.grad`` field of a parameter is touched.
 """

@@ -1,5 +1,5 @@
 """``3sfc``: single-shot compression by synthesizing features (Zhou et al., ICCV 2023;
-DESIGN 1.1).
+docs/design.md §1.1).
 
 Encoder: find x (M, *input_shape), y (M, C) minimising
     1 - |cos(g(x, y), tau)| + lambda (||x||_2 + ||y||_2)            (paper Eq. 6)
@@ -272,7 +272,7 @@ def _dequantize8(q: torch.Tensor, s: float, dtype: torch.dtype) -> torch.Tensor:
 class E3SFC(ThreeSFC):
     """``e3sfc`` (Zhou et al., TNNLS 2025): the 3SFC uplink of this file; the simulator
     adds the double-way downlink (the server compresses its aggregate the same way)
-    and the budget scheduler (DESIGN 1.2, 1.3). Same wire format as ``3sfc``. The server's
+    and the budget scheduler (docs/design.md §1.2, §1.3). Same wire format as ``3sfc``. The server's
     downlink search has its own early stop, ``downlink_patience`` (default 0: all
     evaluations): it runs once a round and every client decodes it; with the uplink's
     patience on the downlink too, E-3SFC's mean accuracy over the last 10 rounds was lower

@@ -1,4 +1,4 @@
-"""Datasets (DESIGN 1.5): readers, download with checksums, and partitioning.
+"""Datasets (docs/design.md §1.5): readers, download with checksums, and partitioning.
 
 ``load_dataset`` returns a :class:`FedData` with float32 inputs standardised by
 the training set's per-channel mean and std, and int64 labels.

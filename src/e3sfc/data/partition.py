@@ -1,4 +1,4 @@
-"""Splitting a training set over K clients (DESIGN 1.5), seeded and checked."""
+"""Splitting a training set over K clients (docs/design.md §1.5), seeded and checked."""
 
 from __future__ import annotations
 

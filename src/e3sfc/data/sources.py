@@ -1,6 +1,6 @@
 """Where dataset files come from: local directories first, then a checked download.
 
-Resolution order for a dataset's files (DESIGN 1.5):
+Resolution order for a dataset's files (docs/design.md §1.5):
 1. ``--data-dir`` (must exist if given),
 2. ``$E3SFC_DATA``,
 3. the user cache (``$XDG_CACHE_HOME/e3sfc`` or ``~/.cache/e3sfc``),

@@ -1,4 +1,4 @@
-"""Communication budget scheduler (E-3SFC component; DESIGN 1.3).
+"""Communication budget scheduler (E-3SFC component; docs/design.md §1.3).
 
 The paper names a scheduler that spreads a communication budget over rounds but
 does not publish its formula. Ours: the knob is M_t, the number of synthetic

@@ -1,4 +1,4 @@
-"""Models from a registry (DESIGN 1.5). None uses BatchNorm: per-sample statistics
+"""Models from a registry (docs/design.md §1.5). None uses BatchNorm: per-sample statistics
 only (GroupNorm), so a model's output for a sample never depends on its batch,
 which 3SFC's decoder and FL on non-IID data both need.
 
