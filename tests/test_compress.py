@@ -69,9 +69,10 @@ def test_ef_identity_float64(method):
     tau = ef.target(0, target_like(ctx, 6, torch.float64))
     ctx.client = 0
     payload, _ = comp.compress(tau, ctx)
-    decoded = comp.decompress(payload, ctx).to(torch.float64)
-    ef.update(0, tau, decoded)
-    torch.testing.assert_close(decoded + ef.residuals[0], tau, rtol=0, atol=1e-15)
+    ef.update(0, tau, comp.decompress(payload, ctx).to(torch.float64))   # what the client keeps
+    received = comp.decompress(comp.decode(comp.encode(payload), ctx), ctx).to(torch.float64)  # what the server gets
+    # through the wire: the server's decoded update and the client's residual add up to the target
+    torch.testing.assert_close(received + ef.residuals[0], tau, rtol=0, atol=1e-12)
 
 
 def test_client_step_ef_identity_through_the_wire():

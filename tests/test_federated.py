@@ -124,12 +124,22 @@ def test_identity_round_matches_manual_fedavg():
     assert torch.equal(sim.weights, w0 + agg)
 
 
-def test_ef_identity_float64():
+def test_ef_two_rounds_by_hand_through_topk():
+    """Top-2 of 4 (global) with error feedback, every number computed by hand:
+    round 1: tau = [3, -1, 0.5, 2] -> sent [3, 0, 0, 2], residual [0, -1, 0.5, 0];
+    round 2: delta = [1, 1, 1, 1] -> tau = [1, 0, 1.5, 1] -> sent 1.5 and one of the two 1s, and the
+    residual keeps the other 1."""
+    model = torch.nn.Linear(1, 2)  # 4 parameters: weight (2, 1), bias (2,)
+    ctx = Context(model, torch.zeros(4), (1,), 2)
+    comp = make_compressor("topk", ratio=0.5, topk_scope="global")
     ef = ErrorFeedback()
-    tau = ef.target(3, torch.randn(100, dtype=torch.float64))
-    decoded = tau.clone()
-    decoded[50:] = 0
-    ef.update(3, tau, decoded)
-    assert torch.equal(decoded + ef.residuals[3], tau)
-    t2 = ef.target(3, torch.ones(100, dtype=torch.float64))
-    assert torch.equal(t2, ef.residuals[3] + 1)
+    sent = []
+    for delta in ([3.0, -1.0, 0.5, 2.0], [1.0, 1.0, 1.0, 1.0]):
+        tau = ef.target(0, torch.tensor(delta))
+        payload, _ = comp.compress(tau, ctx)
+        dec = comp.decompress(comp.decode(comp.encode(payload), ctx), ctx)
+        ef.update(0, tau, dec)
+        sent.append(dec.tolist())
+    assert sent[0] == [3.0, 0.0, 0.0, 2.0]
+    assert sent[1][2] == 1.5 and sorted(sent[1]) == [0.0, 0.0, 1.0, 1.5]
+    assert ef.residuals[0].tolist() == [1.0 - sent[1][0], 0.0, 0.0, 1.0 - sent[1][3]]
