@@ -92,6 +92,29 @@ HELP = {
 }
 
 
+# `e3sfc run --help`: the run settings in groups, in this order
+GROUPS = {
+    "what to run": ("protocol", "method", "dataset", "emnist_split", "model"),
+    "data": ("clients", "fraction", "partition", "alpha", "holdout", "train_subset", "test_subset", "data_dir",
+             "max_len", "min_freq", "vocab_size"),
+    "local training": ("rounds", "weighted", "local_epochs", "batch_size", "lr", "lr_decay"),
+    "compression": ("samples", "steps", "max_iter", "lambd", "patience", "batch_search", "feature_bits",
+                    "warm_start", "scales", "ef", "ratio", "topk_scope", "levels", "unroll", "synth_iters",
+                    "synth_lr"),
+    "downlink and budget (E-3SFC)": ("downlink", "downlink_ratio", "downlink_samples", "downlink_patience", "init",
+                                     "schedule", "budget_bytes", "target_cosine", "max_samples", "decay_rate"),
+    "robustness": ("norm_clip", "adversary", "adversaries", "round_timeout"),
+    "run control": ("engine", "seed", "device", "threads", "eval_every", "checkpoint_every", "out"),
+}
+
+
+def _metavar(name: str) -> str | None:
+    """``{a,b,c}`` for the settings with a fixed set of values."""
+    from .config import choices
+    c = choices().get(name)
+    return "{" + ",".join(c) + "}" if c else None
+
+
 def _version() -> str:
     from . import __version__
     return __version__
@@ -110,13 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one federated training")
     run.add_argument("--config", help="TOML file with settings (flags override it)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    boxes = {title: run.add_argument_group(title) for title in GROUPS}
+    where = {name: title for title, names in GROUPS.items() for name in names}
     for f in fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
+        box = boxes[where.get(f.name, "run control")]
+        default = "unset" if f.default in (None, "") else str(f.default).lower() if str(f.type) == "bool" \
+            else f.default
+        helptext = f"{HELP.get(f.name, '')} (default: {default})"  # flags default to None: config files layer
         if str(f.type) == "bool":
-            run.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                             help=HELP.get(f.name))
+            box.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         else:
-            run.add_argument(flag, dest=f.name, default=None, help=HELP.get(f.name))
+            box.add_argument(flag, dest=f.name, default=None, help=helptext, metavar=_metavar(f.name))
     fetch = sub.add_parser("fetch", help="find or download a dataset (SHA-256 checked) and report where it is")
     fetch.add_argument("dataset", help="mnist, fmnist, emnist, cifar10, cifar100, digits, agnews, imdb, sogou")
     fetch.add_argument("--data-dir", default=None, help="folder to look in and download into")

@@ -236,28 +236,36 @@ def downlink_choices() -> tuple[str, ...]:
     return ("auto", "dense", *(m for m in available_methods() if get_compressor_class(m).as_downlink))
 
 
-def _validate(c: RunConfig) -> None:
+def choices() -> dict[str, tuple[str, ...]]:
+    """The settings that take one of a fixed set of values, and those values."""
     from .data import available_datasets, EMNIST_SPLITS
     from .models import available_models
 
-    for name, choices in (
-        ("protocol", ("e3sfc", "authors")),
-        ("method", available_methods()),
-        ("dataset", available_datasets()),
-        ("model", available_models()),
-        ("partition", ("dirichlet", "iid")),
-        ("device", ("cpu", "cuda")),
-        ("emnist_split", tuple(EMNIST_SPLITS)),
-        ("topk_scope", ("tensor", "global")),
-        ("scales", ("one", "tensor")),
-        ("downlink", downlink_choices()),
-        ("init", ("auto", "seed", "broadcast")),
-        ("schedule", ("constant", "decay", "adaptive")),
-        ("engine", ("inprocess", "flower")),
-        ("adversary", ("none", *ADVERSARY_KINDS)),
-    ):
+    return {
+        "protocol": ("e3sfc", "authors"),
+        "method": available_methods(),
+        "dataset": available_datasets(),
+        "model": available_models(),
+        "partition": ("dirichlet", "iid"),
+        "device": ("cpu", "cuda"),
+        "emnist_split": tuple(EMNIST_SPLITS),
+        "topk_scope": ("tensor", "global"),
+        "scales": ("one", "tensor"),
+        "feature_bits": ("32", "16", "8"),
+        "downlink": downlink_choices(),
+        "init": ("auto", "seed", "broadcast"),
+        "schedule": ("constant", "decay", "adaptive"),
+        "engine": ("inprocess", "flower"),
+        "adversary": ("none", *ADVERSARY_KINDS),
+    }
+
+
+def _validate(c: RunConfig) -> None:
+    for name, allowed in choices().items():
+        if name == "feature_bits":
+            continue  # a number: checked below
         value = getattr(c, name)
-        _require(value in choices, name, value, "one of " + ", ".join(choices))
+        _require(value in allowed, name, value, "one of " + ", ".join(allowed))
     _require(c.clients >= 1, "clients", c.clients, "an integer >= 1")
     _require(
         math.isfinite(c.fraction) and 0.0 < c.fraction <= 1.0,
