@@ -123,3 +123,12 @@ def test_version_and_written_files_follow_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_fetch_says_where_the_files_are(tmp_path):
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "e3sfc.cli", "fetch", "digits"], capture_output=True, text=True)
+    assert r.returncode == 0 and "files in scikit-learn" in r.stdout

@@ -215,11 +215,12 @@ def cmd_plot_partition(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from .data import load_dataset
+    from .data import load_dataset, locate
 
+    where = locate(args.dataset, args.data_dir, emnist_split=args.emnist_split)
     d = load_dataset(args.dataset, args.data_dir, emnist_split=args.emnist_split)
     print(f"{args.dataset}: {len(d.train_y):,} train / {len(d.test_y):,} test samples, "
-          f"input {d.input_shape}, {d.num_classes} classes")
+          f"input {d.input_shape}, {d.num_classes} classes\n  files in {where}")
     return 0
 
 

@@ -180,6 +180,20 @@ _LOADERS: dict[str, Callable[..., tuple]] = {
 }
 
 
+def locate(name: str, data_dir: str | None = None, emnist_split: str = "balanced") -> str:
+    """Where ``name``'s files are (found, or downloaded and checked, as :func:`load_dataset` does)."""
+    if name in TEXT_SOURCES:
+        from .text import _find
+        return str(_find(TEXT_SOURCES[name][0], data_dir))
+    if name == "digits":
+        return "scikit-learn's bundled copy (sklearn.datasets.load_digits)"
+    if name == "emnist":
+        return str(resolve(_emnist_source(emnist_split), data_dir))
+    if name not in SOURCES:
+        raise ConfigError(f"--dataset: {name!r} is not allowed; expected one of {', '.join(available_datasets())}")
+    return str(resolve(SOURCES[name], data_dir))
+
+
 def available_datasets() -> tuple[str, ...]:
     return (*_LOADERS, *TEXT_SOURCES)
 

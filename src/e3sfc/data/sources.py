@@ -134,9 +134,14 @@ def download(src: Source, target: Path) -> None:
         tmp_path = Path(tmp)
         try:
             try:
-                with urllib.request.urlopen(remote.url, timeout=60) as r, open(tmp_path, "wb") as f:
+                from tqdm import tqdm
+
+                with urllib.request.urlopen(remote.url, timeout=30) as r, open(tmp_path, "wb") as f, \
+                        tqdm(total=int(r.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
+                             desc=f"{src.name}: {name}", disable=None, leave=False) as bar:
                     for chunk in iter(lambda: r.read(1 << 20), b""):
                         f.write(chunk)
+                        bar.update(len(chunk))
             except OSError as exc:
                 raise DataError(
                     f"dataset {src.name!r}: could not download {remote.url} ({exc}); "
