@@ -23,7 +23,7 @@ from .text import TEXT_SOURCES, load_text
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "FedData", "load_dataset", "available_datasets", "EMNIST_SPLITS",
+    "FedData", "load_dataset", "available_datasets", "register_dataset", "locate", "EMNIST_SPLITS",
     "partition", "dirichlet_partition", "iid_partition", "read_idx", "read_cifar_batch",
 ]
 
@@ -180,6 +180,27 @@ _LOADERS: dict[str, Callable[..., tuple]] = {
 }
 
 
+def register_dataset(name: str, train, test, num_classes: int) -> None:
+    """Make ``--dataset name`` the given torch ``Dataset``s (items (image tensor (C, H, W), int label)).
+    They are read into memory at load time and standardised like every image set."""
+    if name in _LOADERS or name in TEXT_SOURCES:
+        raise ValueError(f"dataset {name!r} is registered already")
+
+    def load(data_dir, emnist_split):
+        def arrays(ds):
+            if len(ds) == 0:
+                raise DataError(f"dataset {name!r}: an empty split")
+            xs, ys = zip(*(ds[i] for i in range(len(ds))))
+            return (torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in xs]).numpy(),
+                    np.asarray([int(y) for y in ys], dtype=np.int64))
+        (xtr, ytr), (xte, yte) = arrays(train), arrays(test)
+        if xtr.ndim != 4:
+            raise DataError(f"dataset {name!r}: items must be (C, H, W) tensors, got {xtr.shape[1:]}")
+        return xtr, ytr, xte, yte, num_classes, 1.0
+
+    _LOADERS[name] = load
+
+
 def locate(name: str, data_dir: str | None = None, emnist_split: str = "balanced") -> str:
     """Where ``name``'s files are (found, or downloaded and checked, as :func:`load_dataset` does)."""
     if name in TEXT_SOURCES:
@@ -189,9 +210,11 @@ def locate(name: str, data_dir: str | None = None, emnist_split: str = "balanced
         return "scikit-learn's bundled copy (sklearn.datasets.load_digits)"
     if name == "emnist":
         return str(resolve(_emnist_source(emnist_split), data_dir))
-    if name not in SOURCES:
-        raise ConfigError(f"--dataset: {name!r} is not allowed; expected one of {', '.join(available_datasets())}")
-    return str(resolve(SOURCES[name], data_dir))
+    if name in SOURCES:
+        return str(resolve(SOURCES[name], data_dir))
+    if name in _LOADERS:
+        return "memory (registered with e3sfc.register_dataset)"
+    raise ConfigError(f"--dataset: {name!r} is not allowed; expected one of {', '.join(available_datasets())}")
 
 
 def available_datasets() -> tuple[str, ...]:

@@ -43,6 +43,14 @@ _TEXT: dict[str, Callable[[int, int, int], nn.Module]] = {
 }
 
 
+def register_model(name: str, builder: Builder) -> None:
+    """Make ``--model name`` build ``builder(input_shape, num_classes)`` (input_shape = (C, H, W)).
+    The model must not use BatchNorm (see this module's docstring); 3SFC decodes through it."""
+    if name in _REGISTRY or name in _TEXT:
+        raise ValueError(f"model {name!r} is registered already")
+    _REGISTRY[name] = builder
+
+
 def available_models() -> tuple[str, ...]:
     return (*_REGISTRY, *_TEXT)
 
