@@ -38,3 +38,27 @@ def test_iid_near_equal():
     parts = iid_partition(1003, 10, seed=0)
     assert sorted({len(p) for p in parts}) == [100, 101]
     assert len(np.unique(np.concatenate(parts))) == 1003
+
+
+def _first_draw(labels, clients, alpha, seed):
+    """The single draw of the split as it was before redrawing existed."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B11]))
+    parts = [[] for _ in range(clients)]
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        cuts = (np.cumsum(rng.dirichlet(np.full(clients, alpha)))[:-1] * len(idx)).astype(np.int64)
+        for k, chunk in enumerate(np.split(idx, cuts)):
+            parts[k].append(chunk)
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def test_a_draw_with_an_empty_client_is_drawn_again_and_good_seeds_keep_their_split():
+    labels = np.repeat(np.arange(10), 6000)  # Fashion-MNIST's label counts
+    first = _first_draw(labels, 100, 0.05, seed=42)
+    assert min(len(p) for p in first) == 0  # the case that used to fail
+    parts = dirichlet_partition(labels, 100, 0.05, seed=42)
+    assert min(len(p) for p in parts) >= 1
+    assert len(np.unique(np.concatenate(parts))) == len(labels)
+    keep = dirichlet_partition(labels, 10, 1.0, seed=42)
+    assert all(np.array_equal(a, b) for a, b in zip(keep, _first_draw(labels, 10, 1.0, seed=42)))

@@ -123,3 +123,16 @@ def test_suite_keeps_the_sections_of_groups_not_on_this_machine(tmp_path):
     kept = suite.previous_sections(old)
     assert kept == {"Group A": "## Group A\n\n| a |\n\nverdict A\n", "Group B": "## Group B\n\ntext B\n"}
     assert suite.previous_sections(tmp_path / "missing.md") == {}
+
+
+def test_partition_plot_keeps_a_readable_width_at_1000_clients(tmp_path):
+    import struct
+
+    import numpy as np
+
+    from e3sfc.report import plot_partition
+
+    counts = np.random.default_rng(0).integers(0, 30, size=(1000, 10))
+    out = plot_partition(counts, tmp_path / "p.png", "1000 clients")
+    width, height = struct.unpack(">II", out.read_bytes()[16:24])  # the PNG's IHDR
+    assert width <= 2000 and height <= 1000

@@ -163,24 +163,40 @@ def plot_runs(runs: Sequence[Run], out: str | Path, metric: str = "accuracy") ->
 
 
 def plot_partition(counts, out: str | Path, title: str) -> Path:
-    """Stacked bars: samples of each class held by each client. ``counts`` is (K, C)."""
+    """Samples of each class held by each client; ``counts`` is (K, C). Up to 50 clients: stacked bars;
+    more: a heat map of class shares (clients sorted by size on the x axis), so the figure keeps a
+    readable width whatever K is."""
     import numpy as np
 
     plt = _pyplot()
     counts = np.asarray(counts)
     k, c = counts.shape
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * k + 2), 4.5))
-    bottom = np.zeros(k)
-    cmap = plt.get_cmap("tab20" if c > 10 else "tab10")
-    for j in range(c):
-        ax.bar(range(k), counts[:, j], bottom=bottom, color=cmap(j % cmap.N), label=str(j) if c <= 20 else None)
-        bottom += counts[:, j]
-    ax.set_xlabel("client")
-    ax.set_ylabel("samples")
-    ax.set_title(title)
-    if c <= 20:
-        ax.legend(title="class", fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
-    fig.tight_layout()
+    if k <= 50:
+        fig, ax = plt.subplots(figsize=(max(6, 0.5 * k + 2), 4.5))
+        bottom = np.zeros(k)
+        cmap = plt.get_cmap("tab20" if c > 10 else "tab10")
+        for j in range(c):
+            ax.bar(range(k), counts[:, j], bottom=bottom, color=cmap(j % cmap.N), label=str(j) if c <= 20 else None)
+            bottom += counts[:, j]
+        ax.set_xlabel("client")
+        ax.set_ylabel("samples")
+        if c <= 20:
+            ax.legend(title="class", fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    else:
+        order = np.argsort(-counts.sum(1), kind="stable")
+        share = counts[order] / np.maximum(counts[order].sum(1, keepdims=True), 1)
+        fig, (top, ax) = plt.subplots(2, 1, figsize=(12, 6), sharex=True, height_ratios=(1, 3))
+        top.bar(range(k), counts[order].sum(1), width=1.0, color="0.4")
+        top.set_ylabel("samples")
+        im = ax.imshow(share.T, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1)
+        ax.set_xlabel(f"client ({k}, largest first)")
+        ax.set_ylabel("class")
+        fig.colorbar(im, ax=[top, ax], label="share of the client's samples")
+        top.set_title(title)
+    if k <= 50:
+        ax.set_title(title)
+    if k <= 50:
+        fig.tight_layout()
     out = Path(out)
     from .io import atomic_write
     atomic_write(out, lambda f: fig.savefig(f, format=out.suffix.lstrip(".") or "png", dpi=120), mode="wb")

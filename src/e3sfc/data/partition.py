@@ -7,24 +7,34 @@ import numpy as np
 from ..errors import ConfigError
 
 
+MIN_PARTITION = 1   # samples a client must get
+MAX_DRAWS = 1000    # Dirichlet draws tried before giving up
+
+
 def dirichlet_partition(labels: np.ndarray, clients: int, alpha: float, seed: int) -> list[np.ndarray]:
     """Per class, proportions ~ Dirichlet(alpha * 1_K) over clients.
 
     Returns one sorted index array per client; together they cover every sample
-    exactly once. Raises ConfigError when some client would get no data.
+    exactly once. A draw that leaves some client with fewer than ``MIN_PARTITION``
+    samples is drawn again from the same seeded stream (at most ``MAX_DRAWS`` times,
+    then a ConfigError), so a seed whose first draw gives everyone data keeps its split.
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B11]))
-    parts: list[list[np.ndarray]] = [[] for _ in range(clients)]
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        rng.shuffle(idx)
-        p = rng.dirichlet(np.full(clients, alpha))
-        cuts = (np.cumsum(p)[:-1] * len(idx)).astype(np.int64)
-        for k, chunk in enumerate(np.split(idx, cuts)):
-            parts[k].append(chunk)
-    out = [np.sort(np.concatenate(p)) for p in parts]
-    _check_nonempty(out, f"--alpha {alpha}")
+    classes = np.unique(labels)
+    for _ in range(MAX_DRAWS):
+        parts: list[list[np.ndarray]] = [[] for _ in range(clients)]
+        for c in classes:
+            idx = np.flatnonzero(labels == c)
+            rng.shuffle(idx)
+            p = rng.dirichlet(np.full(clients, alpha))
+            cuts = (np.cumsum(p)[:-1] * len(idx)).astype(np.int64)
+            for k, chunk in enumerate(np.split(idx, cuts)):
+                parts[k].append(chunk)
+        out = [np.sort(np.concatenate(p)) for p in parts]
+        if min(len(p) for p in out) >= MIN_PARTITION:
+            return out
+    _check_nonempty(out, f"--alpha {alpha} ({MAX_DRAWS} draws)")
     return out
 
 
