@@ -117,42 +117,79 @@ def _pyplot():
     return plt
 
 
+_NOT_THE_SETTING = ("seed", "out", "threads", "checkpoint_every", "device", "eval_every", "data_dir")
+
+
+def _series(runs: Sequence[Run]) -> list[tuple[str, list[Run]]]:
+    """Runs that differ only in their seed, as one series (label: the run name without its seed)."""
+    import re
+    groups: dict[str, list[Run]] = {}
+    labels: dict[str, str] = {}
+    for run in runs:
+        key = json.dumps({k: v for k, v in run.config.items() if k not in _NOT_THE_SETTING}, sort_keys=True)
+        groups.setdefault(key, []).append(run)
+        labels.setdefault(key, re.sub(r"-seed\d+", "", run.label))
+    return [(labels[k] + (f" ({len(v)} seeds)" if len(v) > 1 else ""), v) for k, v in groups.items()]
+
+
+def _title(runs: Sequence[Run]) -> str:
+    """What the runs share: dataset, model, Dirichlet alpha (or the alphas), rounds."""
+    def one(key: str, fmt: str) -> str | None:
+        vals = sorted({str(r.config.get(key)) for r in runs})
+        return fmt.format(", ".join(vals)) if vals and vals != ["None"] else None
+    parts = [one("dataset", "{}"), one("model", "{}"), one("alpha", "Dirichlet alpha {}"), one("rounds", "{} rounds")]
+    return " / ".join(p for p in parts if p)
+
+
 def plot_runs(runs: Sequence[Run], out: str | Path, metric: str = "accuracy") -> Path:
-    """Three panels: ``metric`` against rounds, against cumulative uplink MB, and against up+down MB."""
+    """Three panels: ``metric`` against rounds, against cumulative uplink MB, and against up+down MB.
+    One colour per method, one line style per variant of a method; runs that differ only in their
+    seed are drawn as their mean with a band from the lowest to the highest seed. The title says
+    what the runs share; the legend sits outside the data. Cosine metrics leave out FedAvg (1 by
+    definition)."""
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
     if metric not in METRICS:
         raise ConfigError(f"--metric: {metric!r} is not allowed; expected one of {', '.join(METRICS)}")
+    if "cosine" in metric:
+        runs = [r for r in runs if r.config.get("method") != "fedavg"]
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    # more than 10 runs: 20 distinct colours, then a second line style, so no two runs look alike
-    colors = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20").colors
-    styles = ("-", "--", ":", "-.")
-    for i, run in enumerate(runs):
-        look = {"color": colors[i % len(colors)], "linestyle": styles[(i // len(colors)) % len(styles)]}
-        ys = run.series(metric)
-        pts = [(r, y) for r, y in zip(run.rows, ys) if y is not None]
-        if not pts:
+    series = _series(runs)
+    methods = list(dict.fromkeys(group[0].config.get("method", "?") for _, group in series))
+    colors = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors
+    styles = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
+    variants: dict[str, int] = {}
+    for label, group in series:
+        method = group[0].config.get("method", "?")
+        n = variants[method] = variants.get(method, -1) + 1
+        look = {"color": colors[methods.index(method) % len(colors)], "linestyle": styles[n % len(styles)],
+                "marker": None if n < len(styles) else "o", "markevery": 10, "markersize": 3}
+        rows = [{r["round"]: r for r in run.rows if r.get(metric) is not None} for run in group]
+        common = sorted(set.intersection(*(set(r) for r in rows))) if rows else []
+        if not common:
             continue
-        rs = [r["round"] for r, _ in pts]
-        up = [r["cum_uplink_bytes"] / 1e6 for r, _ in pts]
-        both = [(r["cum_uplink_bytes"] + r["cum_downlink_bytes"]) / 1e6 for r, _ in pts]
-        vals = [y for _, y in pts]
-        axes[0].plot(rs, vals, label=run.label, **look)
-        axes[1].plot(up, vals, label=run.label, **look)
-        axes[2].plot(both, vals, label=run.label, **look)
+        vals = np.array([[r[t][metric] for t in common] for r in rows], dtype=float)
+        up = np.mean([[r[t]["cum_uplink_bytes"] / 1e6 for t in common] for r in rows], axis=0)
+        both = np.mean([[(r[t]["cum_uplink_bytes"] + r[t]["cum_downlink_bytes"]) / 1e6 for t in common]
+                        for r in rows], axis=0)
+        for ax, xs in zip(axes, (np.array(common), up, both)):
+            ax.plot(xs, vals.mean(0), label=label, **look)
+            if len(group) > 1:
+                ax.fill_between(xs, vals.min(0), vals.max(0), color=look["color"], alpha=0.15, linewidth=0)
     for ax, xl in zip(axes, ("round", "cumulative uplink MB (log)", "cumulative uplink + downlink MB (log)")):
         ax.set_xlabel(xl)
         ax.set_ylabel(metric)
         ax.grid(True, alpha=0.3)
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].set_xscale("log")
     axes[2].set_xscale("log")
-    if len(runs) <= 12:
-        axes[0].legend(fontsize=8)
-        fig.tight_layout()
-    else:  # many runs: one legend to the right of the plots, in columns
-        fig.tight_layout()
-        handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,
-                   ncol=(len(runs) + 19) // 20)
+    fig.suptitle(_title(runs))
+    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               ncol=max(1, (len(labels) + 19) // 20))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from .io import atomic_write
