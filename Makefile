@@ -20,6 +20,7 @@ demo: data
 test: data
 	$(BIN)/ruff check src tests benchmarks experiments
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m slow
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks experiments

@@ -20,6 +20,7 @@ def _strip(rows):
     return [{k: v for k, v in r.items() if not any(s in k for s in SKIP)} for r in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["3sfc", "e3sfc"])
 def test_flower_simulation_writes_the_same_metrics(method, tmp_path):
     from e3sfc.flower import run_flower_simulation
@@ -52,6 +53,7 @@ def test_server_skips_a_malformed_reply_and_goes_on():
     assert stats["rejected"] == 2
 
 
+@pytest.mark.slow
 def test_deployment_tls_and_supernode_auth(tmp_path):
     """SuperLink + 2 registered SuperNodes on 127.0.0.1 over TLS with SuperNode authentication, two rounds of
     E-3SFC through `flwr run`; a third SuperNode with an unregistered key is refused."""

@@ -14,6 +14,7 @@ pytest.importorskip("sklearn")
 APP = Path(__file__).resolve().parents[1] / "examples" / "flower-app"
 
 
+@pytest.mark.slow
 def test_example_app_compresses_and_learns(monkeypatch):
     monkeypatch.syspath_prepend(str(APP))
     for name in [m for m in sys.modules if m.startswith("flower_app")]:

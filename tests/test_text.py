@@ -255,6 +255,7 @@ def test_every_method_runs_on_the_text_models(tmp_path, model):
         assert sim.metrics[-1]["uplink_bytes"] == 2 * sim.server.compressor.payload_bytes(sim.server.context(1, None))
 
 
+@pytest.mark.slow
 def test_text_on_the_flower_engine(tmp_path):
     pytest.importorskip("flwr")
     from e3sfc.flower import run_flower_simulation

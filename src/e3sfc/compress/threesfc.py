@@ -6,28 +6,19 @@ Encoder: find x (M, *input_shape), y (M, C) minimising
 with g(x, y) = grad_w L(w_t; x, y) (double backprop), by L-BFGS (lr 1,
 ``max_iter`` per step, history 100, no line search) for ``steps`` steps,
 keeping the best iterate seen (lowest objective; NaN never chosen).
-Speed (issue 7, benchmarks/RESULTS.md), three measured changes that keep the
-algorithm:
+Speed: three changes that keep the algorithm (timings in benchmarks/RESULTS.md):
 - the L-BFGS is torch's, rule for rule, with the two-loop recursion in matrix
-  form (:mod:`.lbfgs`): a constant number of tensor operations per iteration
-  instead of 4 per stored pair;
+  form (:mod:`.lbfgs`): a constant number of tensor operations per iteration;
 - the objective's gradient is one backward pass of g with grad_outputs
-  df/dg (:class:`.synth.CosineMatch`) instead of autograd through cos; for
-  Linear/ReLU chains (the MLP) the objective in closed form without forming g
-  (:mod:`.synth_mlp`, about 3x cheaper per evaluation);
-- early stop (ours, ``patience``, default 20): once the search has locked on
+  df/dg (:class:`.synth.CosineMatch`); for Linear/ReLU chains (the MLP) the
+  objective in closed form without forming g (:mod:`.synth_mlp`);
+- early stop (``patience``, default 20): once the search has locked on
   (best |cos| >= ``lock_cos`` = 0.05), it ends after ``patience`` objective
-  evaluations in a row that improved the best objective by less than ``tol``.
-  L-BFGS typically reaches its best iterate within about 20 of its 200
-  evaluations and barely improves after. Some searches sit near cos = 0 for
-  40 to 150 evaluations before they climb; the lock-on rule lets those run as
-  in the reference instead of stopping at a useless iterate. ``patience = 0``
-  runs all evaluations (the reference behaviour). Why 20 and not 10: late in
-  training the targets are harder; on the round-101 targets of two finished
-  runs patience 10 found a mean cosine of 0.081, 20 found 0.085 and the full
-  search 0.087 (43, 59 and 123 evaluations per client;
-  benchmarks/patience.py), and at patience 10 two seeds ended 0.55 points
-  below the full search.
+  evaluations in a row that improved the best objective by less than ``tol``;
+  before lock-on it runs on, since some searches sit near cos = 0 for a while
+  before they climb. ``patience = 0`` runs all evaluations (the reference
+  behaviour). 20 rather than 10 because late-training targets need the longer
+  wait to reach about the full search's cosine (docs/findings.md, "Defaults").
 Then
 alpha = <g*, tau> / ||g*||^2 and the residual is tau - alpha g*, so that
 ||e||^2 = (1 - cos^2) ||tau||^2.
@@ -274,9 +265,8 @@ class E3SFC(ThreeSFC):
     adds the double-way downlink (the server compresses its aggregate the same way)
     and the budget scheduler (docs/design.md §1.2, §1.3). Same wire format as ``3sfc``. The server's
     downlink search has its own early stop, ``downlink_patience`` (default 0: all
-    evaluations): it runs once a round and every client decodes it; with the uplink's
-    patience on the downlink too, E-3SFC's mean accuracy over the last 10 rounds was lower
-    at both seeds tried (43: 0.745 against 0.753; 44: 0.711 against 0.763)."""
+    evaluations): one search a round reaches every client, and an early-stopped one cost
+    accuracy in the runs made to decide it (docs/findings.md, "Defaults")."""
 
     name = "e3sfc"
     method_id = 7
