@@ -132,3 +132,25 @@ def test_fetch_says_where_the_files_are(tmp_path):
     sys.path.insert(0, str(tmp_path))
     r = subprocess.run([sys.executable, "-m", "e3sfc.cli", "fetch", "digits"], capture_output=True, text=True)
     assert r.returncode == 0 and "files in scikit-learn" in r.stdout
+
+
+def test_tensorboard_logging(tmp_path):
+    import importlib.util
+
+    import pytest
+
+    from e3sfc.config import RunConfig
+    from e3sfc.errors import ConfigError
+    from e3sfc.federated import Simulation
+
+    cfg = RunConfig(method="3sfc", dataset="digits", clients=2, rounds=2, steps=1, max_iter=3, tensorboard=True)
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(ConfigError, match="--tensorboard: needs the tensorboard package"):
+            Simulation(cfg, out_dir=tmp_path / "r").run()
+        assert not (tmp_path / "r" / "metrics.jsonl").exists()  # nothing written
+        return
+    Simulation(cfg, out_dir=tmp_path / "r").run()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("accuracy")] == [1, 2] and "uplink_bytes" in acc.Tags()["scalars"]

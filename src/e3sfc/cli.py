@@ -88,6 +88,8 @@ HELP = {
     "threads": "torch CPU threads (0 = torch default)",
     "eval_every": "evaluate on the test split every N rounds (and at the end)",
     "checkpoint_every": "write a checkpoint every N rounds (0 = only at the end)",
+    "tensorboard": "also log every metric to TensorBoard event files in <run folder>/tensorboard (needs the "
+                   "tensorboard extra)",
     "out": "run folder (default runs/<method>-<dataset>-<model>-<time>)",
 }
 
@@ -104,7 +106,7 @@ GROUPS = {
     "downlink and budget (E-3SFC)": ("downlink", "downlink_ratio", "downlink_samples", "downlink_patience", "init",
                                      "schedule", "budget_bytes", "target_cosine", "max_samples", "decay_rate"),
     "robustness": ("norm_clip", "adversary", "adversaries", "round_timeout"),
-    "run control": ("engine", "seed", "device", "threads", "eval_every", "checkpoint_every", "out"),
+    "run control": ("engine", "seed", "device", "threads", "eval_every", "checkpoint_every", "tensorboard", "out"),
 }
 
 

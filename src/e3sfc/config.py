@@ -96,6 +96,7 @@ class RunConfig:
     threads: int = 0
     eval_every: int = 1
     checkpoint_every: int = 0
+    tensorboard: bool = False
     out: str | None = None
 
     def __post_init__(self) -> None:

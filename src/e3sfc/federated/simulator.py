@@ -236,6 +236,22 @@ class Simulation:
             updates += [self.client(k).finish(p, *r, share) for (k, p), r in zip(prepared.items(), results)]
         return self.server.end_round(t, M, updates, true_sum / true_weight if true_weight else None)
 
+    def _tensorboard(self, row: dict) -> None:
+        """``--tensorboard``: the row's numbers as scalars in <run folder>/tensorboard."""
+        if not self.cfg.tensorboard:
+            return
+        if getattr(self, "_tb", None) is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("--tensorboard: needs the tensorboard package (pip install 'e3sfc[tensorboard]')"
+                                  ) from None
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+        for k, v in row.items():
+            if k != "round" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                self._tb.add_scalar(k, v, row["round"])
+        self._tb.flush()
+
     def client_accuracy(self) -> float | None:
         """The authors' client-side evaluation: the mean over all clients of the accuracy of the model
         they receive this round (w_t) on their held-out 20%; None without such splits."""
@@ -249,6 +265,10 @@ class Simulation:
         """Run to ``cfg.rounds`` (or stop after round ``stop_after``, for tests); returns the summary."""
         if self.out_dir is None:
             return self._run(progress, stop_after)
+        if self.cfg.tensorboard:
+            import importlib.util
+            if importlib.util.find_spec("tensorboard") is None:  # say so before anything is written
+                raise ConfigError("--tensorboard: needs the tensorboard package (pip install 'e3sfc[tensorboard]')")
         with locked_run_dir(self.out_dir):
             if self.round == 0:
                 check_reusable(self.out_dir)
@@ -285,6 +305,7 @@ class Simulation:
                 self.metrics.append(row)
                 if self.out_dir is not None:
                     io.write_jsonl(self.out_dir / "metrics.jsonl", self.metrics)
+                    self._tensorboard(row)
             else:
                 self.elapsed += time.perf_counter() - t0
             if self.out_dir is not None and cfg.checkpoint_every and t % cfg.checkpoint_every == 0:
