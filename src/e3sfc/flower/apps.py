@@ -251,7 +251,7 @@ def make_server_app(cfg: RunConfig | None = None, out_dir: str | Path | None = N
             torch.set_num_threads(min(c.threads, os.cpu_count() or 1))
         sim = FlowerSimulation(c, grid, out)
         summary = sim.run()
-        log.warning("e3sfc flower run finished: accuracy %.4f, %d B up, %d B down, folder %s",
+        log.info("e3sfc flower run finished: accuracy %.4f, %d B up, %d B down, folder %s",
                     summary["final_accuracy"], summary["total_uplink_bytes"], summary["total_downlink_bytes"], out)
 
     return app
@@ -261,6 +261,11 @@ def run_flower_simulation(cfg: RunConfig, out_dir: str | Path, num_cpus: int = 2
     """``e3sfc run --engine flower``: the run on Flower's simulation engine (Ray), one virtual node per client."""
     from flwr.simulation import run_simulation
 
+    if not log.isEnabledFor(logging.INFO):  # quiet unless -v: Flower's DEBUG lines stay in Flower's own handler
+        flwr_log = logging.getLogger("flwr")
+        flwr_log.setLevel(logging.WARNING)
+        flwr_log.propagate = False
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's FutureWarning about GPU env vars
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"num_cpus": num_cpus, "include_dashboard": False, "log_to_driver": False}}
     run_simulation(make_server_app(cfg, out_dir), make_client_app(cfg), num_supernodes=cfg.clients,
