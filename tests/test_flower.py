@@ -159,3 +159,20 @@ def test_app_config_lists_every_run_setting():
     assert differs == {"method", "engine", "threads"}
     cfg = config_from_run_config(conf)
     assert cfg.method == "e3sfc" and cfg.engine == "flower" and cfg.threads == 1
+
+
+def test_fewer_nodes_than_clients_stops_in_seconds_with_one_line(tmp_path):
+    import time
+
+    from e3sfc.flower.apps import FewerNodes, FlowerSimulation
+
+    class TwoNodes:
+        def get_node_ids(self):
+            return [11, 12]
+
+    cfg = RunConfig(method="fedavg", dataset="digits", clients=4, rounds=1, engine="flower")
+    t0 = time.time()
+    with pytest.raises(FewerNodes, match=r"--clients: 4 clients but 2 Flower node\(s\) connected .* "
+                                         r"options.num-supernodes = 4"):
+        FlowerSimulation(cfg, TwoNodes(), None, settle_s=1.0)
+    assert time.time() - t0 < 5

@@ -342,7 +342,11 @@ def _run_flower(cfg: RunConfig, out: Path) -> int:
         from .flower import run_flower_simulation
     except ImportError as exc:
         raise ConfigError(f"--engine: 'flower' needs Flower: {exc}") from None
+    from .flower.apps import STOPPED
+    STOPPED.clear()
     run_flower_simulation(cfg, out)
+    if STOPPED and not (out / "summary.json").is_file():
+        raise ConfigError(STOPPED[-1])
     if not (out / "summary.json").is_file():
         raise ConfigError(f"--engine flower: the Flower run did not finish; see the log above and {out}")
     _print_summary(json.loads((out / "summary.json").read_text()), out)

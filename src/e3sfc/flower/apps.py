@@ -165,21 +165,37 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
 
 
 # ---------------------------------------------------------------------------- server side
+STOPPED: list[str] = []  # why the last server app in this process stopped before its first round
+
+
+class FewerNodes(RuntimeError):
+    """Fewer Flower nodes than clients connected."""
+
+
 class FlowerSimulation(Simulation):
     """The in-process simulator's records and server runtime, with clients reached through a Flower Grid."""
 
-    def __init__(self, cfg: RunConfig, grid: Grid, out_dir: str | Path | None, wait_s: float = 900.0):
+    def __init__(self, cfg: RunConfig, grid: Grid, out_dir: str | Path | None, wait_s: float = 900.0,
+                 settle_s: float = 15.0):
         super().__init__(cfg, out_dir=out_dir)
         self.grid = grid
-        self.node_of = self._discover(wait_s)
+        self.node_of = self._discover(wait_s, settle_s)
 
-    def _discover(self, wait_s: float) -> dict[int, int]:
-        """partition id -> node id, asking every node once (waits for the nodes to connect)."""
+    def _discover(self, wait_s: float, settle_s: float) -> dict[int, int]:
+        """partition id -> node id, asking every node once. Waits for K nodes to connect; when fewer are
+        connected and none has joined for ``settle_s`` seconds, stops with one line saying so."""
         deadline = time.time() + wait_s
+        count, since = -1, time.time()
         while True:
             nodes = list(self.grid.get_node_ids())
-            if len(nodes) >= self.cfg.clients or time.time() > deadline:
+            if len(nodes) >= self.cfg.clients:
                 break
+            if len(nodes) != count:
+                count, since = len(nodes), time.time()
+            if time.time() - since > settle_s or time.time() > deadline:
+                raise FewerNodes(f"--clients: {self.cfg.clients} clients but {len(nodes)} Flower node(s) connected "
+                                 f"(none joined in {settle_s:.0f} s); start one SuperNode per client (local "
+                                 f"simulation: options.num-supernodes = {self.cfg.clients}) or lower --clients")
             time.sleep(0.5)
         msgs = [Message(RecordDict({}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
         node_of: dict[int, int] = {}
@@ -249,7 +265,12 @@ def make_server_app(cfg: RunConfig | None = None, out_dir: str | Path | None = N
         c = c.replace(out=str(out), engine="flower")
         if c.threads:
             torch.set_num_threads(min(c.threads, os.cpu_count() or 1))
-        sim = FlowerSimulation(c, grid, out)
+        try:
+            sim = FlowerSimulation(c, grid, out)
+        except FewerNodes as exc:
+            log.error("%s", exc)
+            STOPPED.append(str(exc))  # run_simulation runs this app in the caller's process: the CLI reads it
+            return
         summary = sim.run()
         log.info("e3sfc flower run finished: accuracy %.4f, %d B up, %d B down, folder %s",
                     summary["final_accuracy"], summary["total_uplink_bytes"], summary["total_downlink_bytes"], out)
