@@ -61,7 +61,7 @@ def _trainer(seed: int, n: int):
 def _round(strategy, w_t: ArrayRecord, node: int):
     cfg = ConfigRecord({"lr": 0.1})
     strategy.sent = {1: w_t}
-    cfg["e3sfc-method"], cfg["server-round"] = strategy.codec.method, 1
+    cfg["e3sfc-method"], cfg["server-round"] = strategy.codec.spec, 1
     return Message(RecordDict({"arrays": w_t, "config": cfg}), dst_node_id=node, message_type="train")
 
 
@@ -137,6 +137,7 @@ def test_a_broken_payload_is_dropped_and_the_rest_aggregated():
 def test_method_mismatch_is_an_error():
     mod = compression_mod(Net, (1, 8, 8), 10, "topk", ratio=0.05)
     strategy = CompressedStrategy(FedAvg(), Net, (1, 8, 8), 10, "3sfc", **OPTS)
-    with pytest.raises(ValueError, match="the server compresses with '3sfc', this client with 'topk'"):
+    with pytest.raises(ValueError, match="the server compresses with '3sfc max_iter=5 samples=2 steps=2', "
+                                         "this client with 'topk ratio=0.05'"):
         mod(_round(strategy, ArrayRecord(Net().state_dict()), 1), Context(1, 1, {}, RecordDict(), {}),
             _trainer(1, 20))

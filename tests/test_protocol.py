@@ -163,3 +163,29 @@ def test_no_lambda_on_the_downlink_and_protocol_errors():
     assert downlink_compressor(RunConfig(method="e3sfc", lambd=0.1), ctx).lambd == 0.1
     with pytest.raises(ConfigError, match="--protocol: 'paper' is not allowed; expected one of e3sfc, authors"):
         RunConfig(protocol="paper")
+
+
+def test_a_one_sample_shard_still_trains_under_the_authors_split():
+    from e3sfc.protocol import split_shard
+    train, held = split_shard(AUTHORS, 0, np.array([7]))
+    assert train.tolist() == [7] and len(held) == 0
+    train, held = split_shard(AUTHORS, 0, np.array([], dtype=int))
+    assert len(train) == 0 and len(held) == 0
+
+
+def test_a_checkpoint_written_before_a_setting_existed_resumes(tmp_path):
+    import torch as _torch
+    cfg = RunConfig(**QUICK, method="3sfc", clients=2, rounds=2, checkpoint_every=1)
+    Simulation(cfg, out_dir=tmp_path / "r").run(stop_after=1)
+    ckpt = tmp_path / "r" / "checkpoint.pt"
+    state = _torch.load(ckpt, weights_only=True)
+    for key in ("protocol", "tensorboard", "max_len"):  # as an older version wrote them: absent
+        del state["config"][key]
+    _torch.save(state, ckpt)
+    conf = json.loads((tmp_path / "r" / "config.json").read_text())
+    for key in ("protocol", "tensorboard", "max_len"):
+        del conf[key]
+    (tmp_path / "r" / "config.json").write_text(json.dumps(conf))
+    resumed = Simulation.resume(tmp_path / "r")
+    resumed.run()
+    assert resumed.round == 2

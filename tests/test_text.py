@@ -266,3 +266,20 @@ def test_text_on_the_flower_engine(tmp_path):
     run_flower_simulation(cfg, tmp_path / "run")
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert len(rows) == 2 and all(r["uplink_bytes"] > 0 for r in rows)
+
+
+def test_holdout_is_taken_out_before_the_vocabulary(tmp_path):
+    root = write_csv(tmp_path / "ag", 4, n_train=200, n_test=20)
+    with open(root / "train.csv", "a", newline="", encoding="utf-8") as f:  # document 200: three words of its own
+        csv.writer(f, quoting=csv.QUOTE_ALL).writerow([1, "Solo", "zzzuniqueword here"])
+    full = load_dataset("agnews", str(root), max_len=8)
+
+    def held_out(seed):  # the holdout's permutation: is document 200 in the held-out half?
+        perm = np.random.default_rng(np.random.SeedSequence([seed, 0xDA7A])).permutation(201)
+        return 200 in perm[int(round(201 * 0.5)):]
+    out_seed = next(s for s in range(100) if held_out(s))
+    in_seed = next(s for s in range(100) if not held_out(s))
+    held = load_dataset("agnews", str(root), max_len=8, holdout=0.5, seed=out_seed)
+    assert len(held.train_y) == 100 and len(held.test_y) == 101
+    assert held.vocab_size == full.vocab_size - 3  # solo, zzzuniqueword, here: only in the held-out half
+    assert load_dataset("agnews", str(root), max_len=8, holdout=0.5, seed=in_seed).vocab_size == full.vocab_size

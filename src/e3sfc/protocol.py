@@ -65,11 +65,12 @@ def client_train_fraction(cfg: Any) -> float:
 
 def split_shard(cfg: Any, k: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Client k's shard (indices) as (train, evaluation): all and none, or under the authors'
-    protocol int(0.8 n) drawn at random (seeded by the run's seed and k) and the rest."""
+    protocol int(0.8 n) drawn at random (seeded by the run's seed and k; at least 1, where the
+    authors' code would leave a one-sample client nothing to train on) and the rest."""
     if not authors(cfg):
         return idx, idx[:0]
     perm = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x5B11, k])).permutation(len(idx))
-    n = int(len(idx) * CLIENT_TRAIN_FRACTION)
+    n = max(1, int(len(idx) * CLIENT_TRAIN_FRACTION)) if len(idx) else 0  # a 1-sample shard still trains
     return idx[np.sort(perm[:n])], idx[np.sort(perm[n:])]
 
 

@@ -254,8 +254,9 @@ def load_dataset(
     vocab = 0
     if name in TEXT_SOURCES:  # token ids (N, max_len); no input scaling
         xtr, ytr, xte, yte, classes, vocab = load_text(name, data_dir, max_len=max_len, min_freq=min_freq,
-                                                       vocab_size=vocab_size)
+                                                       vocab_size=vocab_size, holdout=holdout, seed=seed)
         scale = None
+        holdout = 0.0  # done, before the vocabulary
     else:
         xtr, ytr, xte, yte, classes, scale = _LOADERS[name](data_dir, emnist_split)
     _check_pair(name, xtr, ytr, classes)

@@ -152,7 +152,8 @@ def download(src: Source, target: Path) -> None:
                 kind = "MD5" if remote.sha256.startswith("md5:") else "SHA-256"
                 raise DataError(
                     f"dataset {src.name!r}: {name} has {kind} {digest.removeprefix('md5:')}, expected "
-                    f"{remote.sha256.removeprefix('md5:')}; the download is corrupt, nothing was kept"
+                    f"{remote.sha256.removeprefix('md5:')}; the download is corrupt or not the file (a web "
+                    f"page instead: fetch {remote.url} in a browser and pass --data-dir), nothing was kept"
                 )
             if remote.extract:
                 with tarfile.open(tmp_path) as tar:

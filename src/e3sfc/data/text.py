@@ -147,14 +147,17 @@ def encode(docs: list[list[str]], vocab: list[str], max_len: int) -> np.ndarray:
 
 
 def load_text(name: str, data_dir: str | None, *, max_len: int = 128, min_freq: int = 1,
-              vocab_size: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+              vocab_size: int = 0, holdout: float = 0.0, seed: int = 0
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
     """(train ids, train labels, test ids, test labels, classes, vocabulary size), from the cache
-    when the same files and settings were read before."""
+    when the same files and settings were read before. ``holdout > 0``: that share of the training
+    documents (seeded, as for images) is the test set, taken out before the vocabulary is built."""
     src, classes = TEXT_SOURCES[name]
     root = _find(src, data_dir)
     paths = [root / f for f in src.files]
     stamp = [(str(p.resolve()), *_stat(p)) for p in paths]
-    key = hashlib.sha256(json.dumps([name, stamp, max_len, min_freq, vocab_size, TOKENIZER_VERSION]).encode())
+    key = hashlib.sha256(json.dumps([name, stamp, max_len, min_freq, vocab_size, holdout, seed if holdout else 0,
+                                     TOKENIZER_VERSION]).encode())
     cached = cache_dir() / "text" / f"{name}-{key.hexdigest()[:16]}.npz"
     if cached.is_file():
         try:
@@ -167,6 +170,11 @@ def load_text(name: str, data_dir: str | None, *, max_len: int = 128, min_freq: 
         (tr_t, tr_y), (te_t, te_y) = _read_imdb(paths[0]), _read_imdb(paths[1])
     else:
         (tr_t, tr_y), (te_t, te_y) = _read_csv(paths[0], classes), _read_csv(paths[1], classes)
+    if holdout > 0:  # the same seeded split as the image sets' holdout
+        perm = np.random.default_rng(np.random.SeedSequence([seed, 0xDA7A])).permutation(len(tr_t))
+        cut = int(round(len(tr_t) * (1 - holdout)))
+        te_t, te_y = [tr_t[i] for i in perm[cut:]], [tr_y[i] for i in perm[cut:]]
+        tr_t, tr_y = [tr_t[i] for i in perm[:cut]], [tr_y[i] for i in perm[:cut]]
     log.info("dataset %s: tokenizing %d + %d documents", name, len(tr_t), len(te_t))
     tr_docs, te_docs = [tokenize(t) for t in tr_t], [tokenize(t) for t in te_t]
     vocab = build_vocab(tr_docs, min_freq, vocab_size)

@@ -266,8 +266,9 @@ class ServerRuntime:
                   true_mean: torch.Tensor | None = None) -> dict[str, float]:
         """Admit the replies (envelope checks), decode, bound and aggregate them, then move the
         model (under a compressed downlink: by exactly the broadcast made for the clients).
-        ``true_mean``: the mean of the participants' uncompressed updates, where the driver has them
-        (in-process); then the aggregate cosines compare what was applied with it."""
+        ``true_mean``: the mean of the participants' uncompressed updates (every participant that
+        trained, replies refused or clipped included: the update FedAvg would have applied), where the
+        driver has them (in-process); then the aggregate cosines compare what was applied with it."""
         ctx = self.context(t, M)
         updates, refused, received = admit(updates, set(self.asked), self.compressor.payload_bytes(ctx), self.sizes)
         for k, n in received.items():

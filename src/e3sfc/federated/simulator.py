@@ -246,15 +246,16 @@ class Simulation:
             except ImportError:
                 raise ConfigError("--tensorboard: needs the tensorboard package (pip install 'e3sfc[tensorboard]')"
                                   ) from None
-            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            # a resumed run rewrites the rounds after its checkpoint: drop their old events
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=row["round"])
         for k, v in row.items():
             if k != "round" and isinstance(v, (int, float)) and not isinstance(v, bool):
                 self._tb.add_scalar(k, v, row["round"])
         self._tb.flush()
 
     def client_accuracy(self) -> float | None:
-        """The authors' client-side evaluation: the mean over all clients of the accuracy of the model
-        they receive this round (w_t) on their held-out 20%; None without such splits."""
+        """The authors' client-side evaluation: the mean, over the clients that hold out any samples, of
+        the accuracy of the model they receive this round (w_t) on their held-out 20%; None without."""
         if not self.client_eval:
             return None
         set_flat(self.model, self.server.weights)
@@ -313,6 +314,9 @@ class Simulation:
             if progress is not None:
                 progress(t, row or {})
         summary = self.summary()
+        if getattr(self, "_tb", None) is not None:
+            self._tb.close()
+            self._tb = None
         if self.out_dir is not None:
             self.save_checkpoint()
             io.write_jsonl(self.out_dir / "ledger.jsonl", self.ledger.rows())
@@ -411,7 +415,8 @@ class Simulation:
         """Shapes and ranges of a checkpoint against this run, before any of it is used."""
         if not isinstance(state, dict) or not isinstance(state.get("server"), dict):
             raise ValueError("not an e3sfc checkpoint")
-        if state.get("config") != self.cfg.to_dict():
+        defaults = RunConfig().to_dict()  # settings added since the checkpoint was written: their defaults
+        if {**defaults, **(state.get("config") or {})} != {**defaults, **self.cfg.to_dict()}:
             raise ValueError("its config differs from config.json")
         if not isinstance(state["round"], int) or not 0 <= state["round"] <= self.cfg.rounds:
             raise ValueError(f"round {state['round']!r} is outside 0..{self.cfg.rounds}")

@@ -61,6 +61,7 @@ class _Codec:
         self.input_shape, self.num_classes = tuple(input_shape), num_classes
         self.method = method
         self.compressor: Compressor = make_compressor(method, **options)
+        self.spec = " ".join([method, *(f"{k}={options[k]}" for k in sorted(options))])  # both ends must agree
 
     def flat(self, arrays: ArrayRecord) -> torch.Tensor:
         """The parameters of an ArrayRecord as one float32 vector (``named_parameters`` order)."""
@@ -103,9 +104,9 @@ def compression_mod(model_fn: Callable[[], nn.Module], input_shape: tuple[int, .
         if msg.metadata.message_type != "train" or len(msg.content.array_records) != 1:
             return call_next(msg, ctx)
         config = next(iter(msg.content.config_records.values()), {})
-        if config.get(METHOD_KEY) not in (None, method):
+        if config.get(METHOD_KEY) not in (None, codec.spec):
             raise ValueError(f"compression_mod: the server compresses with {config.get(METHOD_KEY)!r}, "
-                             f"this client with {method!r}")
+                             f"this client with {codec.spec!r}")
         sent = next(iter(msg.content.array_records.values()))
         w_t = codec.flat(sent)
         reply = call_next(msg, ctx)
@@ -122,6 +123,8 @@ def compression_mod(model_fn: Callable[[], nn.Module], input_shape: tuple[int, .
         blob = codec.compressor.encode(payload)
         if codec.compressor.biased:
             decoded = codec.compressor.decompress(payload, cctx)
+            if not torch.isfinite(decoded).all():  # the server will drop it: keep the whole target
+                decoded = torch.zeros_like(decoded)
             ctx.state[STATE] = ArrayRecord(array_dict={"e": Array((target - decoded).numpy())})
         buffers = {k: trained[k] for k in trained.keys() if k not in codec.names}
         reply.content[key] = ArrayRecord(array_dict=buffers)
@@ -155,7 +158,7 @@ class CompressedStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self.sent = {server_round: arrays}
-        config[METHOD_KEY] = self.codec.method
+        config[METHOD_KEY] = self.codec.spec
         config["server-round"] = server_round
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
