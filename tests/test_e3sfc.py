@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -188,3 +189,40 @@ def test_batch_search_keeps_bytes_ef_identity_and_replicas(method, model, monkey
     if method == "e3sfc":
         for k in range(6):
             assert torch.equal(bat.sync(bat.round + 1, k), bat.weights)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "decay", "adaptive"])
+@pytest.mark.parametrize("rounds", [5, 10, 100])
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_every_schedule_spends_95_to_100_percent_of_the_budget(schedule, rounds, fraction):
+    """The scheduler against the server's cost model: round t commits its participants' uplinks and a
+    broadcast for every client (none after the last round); the budget is 3x the M = 1 minimum."""
+    clients = 10
+    part = max(1, int(clients * fraction + 0.5))
+    up, down = (lambda m: 35 + 794 * m), (lambda m: 35 + 794 * m)  # 8-bit features on 28x28, 10 classes
+
+    def cost(m, last):
+        return part * up(m) + (0 if last else clients * down(m))
+
+    budget = 3 * sum(cost(1, t == rounds) for t in range(1, rounds + 1))
+    sch = BudgetScheduler(schedule, budget, rounds, samples=1, max_samples=64, target_cosine=0.3)
+    committed, rng = 0, np.random.default_rng(rounds)
+    cos = None
+    for t in range(1, rounds + 1):
+        m = sch.choose(t, lambda m: cost(m, t == rounds), budget - committed, cos)
+        committed += cost(m, t == rounds)
+        assert committed <= budget
+        cos = float(rng.uniform(0.05, 0.6))  # what the clients would measure
+    assert committed >= 0.95 * budget, (schedule, rounds, fraction, committed / budget)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "adaptive"])
+def test_a_run_commits_95_to_100_percent_of_its_budget(schedule):
+    cfg = RunConfig(**QUICK, clients=6, fraction=0.5, rounds=6, schedule=schedule, samples=1, feature_bits=8)
+    probe = Simulation(cfg)
+    per_round = probe.server.round_cost(1, 3, 0, last=False)
+    budget = 3 * 6 * per_round
+    sim = Simulation(cfg.replace(budget_bytes=budget))
+    sim.run()
+    committed = sim.ledger.total("up") + sim.ledger.total("down") + int(sim.server.downlink.owed.sum())
+    assert 0.95 * budget <= committed <= budget, (committed / budget, sim.schedule_log)

@@ -3,19 +3,29 @@
 The paper names a scheduler that spreads a communication budget over rounds but
 does not publish its formula. Ours: the knob is M_t, the number of synthetic
 samples per payload in round t, and the caller gives ``cost(M)``: the bytes that
-round t commits at M (its uplink plus every downlink copy it will cause).
+round t commits at M (its uplinks, the full models it sends, and one broadcast
+for every client under a compressed downlink; none after the last round) and
+``remaining``: the budget less what earlier rounds committed (sent or owed).
 
-Schedules:
-- ``constant``: M_t = ``samples`` without a budget; with one, the largest M with
-  cost(M) <= remaining / rounds_left (leftovers carry to later rounds, so the
-  budget is spent, not wasted).
-- ``decay``: front-loaded. Round t's share of what remains is
-  gamma^(t-1) / sum_{s>=t} gamma^(s-1); without a budget M_t = round(samples gamma^(t-1)).
-- ``adaptive``: M_t = M_{t-1} + 1 when the last round's mean |cos| fell below
-  ``target_cosine``, M_{t-1} - 1 when above (within 1..max_samples).
+With a budget every schedule paces it: round t may spend its share of what is
+left for the rounds that are left, allowance_t = remaining / rounds_left x s_t,
+and takes the largest M whose cost fits (at least 1; the last round takes
+everything that fits). What the rounds before left unspent is in ``remaining``,
+so it carries forward and the budget is spent. The shape s_t is where the
+schedules differ:
+- ``constant``: s_t = 1 (an even spread).
+- ``decay``: s_t = gamma^(t-1) / mean_{u>=t} gamma^(u-1) (front-loaded).
+- ``adaptive``: s_t = clip(target_cosine / c_{t-1}, 1/2, 2), c_{t-1} the mean
+  compression cosine the clients measured last round: rounds whose updates
+  compress worse than the target get more samples, rounds that compress
+  better give some back (s_1 = 1).
+Without a budget: ``constant`` sends ``samples``; ``decay`` round(samples
+gamma^(t-1)); ``adaptive`` moves M by one sample a round towards the target
+cosine (within 1..max_samples).
 
 Guarantee (tested): every choice leaves enough for M = 1 in each remaining
-round, so cumulative bytes never exceed the budget.
+round, so what a run commits never exceeds the budget; over 5 to 100 rounds at
+full and partial participation every schedule commits at least 95% of it.
 """
 
 from __future__ import annotations
@@ -63,26 +73,37 @@ class BudgetScheduler:
                last_cosine: float | None = None) -> int:
         """M_t for round t (1-based); ``remaining`` = budget minus bytes committed so far."""
         rounds_left = self.rounds - t + 1
-        if self.schedule == "adaptive":
-            m = self.samples if self.last is None else self.last
-            if last_cosine is not None and self.last is not None:
-                m = m + 1 if last_cosine < self.target_cosine else m - 1
-            m = min(max(m, 1), self.max_samples)
-        elif self.budget is None:
-            m = self.samples if self.schedule == "constant" else max(1, round(self.samples * self.gamma ** (t - 1)))
-        elif self.schedule == "constant":
-            m = self._largest(cost, remaining / rounds_left)
-        else:  # decay
-            weights = [self.gamma ** (s - 1) for s in range(t, self.rounds + 1)]
-            m = self._largest(cost, remaining * weights[0] / sum(weights))
-        if self.budget is not None:
-            assert remaining is not None
-            safe = self._largest(cost, remaining - (rounds_left - 1) * cost(1))
-            if safe < 1:
-                raise RuntimeError(f"budget exhausted before round {t}: {remaining} bytes left")
-            m = min(max(m, 1), safe)
+        if self.budget is None:
+            if self.schedule == "adaptive":
+                m = self.samples if self.last is None else self.last
+                if last_cosine is not None and self.last is not None:
+                    m = m + 1 if last_cosine < self.target_cosine else m - 1
+                m = min(max(m, 1), self.max_samples)
+            elif self.schedule == "constant":
+                m = self.samples
+            else:
+                m = max(1, round(self.samples * self.gamma ** (t - 1)))
+            self.last = m
+            return m
+        assert remaining is not None
+        allowance = remaining / rounds_left * self.shape(t, last_cosine)
+        if rounds_left == 1:
+            allowance = remaining  # the last round: whatever is left
+        safe = self._largest(cost, remaining - (rounds_left - 1) * cost(1))
+        if safe < 1:
+            raise RuntimeError(f"budget exhausted before round {t}: {remaining} bytes left")
+        m = min(max(self._largest(cost, allowance), 1), safe)
         self.last = m
         return m
+
+    def shape(self, t: int, last_cosine: float | None) -> float:
+        """s_t: this round's multiple of an even share of what is left (see the module docstring)."""
+        if self.schedule == "decay":
+            weights = [self.gamma ** (s - 1) for s in range(t, self.rounds + 1)]
+            return weights[0] * len(weights) / sum(weights)
+        if self.schedule == "adaptive" and last_cosine is not None and last_cosine > 0:
+            return min(2.0, max(0.5, self.target_cosine / last_cosine))
+        return 1.0
 
     def state_dict(self) -> dict:
         return {"last": self.last}
