@@ -18,12 +18,12 @@ demo: data
 	bash scripts/demo.sh $(BIN)
 
 test: data
-	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff check src tests benchmarks experiments examples
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q -m slow
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff check src tests benchmarks experiments examples
 
 bench: data
 	$(BIN)/python benchmarks/round_time.py
