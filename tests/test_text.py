@@ -283,3 +283,16 @@ def test_holdout_is_taken_out_before_the_vocabulary(tmp_path):
     assert len(held.train_y) == 100 and len(held.test_y) == 101
     assert held.vocab_size == full.vocab_size - 3  # solo, zzzuniqueword, here: only in the held-out half
     assert load_dataset("agnews", str(root), max_len=8, holdout=0.5, seed=in_seed).vocab_size == full.vocab_size
+
+
+def test_transformer_e3sfc_resume_equals_no_stop(tmp_path):
+    root = str(write_csv(tmp_path / "ag", 4, n_train=40, n_test=12))
+    cfg = RunConfig(dataset="agnews", data_dir=root, model="transformer", method="e3sfc", clients=2, rounds=3,
+                    max_len=8, steps=1, max_iter=3, threads=1, checkpoint_every=1)
+    whole = Simulation(cfg)
+    whole.run()
+    stopped = Simulation(cfg, out_dir=tmp_path / "r")
+    stopped.run(stop_after=1)
+    resumed = Simulation.resume(tmp_path / "r")
+    resumed.run()
+    assert torch.equal(resumed.weights, whole.weights)
