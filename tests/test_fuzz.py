@@ -26,7 +26,10 @@ def _ctx():
 
 
 EXTRA = {"3sfc-fp16": ("3sfc", {"feature_bits": 16, "samples": 2}),
-         "3sfc-int8": ("3sfc", {"feature_bits": 8, "samples": 4})}  # options with formats of their own
+         "3sfc-int8": ("3sfc", {"feature_bits": 8, "samples": 4}),
+         "3sfc-tensor-scales": ("3sfc", {"scales": "tensor", "samples": 2}),
+         "3sfc-int8-tensor-scales": ("3sfc", {"feature_bits": 8, "samples": 4, "scales": "tensor"})}
+# (options with formats of their own)
 CASES_METHODS = [*available_methods(), *EXTRA]
 
 
