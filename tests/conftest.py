@@ -65,3 +65,19 @@ def require_fmnist() -> None:
         if os.environ.get("CI"):
             pytest.fail("real Fashion-MNIST must be installed in CI (make data)")
         pytest.skip("real Fashion-MNIST not installed (run `make data`)")
+
+
+def assert_resume_equals_no_stop(cfg, whole, out_dir: Path, stop_after: int) -> None:
+    """Run ``cfg`` into ``out_dir``, stop after round ``stop_after``, resume from its checkpoint in a new
+    Simulation: same final weights and the same metrics (timings aside) as ``whole``, the run that never
+    stopped."""
+    import torch
+
+    from e3sfc.federated import Simulation
+
+    Simulation(cfg, out_dir=out_dir).run(stop_after=stop_after)
+    resumed = Simulation.resume(out_dir)
+    resumed.run()
+    assert torch.equal(resumed.weights, whole.weights)
+    strip = [{k: v for k, v in r.items() if "seconds" not in k} for r in whole.metrics]
+    assert [{k: v for k, v in r.items() if "seconds" not in k} for r in resumed.metrics] == strip

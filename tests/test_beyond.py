@@ -19,6 +19,7 @@ from e3sfc.config import RunConfig
 from e3sfc.errors import ConfigError
 from e3sfc.federated import Simulation, get_flat
 from e3sfc.models import build_model
+from conftest import assert_resume_equals_no_stop
 
 QUICK = dict(dataset="digits", model="mlp", batch_size=32, lr=0.05, steps=2, max_iter=5, threads=1)
 
@@ -186,13 +187,7 @@ def test_e3sfc_options_exact_bytes_replicas_and_resume(name, tmp_path):
     for t in range(1, 5):  # every blob in the history has the broadcast's size
         if t in whole.server.downlink.history:
             assert len(whole.server.downlink.history[t][0]) == down
-    stopped = Simulation(cfg, out_dir=tmp_path / "r")
-    stopped.run(stop_after=2)
-    resumed = Simulation.resume(tmp_path / "r")
-    resumed.run()
-    assert torch.equal(resumed.weights, whole.weights)
-    strip = [{k: v for k, v in r.items() if "seconds" not in k} for r in whole.metrics]
-    assert [{k: v for k, v in r.items() if "seconds" not in k} for r in resumed.metrics] == strip
+    assert_resume_equals_no_stop(cfg, whole, tmp_path / "r", stop_after=2)
 
 
 def test_one_way_3sfc_with_options_resumes(tmp_path):
@@ -200,11 +195,7 @@ def test_one_way_3sfc_with_options_resumes(tmp_path):
                     warm_start=True, samples=2)
     whole = Simulation(cfg)
     whole.run()
-    stopped = Simulation(cfg, out_dir=tmp_path / "r")
-    stopped.run(stop_after=1)
-    resumed = Simulation.resume(tmp_path / "r")
-    resumed.run()
-    assert torch.equal(resumed.weights, whole.weights)
+    assert_resume_equals_no_stop(cfg, whole, tmp_path / "r", stop_after=1)
 
 
 def test_bad_values_are_one_clear_error():

@@ -14,6 +14,7 @@ from e3sfc.config import RunConfig
 from e3sfc.errors import ConfigError, PayloadError
 from e3sfc.federated import Simulation, get_flat
 from e3sfc.models import build_model
+from conftest import assert_resume_equals_no_stop
 
 QUICK = dict(dataset="digits", model="mlp", batch_size=32, lr=0.05, steps=2, max_iter=5, threads=1)
 
@@ -68,13 +69,7 @@ def test_e3sfc_replicas_bit_identical_and_resume_equals_no_stop(bits, tmp_path):
     whole.run()
     for k in range(6):
         assert torch.equal(whole.sync(whole.round + 1, k), whole.weights)
-    stopped = Simulation(cfg, out_dir=tmp_path / "r")
-    stopped.run(stop_after=2)
-    resumed = Simulation.resume(tmp_path / "r")
-    resumed.run()
-    assert torch.equal(resumed.weights, whole.weights)
-    strip = [{k: v for k, v in r.items() if "seconds" not in k} for r in whole.metrics]
-    assert [{k: v for k, v in r.items() if "seconds" not in k} for r in resumed.metrics] == strip
+    assert_resume_equals_no_stop(cfg, whole, tmp_path / "r", stop_after=2)
 
 
 def test_decoders_refuse_wrong_fields():

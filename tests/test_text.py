@@ -22,6 +22,7 @@ from e3sfc.data import text as textdata
 from e3sfc.errors import DataError
 from e3sfc.federated import Simulation, get_flat
 from e3sfc.models import build_model, num_params, synthetic_shape
+from conftest import assert_resume_equals_no_stop
 
 
 def write_csv(root: Path, classes: int, n_train: int = 240, n_test: int = 80, seed: int = 0) -> Path:
@@ -176,11 +177,7 @@ def test_short_run_learns_and_e3sfc_replicas_and_resume(tmp_path):
     whole.run()
     for k in range(3):
         assert torch.equal(whole.sync(whole.round + 1, k), whole.weights)
-    stopped = Simulation(cfg, out_dir=tmp_path / "r")
-    stopped.run(stop_after=1)
-    resumed = Simulation.resume(tmp_path / "r")
-    resumed.run()
-    assert torch.equal(resumed.weights, whole.weights)
+    assert_resume_equals_no_stop(cfg, whole, tmp_path / "r", stop_after=1)
 
 
 @pytest.mark.parametrize("model", ["textbag", "transformer"])
@@ -291,8 +288,4 @@ def test_transformer_e3sfc_resume_equals_no_stop(tmp_path):
                     max_len=8, steps=1, max_iter=3, threads=1, checkpoint_every=1)
     whole = Simulation(cfg)
     whole.run()
-    stopped = Simulation(cfg, out_dir=tmp_path / "r")
-    stopped.run(stop_after=1)
-    resumed = Simulation.resume(tmp_path / "r")
-    resumed.run()
-    assert torch.equal(resumed.weights, whole.weights)
+    assert_resume_equals_no_stop(cfg, whole, tmp_path / "r", stop_after=1)
