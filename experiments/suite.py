@@ -148,6 +148,14 @@ def groups(root: Path) -> dict[str, dict[str, list[str]]]:
                        ("e3sfc", ["--method", "e3sfc"]), ("topk", ["--method", "topk", "--ratio", "0.01"])):
         faithful[f"{name}-authors"] = ["--config", "configs/authors.toml", *args]
         faithful[f"{name}-e3sfc"] = ["--config", "configs/reference.toml", *args]
+    budget = {}  # issue 22: the schedules against each other at equal total bytes
+    for b in (BUDGET, BUDGET // 2):
+        for a in ("1.0", "0.1"):
+            for sch in ("constant", "decay", "adaptive"):
+                for s in (42, 43):
+                    budget[f"{sch}-{b // 1000}k-alpha{a}-seed{s}"] = [
+                        *ref["e3sfc"], "--schedule", sch, "--budget-bytes", str(b), "--target-cosine", "0.3",
+                        "--alpha", a, "--seed", str(s)]
     text = {}  # runs only where the files are (text_files_present)
     for ds in TEXT_SETS:
         for name, args in (("fedavg", ["--method", "fedavg"]), ("3sfc", ["--method", "3sfc"]),
@@ -159,7 +167,8 @@ def groups(root: Path) -> dict[str, dict[str, list[str]]]:
             text[f"{ds}-transformer-{name}"] = ["--config", "configs/text.toml", "--dataset", ds, "--model",
                                                 "transformer", "--method", name]
     return {"reference": ref, "convnet": conv, "noniid": sweep, "seeds": seeds, "twoway": twoway, "beyond": beyond,
-            "options": options, "convnet-beyond": convnet_beyond, "faithful": faithful, "text": text}
+            "options": options, "convnet-beyond": convnet_beyond, "faithful": faithful, "text": text,
+            "budget": budget}
 
 
 def run_one(out: Path, args: list[str], extra: list[str]) -> tuple[str, int]:
@@ -207,6 +216,8 @@ TITLES = {
                       "two seeds",
     "faithful": "The authors' protocol (configs/authors.toml) beside the project's (configs/reference.toml): "
                 "FedAvg, 3SFC, E-3SFC and Top-k 1% on Fashion-MNIST/MLP, Dirichlet 1.0, 100 rounds, seed 42",
+    "budget": "Budget schedules against each other at equal total bytes: E-3SFC with 12.86 MB and 6.43 MB, "
+              "Dirichlet 1.0 and 0.1, constant, decay and adaptive, two seeds (otherwise the reference setting)",
     "text": "Text: AG News, IMDB and Sogou News with textbag (FedAvg, 3SFC, E-3SFC, Top-k and STC at 3SFC's bytes) "
             "and the transformer (FedAvg, 3SFC), 10 clients, Dirichlet 1.0, 50 rounds (configs/text.toml)",
     "twoway": "Both directions compressed: E-3SFC against Top-k and STC with a compressed downlink (server residual, "
@@ -360,6 +371,22 @@ def faithful_verdicts(rows: list[dict], root: Path) -> list[str]:
     return out
 
 
+def budget_verdicts(rows: list[dict]) -> list[str]:
+    """Per budget and alpha, mean over seeds: decay and adaptive against constant (same bytes within 1%)."""
+    import re
+    by = {r["run"]: r for r in rows}
+    out = []
+    settings = sorted({re.sub(r"^(constant|decay|adaptive)-|-seed\d+$", "", n) for n in by})
+    for setting in settings:
+        base = {s: by[f"constant-{setting}-seed{s}"] for s in (42, 43) if f"constant-{setting}-seed{s}" in by}
+        for sch in ("decay", "adaptive"):
+            me = {s: by[f"{sch}-{setting}-seed{s}"] for s in (42, 43) if f"{sch}-{setting}-seed{s}" in by}
+            line = versus(setting, sch, me, "constant", base)
+            if line:
+                out.append(line)
+    return out
+
+
 def options_verdicts(root: Path, rows: list[dict]) -> list[str]:
     """Per option and alpha, mean over seeds: the option against e3sfc-plus (the beyond group's runs)
     at the same settings and (within 1%) the same total bytes."""
@@ -487,7 +514,8 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
         v = {"seeds": lambda: seed_verdicts(root), "noniid": lambda: noniid_verdicts(rows),
              "twoway": lambda: twoway_verdicts(rows), "beyond": lambda: beyond_verdicts(root, rows),
              "options": lambda: options_verdicts(root, rows),
-             "faithful": lambda: faithful_verdicts(rows, root)}.get(
+             "faithful": lambda: faithful_verdicts(rows, root),
+             "budget": lambda: budget_verdicts(rows)}.get(
             group, lambda: verdicts(rows))()
         if v:
             parts.append("Where the synthesis methods win and lose:\n\n" + "\n".join(v) + "\n")
