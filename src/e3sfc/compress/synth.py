@@ -208,8 +208,9 @@ class CosineMatchBatch:
         tsq = torch.tensor([f.tau_norm ** 2 for f in fs], dtype=G.dtype, device=G.device)
         s, cq, cn = captured(q, n, tsq)
         V = torch.cat([gb * (2 * cn[:, j:j + 1]) for j, gb in enumerate(Gb)], 1)
-        for k, f in enumerate(fs):
-            V[k].addcmul_(f.tau, torch.repeat_interleave(cq[k], torch.tensor(sizes, device=G.device)))
+        counts = torch.tensor(sizes, device=G.device)
+        for k, f in enumerate(fs):  # V[k] += (c_q,l spread over block l) * tau_k
+            V[k].addcmul_(f.tau, torch.repeat_interleave(cq[k], counts))
         return s, V
 
     def _one_scale(self, fs: list[CosineMatch], G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

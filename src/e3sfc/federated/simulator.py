@@ -241,11 +241,7 @@ class Simulation:
         if not self.cfg.tensorboard:
             return
         if getattr(self, "_tb", None) is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ConfigError("--tensorboard: needs the tensorboard package (pip install 'e3sfc[tensorboard]')"
-                                  ) from None
+            from torch.utils.tensorboard import SummaryWriter  # run() checked that tensorboard is there
             # a resumed run rewrites the rounds after its checkpoint: drop their old events
             self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=row["round"])
         for k, v in row.items():

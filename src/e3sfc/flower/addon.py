@@ -58,6 +58,9 @@ class _Codec:
                  method: str, **options: Any):
         self.model = model_fn().eval()
         self.names = [n for n, _ in self.model.named_parameters()]
+        sizes = [p.numel() for p in self.model.parameters()]
+        starts = np.cumsum([0, *sizes[:-1]]).tolist()
+        self.span = {n: (a, a + b) for n, a, b in zip(self.names, starts, sizes)}  # name -> slice of the flat vector
         self.input_shape, self.num_classes = tuple(input_shape), num_classes
         self.method = method
         self.compressor: Compressor = make_compressor(method, **options)
@@ -73,16 +76,11 @@ class _Codec:
 
     def unflat(self, flat: torch.Tensor, like: ArrayRecord) -> ArrayRecord:
         """``like`` with its parameters replaced by ``flat`` (same keys, order and shapes)."""
-        out, off = {}, 0
-        sizes = {n: p.numel() for n, p in self.model.named_parameters()}
-        offsets = {}
-        for n in self.names:
-            offsets[n] = off
-            off += sizes[n]
+        out = {}
         for k in like.keys():
-            if k in offsets:
-                a = like[k].numpy()
-                out[k] = Array(flat[offsets[k]:offsets[k] + sizes[k]].reshape(a.shape).numpy().astype(a.dtype))
+            if k in self.span:
+                a, (lo, hi) = like[k].numpy(), self.span[k]
+                out[k] = Array(flat[lo:hi].reshape(a.shape).numpy().astype(a.dtype))
             else:
                 out[k] = like[k]
         return ArrayRecord(array_dict=out)
