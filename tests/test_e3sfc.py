@@ -154,13 +154,31 @@ def test_downlink_search_has_its_own_patience():
         RunConfig(method="e3sfc", downlink_patience=-1)
 
 
+def test_search_path_is_chosen_automatically_and_overridable():
+    """Unset --batch-search: batched where it was measured faster (any model on a GPU; the MLP and the
+    small convolutional models on a CPU), one at a time elsewhere and under Flower; a flag wins."""
+    auto = {(m, d): RunConfig(model=m, device=d).resolved_batch_search
+            for m in ("mlp", "convnet", "convnet-fast", "lenet", "regnet", "mnistnet", "vgg11", "resnet18")
+            for d in ("cpu", "cuda")}
+    assert [m for (m, d), on in auto.items() if d == "cpu" and on] == ["mlp", "convnet", "convnet-fast", "lenet",
+                                                                       "regnet"]
+    assert all(on for (m, d), on in auto.items() if d == "cuda")
+    assert not RunConfig(engine="flower").resolved_batch_search
+    assert not RunConfig(batch_search=False).resolved_batch_search
+    assert RunConfig(model="resnet18", batch_search=True).resolved_batch_search
+    # what the round runs: the default simulation hands a round's searches over together
+    on, off = (Simulation(RunConfig(**{**QUICK, "method": "3sfc", **kw})) for kw in ({}, {"batch_search": False}))
+    assert on.server.compressor.batch_limit is None and off.server.compressor.batch_limit == 1
+    assert on.summary()["batch_search"] is True and off.summary()["batch_search"] is False
+
+
 @pytest.mark.parametrize("method,model", [("3sfc", "mlp"), ("e3sfc", "mlp"), ("e3sfc", "lenet")])
 def test_batch_search_keeps_bytes_ef_identity_and_replicas(method, model, monkeypatch):
     """--batch-search changes only the order of floating-point sums in the search: the same bytes
     each round, the EF identity per client, and (E-3SFC) bit-identical replicas; cosines close.
     The MLP batches the closed-form objective, LeNet the autograd form (torch.func)."""
     cfg = dict(QUICK, method=method, model=model, clients=6, fraction=0.5, rounds=3)
-    seq = Simulation(RunConfig(**cfg))
+    seq = Simulation(RunConfig(**cfg, batch_search=False))
     seq.run()
     bat = Simulation(RunConfig(**cfg, batch_search=True))
     targets = {}

@@ -52,7 +52,8 @@ HELP = {
     "patience": "3SFC: stop the search after this many evaluations without improvement (0 = never)",
     "downlink_patience": "E-3SFC: the same for the server's downlink search (default 0: its one search a round "
                          "reaches every client, so it runs all evaluations)",
-    "batch_search": "simulator: run a round's 3SFC searches together, their objective evaluations batched",
+    "batch_search": "simulator: run a round's 3SFC searches together, their objective evaluations batched; "
+                    "auto: on for any model on a GPU and for mlp, convnet, convnet-fast, lenet, regnet on a CPU",
     "feature_bits": "3sfc/e3sfc: precision of the synthetic features on the wire: 32 (float32, the published "
                     "algorithm), 16 (float16) or 8 (8-bit with one scale per field); M = 2 at 16 and M = 4 at 8 "
                     "cost what M = 1 costs at 32",
@@ -140,10 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         box = boxes[where.get(f.name, "run control")]
-        default = "unset" if f.default in (None, "") else str(f.default).lower() if str(f.type) == "bool" \
-            else f.default
+        boolean = str(f.type) in ("bool", "bool | None")
+        default = ("auto" if boolean else "unset") if f.default in (None, "") else \
+            str(f.default).lower() if boolean else f.default
         helptext = f"{HELP.get(f.name, '')} (default: {default})"  # flags default to None: config files layer
-        if str(f.type) == "bool":
+        if boolean:
             box.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         else:
             box.add_argument(flag, dest=f.name, default=None, help=helptext, metavar=_metavar(f.name))

@@ -63,7 +63,7 @@ class RunConfig:
     lambd: float = 0.0
     patience: int = 20
     downlink_patience: int = 0
-    batch_search: bool = False
+    batch_search: bool | None = None  # None: automatic (resolved_batch_search)
     feature_bits: int = 32
     warm_start: bool = False
     scales: str = "one"
@@ -121,6 +121,18 @@ class RunConfig:
         return self.downlink_ratio or self.ratio
 
     @property
+    def resolved_batch_search(self) -> bool:
+        """Whether a round's 3SFC searches run together (``--batch-search``); unset: automatic, on where
+        the batched objective was measured faster (benchmarks/RESULTS.md): any model on a GPU, and on a
+        CPU the MLP (closed form) and the small convolutional models (``FAST_SEARCH_CPU``). Off for the
+        Flower engine, whose clients search apart."""
+        if self.batch_search is not None:
+            return self.batch_search
+        if self.engine != "inprocess":
+            return False
+        return self.device == "cuda" or self.model in FAST_SEARCH_CPU
+
+    @property
     def sized_by_samples(self) -> bool:
         """Whether the uplink payload grows with ``samples`` (what the budget scheduler sizes)."""
         return get_compressor_class(self.method).sized_by_samples
@@ -171,6 +183,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         data = {**{k: v for k, v in data.items() if k != "run"}, **data["run"]}
     return data
 
+
+# Models whose batched 3SFC objective beat ten separate ones on a CPU (benchmarks/batch_objective.py:
+# MLP 3.5x, ConvNet 1.9x, LeNet 2.3x, RegNet 1.6x); MNISTNet gained nothing, VGG-11 and ResNet-18 lost.
+FAST_SEARCH_CPU = ("mlp", "convnet", "convnet-fast", "lenet", "regnet")
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 

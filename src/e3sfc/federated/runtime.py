@@ -69,7 +69,8 @@ def make_context(cfg: RunConfig, model: nn.Module, weights: torch.Tensor, input_
 
 def uplink_compressor(cfg: RunConfig, ctx: Context) -> Compressor:
     """The run's method with its own options from the run settings (``--ratio match:M`` resolved at ``ctx``)."""
-    return build_compressor(cfg.method, {**cfg.to_dict(), "select": protocol.selection(cfg)}, cfg.ratio, ctx)
+    return build_compressor(cfg.method, {**cfg.to_dict(), "batch_search": cfg.resolved_batch_search,
+                                        "select": protocol.selection(cfg)}, cfg.ratio, ctx)
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor | None) -> float:
