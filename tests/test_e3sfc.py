@@ -117,10 +117,54 @@ def test_schedule_choices_are_recorded(tmp_path):
 
 def test_adaptive_moves_against_the_cosine():
     s = BudgetScheduler("adaptive", None, rounds=5, samples=3, max_samples=8, target_cosine=0.5)
-    cost = lambda m: m  # noqa: E731
-    assert s.choose(1, cost) == 3
-    assert s.choose(2, cost, last_cosine=0.2) == 4
-    assert s.choose(3, cost, last_cosine=0.9) == 3
+    cost = lambda m, d: m + d  # noqa: E731
+    assert s.choose(1, cost) == (3, 3)
+    assert s.choose(2, cost, last_cosine=0.2) == (4, 4)
+    assert s.choose(3, cost, last_cosine=0.9) == (3, 3)
+
+
+def test_adaptive_splits_the_round_between_directions_by_hand():
+    """Per-sample capture from the last round's cosines (both measured at M = 2): up c = 0.8 gives
+    e_up = 1 - 0.36^(1/2) = 0.4, down c = 0.6 gives e_down = 1 - 0.64^(1/2) = 0.2. A round of 10
+    rounds' budget allows 8 samples at equal prices; E_up x E_down over the pairs that fit:
+    (4, 4) 0.8704 x 0.5904 = 0.5139, (3, 5) 0.784 x 0.6723 = 0.5271, (2, 6) 0.64 x 0.7379 = 0.4723:
+    (3, 5). When the broadcast costs 3x a payload (partial participation) and compresses better
+    (e_up 0.2, e_down 0.4), u + 3d <= 16: (4, 4) 0.5904 x 0.8704 = 0.5139, (7, 3) 0.7903 x 0.784 =
+    0.6196, (10, 2) 0.8926 x 0.64 = 0.5713: (7, 3)."""
+    from e3sfc.federated.budget import captured, per_sample
+
+    assert per_sample(0.8, 2) == pytest.approx(0.4) and per_sample(0.6, 2) == pytest.approx(0.2)
+    assert captured(0.4, 3) * captured(0.2, 5) == pytest.approx(0.784 * 0.67232)
+    s = BudgetScheduler("adaptive", 10 * 8, rounds=10, max_samples=64, last=2, last_down=2)
+    assert s.choose(1, lambda u, d: u + d, remaining=80, last_cosine=0.8, last_down_cosine=0.6) == (3, 5)
+    s = BudgetScheduler("adaptive", 10 * 16, rounds=10, max_samples=64, last=2, last_down=2)
+    assert s.choose(1, lambda u, d: u + 3 * d, remaining=160, last_cosine=0.6, last_down_cosine=0.8) == (7, 3)
+    # constant and decay send the same M both ways; a fixed broadcast M is left alone
+    c = BudgetScheduler("constant", 80, rounds=10, max_samples=64)
+    assert c.choose(1, lambda u, d: u + d, remaining=80, last_cosine=0.8, last_down_cosine=0.6) == (4, 4)
+    assert c.choose(1, lambda u, d: u + d, remaining=80, down_fixed=6) == (2, 6)
+    a = BudgetScheduler("adaptive", 80, rounds=10, max_samples=64, last=2)
+    assert a.choose(1, lambda u, d: u + d, remaining=80, last_cosine=0.8, last_down_cosine=0.6, down_fixed=6)[1] == 6
+
+
+def test_adaptive_run_logs_both_directions(tmp_path):
+    """A run under the adaptive schedule records the uplink and broadcast M per round (metrics, summary,
+    the ledger's bytes each way agree with them) and resumes to the same choices."""
+    cfg = RunConfig(**QUICK, clients=4, rounds=4, schedule="adaptive", budget_bytes=4 * 2 * 4 * synth_bytes(3),
+                    checkpoint_every=1)
+    sim = Simulation(cfg, out_dir=tmp_path / "a")
+    summary = sim.run()
+    rows = read_jsonl(tmp_path / "a" / "metrics.jsonl")
+    ups, downs = summary["samples_per_round"], summary["downlink_samples_per_round"]
+    assert [r["samples"] for r in rows] == ups and [r["downlink_samples"] for r in rows] == downs
+    for t, (u, d) in enumerate(zip(ups, downs), start=1):
+        assert sum(sim.ledger.per_client(t, "up").values()) == 4 * synth_bytes(u)
+        if t < cfg.rounds:  # round t's broadcast reaches the clients as round t + 1's catch-up
+            assert sum(sim.ledger.per_client(t + 1, "down").values()) == 4 * synth_bytes(d)
+    b = Simulation(cfg, out_dir=tmp_path / "b")
+    b.run(stop_after=2)
+    b = Simulation.resume(tmp_path / "b")
+    assert b.run()["downlink_samples_per_round"] == downs and b.schedule_log == ups
 
 
 def test_e3sfc_resume_equals_no_stop(tmp_path):
@@ -219,18 +263,18 @@ def test_every_schedule_spends_95_to_100_percent_of_the_budget(schedule, rounds,
     part = max(1, int(clients * fraction + 0.5))
     up, down = (lambda m: 35 + 794 * m), (lambda m: 35 + 794 * m)  # 8-bit features on 28x28, 10 classes
 
-    def cost(m, last):
-        return part * up(m) + (0 if last else clients * down(m))
+    def cost(m, md, last):
+        return part * up(m) + (0 if last else clients * down(md))
 
-    budget = 3 * sum(cost(1, t == rounds) for t in range(1, rounds + 1))
+    budget = 3 * sum(cost(1, 1, t == rounds) for t in range(1, rounds + 1))
     sch = BudgetScheduler(schedule, budget, rounds, samples=1, max_samples=64, target_cosine=0.3)
     committed, rng = 0, np.random.default_rng(rounds)
-    cos = None
+    cos = down_cos = None
     for t in range(1, rounds + 1):
-        m = sch.choose(t, lambda m: cost(m, t == rounds), budget - committed, cos)
-        committed += cost(m, t == rounds)
+        m, md = sch.choose(t, lambda m, md: cost(m, md, t == rounds), budget - committed, cos, down_cos)
+        committed += cost(m, md, t == rounds)
         assert committed <= budget
-        cos = float(rng.uniform(0.05, 0.6))  # what the clients would measure
+        cos, down_cos = (float(c) for c in rng.uniform(0.05, 0.6, 2))  # what the round would measure
     assert committed >= 0.95 * budget, (schedule, rounds, fraction, committed / budget)
 
 

@@ -11,21 +11,35 @@ With a budget every schedule paces it: round t may spend its share of what is
 left for the rounds that are left, allowance_t = remaining / rounds_left x s_t,
 and takes the largest M whose cost fits (at least 1; the last round takes
 everything that fits). What the rounds before left unspent is in ``remaining``,
-so it carries forward and the budget is spent. The shape s_t is where the
-schedules differ:
-- ``constant``: s_t = 1 (an even spread).
-- ``decay``: s_t = gamma^(t-1) / mean_{u>=t} gamma^(u-1) (front-loaded).
-- ``adaptive``: s_t = clip(target_cosine / c_{t-1}, 1/2, 2), c_{t-1} the mean
-  compression cosine the clients measured last round: rounds whose updates
-  compress worse than the target get more samples, rounds that compress
-  better give some back (s_1 = 1).
-Without a budget: ``constant`` sends ``samples``; ``decay`` round(samples
-gamma^(t-1)); ``adaptive`` moves M by one sample a round towards the target
-cosine (within 1..max_samples).
+so it carries forward and the budget is spent. Under a compressed downlink the
+choice is a pair: the uplink's M (one payload per participant) and the
+broadcast's M (one broadcast billed to every client), priced by ``cost(up,
+down)``. The shape s_t and the split are where the schedules differ:
+- ``constant``: s_t = 1 (an even spread), the same M both ways.
+- ``decay``: s_t = gamma^(t-1) / mean_{u>=t} gamma^(u-1) (front-loaded), the
+  same M both ways.
+- ``adaptive``: s_t = 1, and the round's bytes are split between the directions
+  by what the last round measured. Each direction's cosine c at M samples gives
+  the fraction of the update one sample captures, e = 1 - (1 - c^2)^(1/M), and
+  M samples capture E(M) = 1 - (1 - e)^M of it; the pair that fits and
+  maximises E_up(M_up) x E_down(M_down) (the squared cosine of what the clients
+  apply, if the two losses are independent) is taken. The uplink's cosine is the
+  aggregate one (the mean decoded update against the mean true update) where
+  the driver measures it, else the clients' mean compression cosine; the
+  downlink's is the broadcast's cosine. Round 1, and a round after one without
+  both measurements, splits like ``constant``.
+  (An earlier rule shaped the spend over time instead, s_t = clip(target /
+  c_{t-1}, 1/2, 2): it lost 3.2 points to ``constant`` in the reference setting
+  and was replaced.)
+``--downlink-samples N`` fixes the broadcast's M; the schedules then choose the
+uplink's alone. Without a budget: ``constant`` sends ``samples``; ``decay``
+round(samples gamma^(t-1)); ``adaptive`` moves M by one sample a round towards
+the target cosine (within 1..max_samples), the same M both ways.
 
-Guarantee (tested): every choice leaves enough for M = 1 in each remaining
-round, so what a run commits never exceeds the budget; over 5 to 100 rounds at
-full and partial participation every schedule commits at least 95% of it.
+Guarantee (tested): every choice leaves enough for M = 1 both ways in each
+remaining round, so what a run commits never exceeds the budget; over 5 to 100
+rounds at full and partial participation every schedule commits at least 95% of
+it.
 """
 
 from __future__ import annotations
@@ -47,16 +61,17 @@ class BudgetScheduler:
     max_samples: int = 64
     target_cosine: float = 0.5
     gamma: float = 0.97
-    last: int | None = None          # M of the previous round (adaptive)
+    last: int | None = None          # uplink M of the previous round
+    last_down: int | None = None     # broadcast M of the previous round (adaptive's split)
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"--schedule: {self.schedule!r} is not allowed; expected one of {', '.join(SCHEDULES)}")
 
-    def check(self, cost: Callable[[int], int]) -> None:
+    def check(self, cost: Callable[[int, int], int]) -> None:
         """Refuse a budget too small for one sample per payload in every round."""
         if self.budget is not None:
-            need = cost(1) * self.rounds
+            need = cost(1, 1) * self.rounds
             if need > self.budget:
                 raise ConfigError(
                     f"--budget-bytes: {self.budget} is too small; one synthetic sample per client "
@@ -69,9 +84,13 @@ class BudgetScheduler:
             m += 1
         return m
 
-    def choose(self, t: int, cost: Callable[[int], int], remaining: int | None = None,
-               last_cosine: float | None = None) -> int:
-        """M_t for round t (1-based); ``remaining`` = budget minus bytes committed so far."""
+    def choose(self, t: int, cost: Callable[[int, int], int], remaining: int | None = None,
+               last_cosine: float | None = None, last_down_cosine: float | None = None,
+               down_fixed: int | None = None) -> tuple[int, int]:
+        """(M_up, M_down) for round t (1-based). ``cost(up, down)``: the bytes round t commits;
+        ``remaining`` = budget minus bytes committed so far; ``down_fixed``: the broadcast's M when
+        it is not the scheduler's to choose (``--downlink-samples``, or no compressed downlink)."""
+        pair = (lambda m: (m, down_fixed or m))  # noqa: E731
         rounds_left = self.rounds - t + 1
         if self.budget is None:
             if self.schedule == "adaptive":
@@ -83,30 +102,59 @@ class BudgetScheduler:
                 m = self.samples
             else:
                 m = max(1, round(self.samples * self.gamma ** (t - 1)))
-            self.last = m
-            return m
+            self.last, self.last_down = pair(m)
+            return pair(m)
         assert remaining is not None
-        allowance = remaining / rounds_left * self.shape(t, last_cosine)
+        allowance = remaining / rounds_left * self.shape(t)
         if rounds_left == 1:
             allowance = remaining  # the last round: whatever is left
-        safe = self._largest(cost, remaining - (rounds_left - 1) * cost(1))
-        if safe < 1:
+        limit = remaining - (rounds_left - 1) * cost(1, 1)  # what leaves M = 1 for every later round
+        if cost(*pair(1)) > limit:
             raise RuntimeError(f"budget exhausted before round {t}: {remaining} bytes left")
-        m = min(max(self._largest(cost, allowance), 1), safe)
-        self.last = m
-        return m
+        m = max(self._largest(lambda k: cost(*pair(k)), allowance), 1)
+        choice = pair(min(m, self._largest(lambda k: cost(*pair(k)), limit)))
+        if self.schedule == "adaptive" and down_fixed is None and rounds_left > 1 and last_cosine and \
+                last_down_cosine:
+            choice = self._split(cost, min(allowance, limit), last_cosine, last_down_cosine, choice)
+        self.last, self.last_down = choice
+        return choice
 
-    def shape(self, t: int, last_cosine: float | None) -> float:
+    def _split(self, cost: Callable[[int, int], int], limit: float, c_up: float, c_down: float,
+               even: tuple[int, int]) -> tuple[int, int]:
+        """The (M_up, M_down) within ``limit`` that maximises E_up x E_down (module docstring)."""
+        last_up, last_down = self.last or 1, self.last_down or self.last or 1
+        e_up, e_down = per_sample(c_up, last_up), per_sample(c_down, last_down)
+        best, best_val = even, captured(e_up, even[0]) * captured(e_down, even[1])
+        for up in range(1, self.max_samples + 1):
+            if cost(up, 1) > limit:
+                break
+            down = self._largest(lambda k: cost(up, k), limit)
+            val = captured(e_up, up) * captured(e_down, down)
+            if val > best_val * (1 + 1e-9):
+                best, best_val = (up, down), val
+        return best
+
+    def shape(self, t: int) -> float:
         """s_t: this round's multiple of an even share of what is left (see the module docstring)."""
         if self.schedule == "decay":
             weights = [self.gamma ** (s - 1) for s in range(t, self.rounds + 1)]
             return weights[0] * len(weights) / sum(weights)
-        if self.schedule == "adaptive" and last_cosine is not None and last_cosine > 0:
-            return min(2.0, max(0.5, self.target_cosine / last_cosine))
         return 1.0
 
     def state_dict(self) -> dict:
-        return {"last": self.last}
+        return {"last": self.last, "last_down": self.last_down}
 
     def load_state_dict(self, state: dict) -> None:
         self.last = state["last"]
+        self.last_down = state.get("last_down")
+
+
+def per_sample(cos: float, m: int) -> float:
+    """e: the fraction of an update one synthetic sample captures, from the cosine c measured at M."""
+    c2 = min(max(cos * cos, 1e-6), 1 - 1e-6)
+    return 1 - (1 - c2) ** (1 / max(m, 1))
+
+
+def captured(e: float, m: int) -> float:
+    """E(M) = 1 - (1 - e)^M: the fraction M samples capture."""
+    return 1 - (1 - e) ** m

@@ -24,6 +24,7 @@ Round t:
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -205,30 +206,49 @@ class ServerRuntime:
         self.ledger = Ledger()
         self.downlink = Downlink(downlink_compressor(cfg, ctx0), cfg.clients, cfg.resolved_init, cfg.ef, self.ledger)
         self.dense_bytes = self.downlink.dense_bytes(ctx0)
+        self._payload: dict[int, int] = {}            # bytes of an uplink payload / a broadcast, by M
+        self._broadcast: dict[int, int] = {}
         self.scheduler = BudgetScheduler(cfg.schedule, cfg.budget_bytes or None, cfg.rounds, cfg.samples,
                                          cfg.max_samples, cfg.target_cosine, cfg.decay_rate)
-        self.last_cosine: float | None = None
-        self.schedule_log: list[int] = []
+        self.last_cosine: float | None = None       # what the scheduler reads: the uplink's cosine
+        self.last_agg_cosine: float | None = None   # the aggregate's, where the driver measures it
+        self.last_down_cosine: float | None = None  # and the broadcast's
+        self.schedule_log: list[int] = []           # uplink M per round
+        self.down_log: list[int] = []               # broadcast M per round (under a compressed downlink)
         if self.scheduler.budget is not None:
             m = protocol.clients_per_round(cfg)
             need_dense = not self.downlink.compressed or cfg.resolved_init == "broadcast"
-            self.scheduler.check(lambda M: self.round_cost(M, m, m if need_dense else 0, last=False))
+            self.scheduler.check(lambda M, Md: self.round_cost(M, m, m if need_dense else 0, last=False,
+                                                                 Md=Md if self.splits_directions else None))
 
     def context(self, round: int, samples: int | None) -> Context:
         return make_context(self.cfg, self.model, self.weights, self.input_shape, self.num_classes, round, -1,
                             samples)
 
-    def round_cost(self, M: int, participants: int, dense_syncs: int, last: bool) -> int:
-        """Bytes a round with M synthetic samples commits: its uplinks, the full models it sends and,
-        under a compressed downlink, one broadcast for every client (none after the last round)."""
-        cost = participants * self.compressor.payload_bytes(self.context(0, M)) + dense_syncs * self.dense_bytes
+    def round_cost(self, M: int, participants: int, dense_syncs: int, last: bool, Md: int | None = None) -> int:
+        """Bytes a round with M synthetic samples up (Md in the broadcast; default: as
+        :meth:`downlink_samples` says) commits: its uplinks, the full models it sends and, under a
+        compressed downlink, one broadcast for every client (none after the last round)."""
+        if M not in self._payload:
+            self._payload[M] = self.compressor.payload_bytes(self.context(0, M))
+        cost = participants * self._payload[M] + dense_syncs * self.dense_bytes
         if not last:
-            cost += self.cfg.clients * self.downlink.broadcast_bytes(self.context(0, self.downlink_samples(M)))
+            Md = Md or self.downlink_samples(M)
+            if Md not in self._broadcast:
+                self._broadcast[Md] = self.downlink.broadcast_bytes(self.context(0, Md))
+            cost += self.cfg.clients * self._broadcast[Md]
         return cost
 
     def downlink_samples(self, M: int | None) -> int | None:
         """M of the broadcast: ``--downlink-samples`` where set, else the uplink's M_t."""
         return self.cfg.downlink_samples or M
+
+    @property
+    def splits_directions(self) -> bool:
+        """Whether the scheduler chooses the broadcast's M apart from the uplink's (a downlink compressed
+        by a method sized by samples, with no ``--downlink-samples``)."""
+        comp = self.downlink.compressor
+        return self.downlink.compressed and comp.sized_by_samples and not self.cfg.downlink_samples
 
     # ------------------------------------------------------------------ round t, first half
     def begin_round(self, t: int, reachable: set[int] | None = None) -> tuple[list[int], int | None,
@@ -246,15 +266,21 @@ class ServerRuntime:
         return participants, M, {k: self.downlink.message(t, k, M, plans[k], self.weights, ctx) for k in participants}
 
     def _choose_samples(self, t: int, participants: list[int], plans: dict[int, str]) -> int:
+        """M_t up (returned) and the broadcast's M (kept in ``down_log``), from the scheduler."""
         remaining = None
         if self.scheduler.budget is not None:
             committed = self.ledger.total(UP) + self.ledger.total(DOWN) + int(self.downlink.owed.sum())
             remaining = self.scheduler.budget - committed
         dense_syncs = sum(1 for p in plans.values() if p == "model")
-        M = self.scheduler.choose(
-            t, lambda m: self.round_cost(m, len(participants), dense_syncs, last=t == self.cfg.rounds),
-            remaining, self.last_cosine)
+        split = self.splits_directions
+        M, Md = self.scheduler.choose(
+            t, lambda m, md: self.round_cost(m, len(participants), dense_syncs, last=t == self.cfg.rounds, Md=md),
+            remaining, self.last_agg_cosine or self.last_cosine if remaining is not None else self.last_cosine,
+            self.last_down_cosine if split else None,
+            None if split else self.cfg.downlink_samples or None)
         self.schedule_log.append(M)
+        if self.downlink.compressed:
+            self.down_log.append(Md)
         return M
 
     def sync_message(self, t: int, k: int, M: int | None) -> TrainIns:
@@ -278,8 +304,8 @@ class ServerRuntime:
         agg = server_step(ctx, updates, self.compressor, weighted=self.cfg.weighted, norm_clip=self.cfg.norm_clip)
         down_cos = agg_down = float("nan")
         agg_up = _cosine(agg.delta, true_mean)
+        Md = self.down_log[-1] if M is not None and self.down_log else self.downlink_samples(M)
         if self.downlink.compressed:
-            Md = self.downlink_samples(M)
             b = self.downlink.broadcast(t, self.context(t, Md), agg.delta, Md, t == self.cfg.rounds, self.dense_bytes)
             down_cos = b.stats.get("cosine", float("nan"))
             agg_down = _cosine(b.weights - self.weights, true_mean)
@@ -290,6 +316,8 @@ class ServerRuntime:
         ok = set(agg.accepted)
         cos = [u.stats["cosine"] for u in updates if "cosine" in u.stats and u.client in ok]
         self.last_cosine = float(np.mean(cos)) if cos else None
+        self.last_agg_cosine = agg_up if math.isfinite(agg_up) else None
+        self.last_down_cosine = down_cos if math.isfinite(down_cos) else None
         return {
             "participants": len(agg.accepted),
             "rejected": len(agg.rejected) + len(refused),
@@ -300,6 +328,7 @@ class ServerRuntime:
             "aggregate_cosine": agg_up,
             "aggregate_downlink_cosine": agg_down,
             "samples": float("nan") if M is None else M,
+            "downlink_samples": float(Md) if self.downlink.compressed and Md is not None else float("nan"),
             "compress_seconds": float(sum(u.stats.get("compress_seconds", 0.0) for u in updates)),
             "train_seconds": float(sum(u.stats.get("train_seconds", 0.0) for u in updates)),
         }
@@ -311,7 +340,8 @@ class ServerRuntime:
         return {
             "weights": self.weights.cpu(), "downlink": self.downlink.state_dict(), "ledger": self.ledger.state_dict(),
             "scheduler": self.scheduler.state_dict(), "last_cosine": self.last_cosine,
-            "schedule_log": list(self.schedule_log),
+            "last_down_cosine": self.last_down_cosine, "last_agg_cosine": self.last_agg_cosine, "schedule_log": list(self.schedule_log),
+            "down_log": list(self.down_log),
         }
 
     def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
@@ -322,3 +352,6 @@ class ServerRuntime:
         self.scheduler.load_state_dict(state["scheduler"])
         self.last_cosine = state["last_cosine"]
         self.schedule_log = list(state["schedule_log"])
+        self.last_down_cosine = state.get("last_down_cosine")
+        self.last_agg_cosine = state.get("last_agg_cosine")
+        self.down_log = list(state.get("down_log", []))

@@ -337,6 +337,7 @@ class Simulation:
             "schedule": self.cfg.schedule if self.cfg.sized_by_samples else None,
             "budget_bytes": self.cfg.budget_bytes or None,
             "samples_per_round": list(self.schedule_log) if self.cfg.sized_by_samples else None,
+            "downlink_samples_per_round": list(self.server.down_log) if self.server.down_log else None,
             "batch_search": self.cfg.resolved_batch_search,
             "wall_seconds": round(self.elapsed, 4),
             "seconds_per_round": round(self.elapsed / self.round, 4) if self.round else None,
