@@ -36,9 +36,11 @@ def data_dir(tmp_path_factory):
     return write_mnist_like(tmp_path_factory.mktemp("mnist"), n_train=8000, n_test=200)
 
 
-@pytest.mark.parametrize("method", ["fedavg", "3sfc", "e3sfc"])
-def test_kill_9_then_resume_in_a_new_process_equals_no_stop(method, data_dir, tmp_path):
-    common = [*ARGS, "--method", method, "--data-dir", str(data_dir)]
+@pytest.mark.parametrize("method,extra", [("fedavg", []), ("3sfc", []), ("e3sfc", []),
+                                          ("3sfc", ["--state-memory", "0.0001"])],  # every client spilled to disk
+                         ids=["fedavg", "3sfc", "e3sfc", "3sfc-spilled"])
+def test_kill_9_then_resume_in_a_new_process_equals_no_stop(method, extra, data_dir, tmp_path):
+    common = [*ARGS, "--method", method, "--data-dir", str(data_dir), *extra]
     whole = _cli(*common, "--out", str(tmp_path / "whole"))
     killed = _cli(*common, "--out", str(tmp_path / "killed"))
     metrics, ckpt = tmp_path / "killed" / "metrics.jsonl", tmp_path / "killed" / "checkpoint.pt"
@@ -62,3 +64,6 @@ def test_kill_9_then_resume_in_a_new_process_equals_no_stop(method, data_dir, tm
     led = [(tmp_path / d / "ledger.jsonl").read_text() for d in ("whole", "killed")]
     assert led[0] == led[1]
     assert not list((tmp_path / "killed").glob(".*.tmp"))
+    if extra:  # the spills happened, and one snapshot (the last checkpoint's) is left
+        assert list((tmp_path / "killed" / "spill").glob("client-*.f32"))
+        assert [d.name for d in (tmp_path / "killed").glob("state-r*")] == ["state-r6"]

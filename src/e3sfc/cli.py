@@ -52,6 +52,8 @@ HELP = {
     "patience": "3SFC: stop the search after this many evaluations without improvement (0 = never)",
     "downlink_patience": "E-3SFC: the same for the server's downlink search (default 0: its one search a round "
                          "reaches every client, so it runs all evaluations)",
+    "state_memory": "simulator: MB of client state (error-feedback residuals, replicas) kept in memory; the least "
+                    "recently used clients beyond it are spilled to <out>/spill (0 = no limit)",
     "batch_search": "simulator: run a round's 3SFC searches together, their objective evaluations batched; "
                     "auto: on for any model on a GPU and for mlp, convnet, convnet-fast, lenet, regnet on a CPU",
     "feature_bits": "3sfc/e3sfc: precision of the synthetic features on the wire: 32 (float32, the published "
@@ -107,7 +109,8 @@ GROUPS = {
     "downlink and budget (E-3SFC)": ("downlink", "downlink_ratio", "downlink_samples", "downlink_patience", "init",
                                      "schedule", "budget_bytes", "target_cosine", "max_samples", "decay_rate"),
     "robustness": ("norm_clip", "adversary", "adversaries", "round_timeout"),
-    "run control": ("engine", "seed", "device", "threads", "eval_every", "checkpoint_every", "tensorboard", "out"),
+    "run control": ("engine", "seed", "device", "threads", "eval_every", "checkpoint_every", "state_memory", "tensorboard",
+                    "out"),
 }
 
 

@@ -96,6 +96,7 @@ class RunConfig:
     threads: int = 0
     eval_every: int = 1
     checkpoint_every: int = 0
+    state_memory: float = 0.0        # MB of client tensors kept in memory; 0: no limit (federated/store.py)
     tensorboard: bool = False
     out: str | None = None
 
@@ -349,6 +350,10 @@ def _validate(c: RunConfig) -> None:
     _require(c.seed >= 0, "seed", c.seed, "an integer >= 0")
     _require(c.threads >= 0, "threads", c.threads, "an integer >= 0 (0 = torch default)")
     _require(c.eval_every >= 1, "eval_every", c.eval_every, "an integer >= 1")
+    _require(math.isfinite(c.state_memory) and c.state_memory >= 0, "state_memory", c.state_memory,
+             "a number of MB >= 0 (0 = no limit)")
+    _require(c.state_memory == 0 or c.engine == "inprocess", "state_memory", c.state_memory,
+             f"only with --engine inprocess (Flower nodes keep their own state); --engine is {c.engine}")
     _require(
         c.checkpoint_every >= 0, "checkpoint_every", c.checkpoint_every,
         "an integer >= 0 (0 = only at the end)",

@@ -23,6 +23,7 @@ import copy
 import json
 import logging
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +41,7 @@ from ..models import build_model, num_params, synthetic_shape
 from .evaluate import evaluate
 from .params import get_flat, set_flat
 from .runtime import MODEL_INIT, ClientRuntime, ServerRuntime, derive_seed
+from .store import ClientStore
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,8 @@ def estimate_memory(cfg: RunConfig, num_params: int, input_shape, num_classes: i
     per_round = protocol.clients_per_round(cfg)  # as sample_clients draws them
     holders = min(cfg.clients, per_round * cfg.rounds)
     residuals = holders * num_params * 4 if cfg.ef and get_compressor_class(cfg.method).biased else 0
+    if cfg.state_memory:  # the store keeps at most that much after a round, plus the round's participants
+        residuals = min(residuals, int(cfg.state_memory * 2 ** 20) + per_round * num_params * 4)
     search = 0
     down = cfg.resolved_downlink
     if cfg.sized_by_samples or (down != "dense" and get_compressor_class(down).sized_by_samples):
@@ -170,7 +174,8 @@ class Simulation:
         self.client_model.eval()
         self.server = ServerRuntime(cfg, model, self.initial_weights.clone(), self.feature_shape, data.num_classes,
                                     sizes={k: len(p) for k, p in enumerate(self.parts)})
-        self.clients: dict[int, ClientRuntime] = {}
+        spill = self.out_dir / "spill" if self.out_dir is not None and cfg.state_memory else None
+        self.store = ClientStore(self._new_client, int(cfg.state_memory * 2 ** 20), spill, self.device)
         self.round = 0
         self.metrics: list[dict] = []
         self.elapsed = 0.0
@@ -192,12 +197,18 @@ class Simulation:
     def schedule_log(self) -> list[int]:
         return self.server.schedule_log
 
+    @property
+    def clients(self) -> dict[int, ClientRuntime]:
+        """The client runtimes in memory (``--state-memory`` may hold others on disk: see ``store``)."""
+        return dict(self.store.live)
+
+    def _new_client(self, k: int) -> ClientRuntime:
+        return ClientRuntime(self.cfg, k, self.feature_shape, self.data.num_classes, self.initial_weights,
+                             compressor=self.server.compressor, down=self.server.downlink.compressor)
+
     def client(self, k: int) -> ClientRuntime:
-        if k not in self.clients:
-            self.clients[k] = ClientRuntime(self.cfg, k, self.feature_shape, self.data.num_classes,
-                                            self.initial_weights, compressor=self.server.compressor,
-                                            down=self.server.downlink.compressor)
-        return self.clients[k]
+        """Client k's runtime, its state in memory (read back from disk if it was spilled)."""
+        return self.store.get(k)
 
     def sync(self, t: int, k: int) -> torch.Tensor:
         """Bring client k's replica to w_t now (counted as round t's downlink); returns it."""
@@ -234,7 +245,9 @@ class Simulation:
             results = comp.compress_many([p.target for p in prepared.values()], [p.ctx for p in prepared.values()])
             share = (time.perf_counter() - t0) / max(1, len(prepared))  # each client's compress_seconds
             updates += [self.client(k).finish(p, *r, share) for (k, p), r in zip(prepared.items(), results)]
-        return self.server.end_round(t, M, updates, true_sum / true_weight if true_weight else None)
+        row = self.server.end_round(t, M, updates, true_sum / true_weight if true_weight else None)
+        self.store.settle()  # --state-memory: spill the least recently used clients beyond the budget
+        return row
 
     def _tensorboard(self, row: dict) -> None:
         """``--tensorboard``: the row's numbers as scalars in <run folder>/tensorboard."""
@@ -346,11 +359,17 @@ class Simulation:
         }
 
     # ------------------------------------------------------------------ checkpoint
-    def state_dict(self) -> dict:
+    def state_dict(self, spilled: dict[int, dict] | None = None) -> dict:
+        """The run's state; ``spilled``: the snapshot entries of the clients on disk (save_checkpoint)."""
+        clients = {k: c.state_dict() for k, c in self.store.live.items()}
+        for k, (c, _) in self.store.cold.items():
+            if spilled is None:
+                raise RuntimeError("clients are spilled to disk: their state is in a checkpoint's snapshot")
+            clients[k] = {**c.state_dict(), "spilled": spilled[k]}
         return {
             "round": self.round,
             "server": self.server.state_dict(),
-            "clients": {k: c.state_dict() for k, c in self.clients.items()},
+            "clients": clients,
             "metrics": list(self.metrics),
             "elapsed": self.elapsed,
             "config": self.cfg.to_dict(),
@@ -359,15 +378,25 @@ class Simulation:
     def load_state_dict(self, state: dict) -> None:
         self.round = int(state["round"])
         self.server.load_state_dict(state["server"], self.device)
-        self.clients = {}
+        self.store.live.clear()
+        self.store.cold.clear()
+        if self.store.folder is not None and self.store.folder.exists():
+            shutil.rmtree(self.store.folder)  # the stopped run's spills: the checkpoint's snapshot replaces them
         for k, cs in state["clients"].items():
-            self.client(int(k)).load_state_dict(cs, self.device)
+            c = self._new_client(int(k))
+            c.load_state_dict(cs, self.device)
+            if "spilled" in cs:
+                self.store.restore(self.out_dir, int(k), c, cs["spilled"])
+            else:
+                self.store.live[int(k)] = c
         self.metrics = list(state["metrics"])
         self.elapsed = float(state["elapsed"])
 
     def save_checkpoint(self) -> None:
         assert self.out_dir is not None
-        io.atomic_write(self.out_dir / CHECKPOINT, lambda f: torch.save(self.state_dict(), f), mode="wb")
+        spilled = self.store.snapshot(self.out_dir, self.round)
+        io.atomic_write(self.out_dir / CHECKPOINT, lambda f: torch.save(self.state_dict(spilled), f), mode="wb")
+        ClientStore.prune(self.out_dir, f"state-r{self.round}" if spilled else None)
 
     @staticmethod
     def resume_config(run_dir: str | Path) -> RunConfig:
@@ -403,7 +432,7 @@ class Simulation:
         try:
             sim._check_state(state)
             sim.load_state_dict(state)
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OSError) as exc:
             raise ConfigError(f"--resume: {ckpt} does not belong to the run in {run_dir}/config.json "
                               f"({type(exc).__name__}: {exc})") from None
         log.info("resumed %s at round %d of %d", run_dir, sim.round, cfg.rounds)
@@ -427,6 +456,10 @@ class Simulation:
             if not (isinstance(k, int) and 0 <= k < self.cfg.clients):
                 raise ValueError(f"client id {k!r} is outside 0..{self.cfg.clients - 1}")
             tensors += [v for v in (c["replica"], c["residual"]) if v is not None]
+            for name, n in (c.get("spilled") or {}).get("layout", []):
+                if name in ("replica", "residual") and n != self.num_params:
+                    raise ValueError(f"client {k}'s spilled {name} has {n} numbers; this run's model has "
+                                     f"{self.num_params:,} parameters")
         starts = [down.get("start"), *(c.get("start") for c in state["clients"].values())]
         per_sample = int(np.prod(self.feature_shape)) + self.data.num_classes
         for v in (v for v in starts if v is not None):  # warm starts: M_s whole samples of features
