@@ -351,7 +351,7 @@ class Simulation:
             "budget_bytes": self.cfg.budget_bytes or None,
             "samples_per_round": list(self.schedule_log) if self.cfg.sized_by_samples else None,
             "downlink_samples_per_round": list(self.server.down_log) if self.server.down_log else None,
-            "batch_search": self.cfg.resolved_batch_search,
+            "batch_search": self.cfg.resolved_batch_search if hasattr(self.server.compressor, "batch_search") else None,
             "wall_seconds": round(self.elapsed, 4),
             "seconds_per_round": round(self.elapsed / self.round, 4) if self.round else None,
             "num_params": self.num_params,
