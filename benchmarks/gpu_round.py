@@ -36,8 +36,12 @@ SHAPE = (3, 32, 32)
 
 
 def time_rounds(model: str, method: str, batch_search: bool, device: str, data_dir: str, rounds: int,
-                train_subset: int, warm: bool) -> dict:
-    """Seconds per round (the mean after a warm-up round where ``warm``), training and compression."""
+                train_subset: int, warm: bool, graphs: bool = True) -> dict:
+    """Seconds per round (the mean after a warm-up round where ``warm``), training and compression;
+    ``graphs``: whether the batched objective may replay a CUDA graph."""
+    from e3sfc.compress.synth import CosineMatchBatch
+
+    CosineMatchBatch.graphs = graphs
     cfg = RunConfig(method=method, dataset="cifar10", data_dir=data_dir, model=model, clients=10, fraction=1.0,
                     rounds=rounds + 1, batch_size=64, train_subset=train_subset, eval_every=10_000, device=device,
                     batch_search=batch_search)
@@ -130,7 +134,10 @@ def main() -> None:
     ap.add_argument("--serial-rounds", type=int, default=1, help="3SFC rounds searching one client at a time")
     ap.add_argument("--train-subset", type=int, default=50_000)
     ap.add_argument("--clients", type=int, default=10, help="objectives batched in the CUDA-graph trial")
+    ap.add_argument("--variants", default="fedavg,batched,graphed,serial",
+                    help="rows per model: fedavg, batched (eager), graphed (batched, CUDA graph), serial")
     ap.add_argument("--skip-rounds", action="store_true")
+    ap.add_argument("--skip-trial", action="store_true", help="no CUDA-graph trial of the objective alone")
     ap.add_argument("--quick", action="store_true", help="tiny settings: check that the script runs")
     ap.add_argument("--title", default=None)
     args = ap.parse_args()
@@ -157,17 +164,22 @@ def main() -> None:
     if not args.skip_rounds:
         with tempfile.TemporaryDirectory() as tmp:
             write_cifar10(Path(tmp))
+            wanted = args.variants.split(",")
             for model in args.models.split(","):
                 fed = time_rounds(model, "fedavg", False, args.device, tmp, args.rounds, args.train_subset, True)
-                for method, bat, n, warm in (("fedavg", False, 0, True), ("3sfc", True, args.rounds, True),
-                                             ("3sfc", False, args.serial_rounds, False)):
+                rows_of = {"fedavg": ("fedavg", False, 0, True, False), "batched": ("3sfc", True, args.rounds, True, False),
+                           "graphed": ("3sfc", True, args.rounds, True, True),
+                           "serial": ("3sfc", False, args.serial_rounds, False, False)}
+                for v in wanted:
+                    method, bat, n, warm, graphs = rows_of[v]
                     r = fed if method == "fedavg" else time_rounds(model, method, bat, args.device, tmp, n,
-                                                                   args.train_subset, warm)
-                    search = "-" if method == "fedavg" else "batched" if bat else "one at a time"
+                                                                   args.train_subset, warm, graphs)
+                    search = {"fedavg": "-", "batched": "batched", "graphed": "batched, CUDA graph",
+                              "serial": "one at a time"}[v]
                     rows.append(f"| {model} | {method} | {search} | {r['s_round']:.2f} | {r['train']:.2f} | "
                                 f"{r['compress']:.2f} | {r['s_round'] / fed['s_round']:.2f}x |")
                     report(extra)
-    if args.device == "cuda":
+    if args.device == "cuda" and not args.skip_trial:
         extra = [f"CUDA graphs: the batched objective of {args.clients} clients (value and df/dz, M = 1), eager "
                  "against replayed from one captured graph (mean of 20 evaluations):", "",
                  "| model | parameters | clients | eager ms / client | graph ms / client | speed-up | "
