@@ -1,6 +1,7 @@
 """Client state beyond memory: many MLP clients at 1% participation under ``--state-memory``.
 
-Two runs of the same configuration (3SFC, MLP, Fashion-MNIST, Dirichlet 1.0, ``--clients`` clients,
+Two runs of the same configuration (3SFC, MLP, Fashion-MNIST, IID split (a Dirichlet draw leaves
+some of 10,000 clients empty), ``--clients`` clients,
 1% of them a round, the same participants in both), each in its own process so that its peak
 RSS is its own:
 - ``idle clients hold state``: before round 1 every client gets a model-sized error-feedback
@@ -32,8 +33,8 @@ def child(clients: int, rounds: int, state_memory: float, prefill: bool) -> None
     from e3sfc.federated import Simulation
 
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory(dir=".") as tmp:
-        cfg = RunConfig(method="3sfc", dataset="fmnist", model="mlp", clients=clients, fraction=0.01,
+    with tempfile.TemporaryDirectory(prefix="e3sfc-state-") as tmp:
+        cfg = RunConfig(method="3sfc", dataset="fmnist", model="mlp", clients=clients, fraction=0.01, partition="iid",
                         rounds=rounds + 1, eval_every=10_000, threads=1, state_memory=state_memory)
         sim = Simulation(cfg, out_dir=tmp)
         t0 = time.perf_counter()

@@ -142,10 +142,15 @@ def test_suite_budget_verdicts_on_hand_made_rows():
     suite = _suite()
     rows = [{"run": f"{sch}-12860k-alpha1.0-seed{s}", "acc_last10": acc, "total_mb": 12.8}
             for sch, s, acc in (("constant", 42, 0.82), ("constant", 43, 0.80), ("adaptive", 42, 0.77),
-                                ("adaptive", 43, 0.79), ("decay", 42, 0.83))]
+                                ("adaptive", 43, 0.79), ("decay", 42, 0.83), ("constant", 42, 0.75),
+                                ("decay", 42, 0.75))]
+    rows[-2]["run"] = rows[-1]["run"] = None
+    rows[-2:] = [{"run": "constant-6430k-alpha0.1-seed42", "acc_last10": 0.75, "total_mb": 6.4},
+                 {"run": "decay-6430k-alpha0.1-seed42", "acc_last10": 0.75004, "total_mb": 6.4}]
     v = suite.budget_verdicts(rows)
     assert v[0].startswith("- 12860k-alpha1.0: decay beats constant by 1.0 points (mean of the last 10 rounds "
                            "over seeds 42: 0.8300 against 0.8200")
     assert v[1].startswith("- 12860k-alpha1.0: adaptive loses to constant by 3.0 points (mean of the last 10 "
                            "rounds over seeds 42, 43: 0.7800 against 0.8100; seed spread 0.7700-0.7900")
+    assert v[2].startswith("- 6430k-alpha0.1: decay ties with constant by 0.0 points")
     assert len(suite.groups(suite.Path("runs"))["budget"]) == 24
