@@ -20,6 +20,27 @@ def test_idx_round_trip_gz_and_raw(tmp_path):
     assert np.array_equal(read_idx(write_idx(tmp_path / "a", a, gz=False)), a)
 
 
+def test_gzipped_idx_is_cached_decoded_and_checksummed(tmp_path, monkeypatch):
+    """The second read of a .gz comes from the cache (no decompression); a cache entry whose numbers
+    were changed fails its checksum and is replaced by a fresh decode; load_dataset's float path gives
+    the same bits as (x / 255 - mean) / std computed out of place."""
+    from e3sfc.data import readers
+
+    a = np.random.default_rng(0).integers(0, 255, (6, 4, 4), dtype=np.uint8)
+    p = write_idx(tmp_path / "a.gz", a)
+    assert np.array_equal(read_idx(p), a)
+    cached = readers._cache_path(p)
+    assert cached.is_file() and cached.with_suffix(".b2").is_file()
+    decodes, real = [], readers._read_bytes
+    monkeypatch.setattr(readers, "_read_bytes", lambda path: decodes.append(path) or real(path))
+    assert np.array_equal(read_idx(p), a) and decodes == []  # from the cache
+    bad = a.copy()
+    bad[0, 0, 0] ^= 1
+    np.save(cached, bad)
+    assert np.array_equal(read_idx(p), a) and decodes == [p]  # checksum mismatch: decoded again, rewritten
+    assert np.array_equal(np.load(cached), a)
+
+
 def test_idx_truncated_gives_one_clear_error(tmp_path):
     p = write_idx(tmp_path / "x", np.zeros((5, 4, 4)), gz=False)
     p.write_bytes(p.read_bytes()[:-7])
@@ -128,3 +149,11 @@ def test_download_checks_sha256_and_keeps_nothing_on_mismatch(tmp_path, monkeypa
     with pytest.raises(DataError, match="SHA-256"):
         download(bad, tmp_path / "dl2")
     assert list((tmp_path / "dl2").iterdir()) == []
+
+
+def test_standardisation_in_place_equals_the_out_of_place_formula(tmp_path):
+    root = write_mnist_like(tmp_path / "m", n_train=300, n_test=50)
+    d = load_dataset("mnist", str(root))
+    x = torch.from_numpy(read_idx(root / "train-images-idx3-ubyte.gz")[:, None].astype(np.float32) / 255.0)
+    mean, std = x.mean(dim=(0, 2, 3), keepdim=True), x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    assert torch.equal(d.train_x, (x - mean) / std)

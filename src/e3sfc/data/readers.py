@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import logging
 import math
 import pickle
 import struct
@@ -16,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+
+log = logging.getLogger(__name__)
 
 _IDX_DTYPES = {
     0x08: np.dtype(np.uint8),
@@ -39,9 +43,50 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"dataset file {path} is corrupt or truncated ({exc})") from None
 
 
+def _cache_path(path: Path) -> Path | None:
+    """Where the decoded array of a gzipped IDX file is kept: the user cache, keyed by the file's
+    name, size and modification time (None where the file cannot be read)."""
+    from .sources import cache_dir
+
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return cache_dir() / "idx" / f"{path.name}-{st.st_size}-{st.st_mtime_ns}.npy"
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.blake2b(memoryview(np.ascontiguousarray(a)).cast("B"), digest_size=16).hexdigest()
+
+
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (``magic = 0 0 dtype ndim``, big-endian u32 dims, then data)."""
+    """Read one IDX file (``magic = 0 0 dtype ndim``, big-endian u32 dims, then data).
+
+    A gzipped file's decoded array is cached (``<user cache>/idx``, a ``.npy`` read without pickle,
+    its checksum in a sidecar checked on every read), so later runs skip the decompression; a cache
+    entry that is unreadable or does not match its checksum is ignored and rewritten."""
     path = Path(path)
+    cached = _cache_path(path) if path.suffix == ".gz" else None
+    if cached is not None and cached.is_file():
+        try:
+            a = np.load(cached, allow_pickle=False)
+            if _digest(a) == cached.with_suffix(".b2").read_text().strip():
+                return a
+            log.warning("ignoring the cached %s: its checksum does not match", cached)
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring the unreadable cached %s (%s)", cached, exc)
+    a = _decode_idx(path)
+    if cached is not None:
+        from ..io import atomic_write
+        try:
+            atomic_write(cached, lambda f: np.save(f, a, allow_pickle=False), mode="wb")
+            atomic_write(cached.with_suffix(".b2"), lambda f: f.write(_digest(a)))
+        except OSError as exc:  # a read-only cache only costs the next run the decompression
+            log.info("could not cache %s (%s)", path, exc)
+    return a
+
+
+def _decode_idx(path: Path) -> np.ndarray:
     raw = _read_bytes(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(f"dataset file {path} is not an IDX file (bad magic number)")
