@@ -250,7 +250,7 @@ NOTES = {  # where a group's runs were made, when not all on one machine
               "between uplink and broadcast by the measured per-sample capture: it chooses what constant "
               "chooses in 98 of 100 rounds at 12.86 MB (the product of the captured shares is largest at an "
               "even split until far more samples are affordable) and in every round at 6.43 MB, where M = 1 "
-              "both ways already costs 6.36 MB of the 6.43, so no schedule has room to differ. The two "
+              "both ways already costs 6.36 MB of the 6.43, so no schedule has room to differ (in the figure, constant lies under adaptive and, at 6.43 MB, under decay). The two "
               "6.43 MB settings are ties by construction, not evidence.",
 }
 

@@ -143,7 +143,8 @@ def _title(runs: Sequence[Run]) -> str:
 
 def plot_runs(runs: Sequence[Run], out: str | Path, metric: str = "accuracy") -> Path:
     """Three panels: ``metric`` against rounds, against cumulative uplink MB, and against up+down MB.
-    One colour per method, one line style per variant of a method; runs that differ only in their
+    One colour per method (per method and schedule where the runs' schedules differ), one line style
+    per variant of it; runs that differ only in their
     seed are drawn as their mean with a band from the lowest to the highest seed. The title says
     what the runs share; the legend sits outside the data. Cosine metrics leave out FedAvg (1 by
     definition)."""
@@ -157,12 +158,17 @@ def plot_runs(runs: Sequence[Run], out: str | Path, metric: str = "accuracy") ->
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     series = _series(runs)
-    methods = list(dict.fromkeys(group[0].config.get("method", "?") for _, group in series))
+    by_schedule = len({r.config.get("schedule") for r in runs}) > 1
+
+    def key(run) -> str:
+        return run.config.get("method", "?") + (f" {run.config.get('schedule')}" if by_schedule else "")
+
+    methods = list(dict.fromkeys(key(group[0]) for _, group in series))
     colors = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors
     styles = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
     variants: dict[str, int] = {}
     for label, group in series:
-        method = group[0].config.get("method", "?")
+        method = key(group[0])
         n = variants[method] = variants.get(method, -1) + 1
         look = {"color": colors[methods.index(method) % len(colors)], "linestyle": styles[n % len(styles)],
                 "marker": None if n < len(styles) else "o", "markevery": 10, "markersize": 3}
