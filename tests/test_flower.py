@@ -176,3 +176,24 @@ def test_fewer_nodes_than_clients_stops_in_seconds_with_one_line(tmp_path):
                                          r"options.num-supernodes = 4"):
         FlowerSimulation(cfg, TwoNodes(), None, settle_s=1.0)
     assert time.time() - t0 < 5
+
+
+def test_no_deprecated_flower_entry_point_and_the_run_app_carries_every_setting():
+    """`--engine flower` goes through `flwr run` with an app folder written for the run: nothing in the
+    package calls Flower's deprecated `run_simulation`, and the app's run config gives back the run's
+    settings (every RunConfig field) with one SuperNode per client."""
+    import tomllib
+    from pathlib import Path
+
+    from e3sfc.flower.apps import app_pyproject, config_from_run_config
+
+    src = Path(__file__).resolve().parents[1] / "src" / "e3sfc"
+    assert not [p for p in src.rglob("*.py") if "run_simulation" in p.read_text()]
+    cfg = RunConfig(method="e3sfc", **{**BASE, "clients": 7}, engine="flower", schedule="adaptive",
+                    budget_bytes=10 ** 6, out="runs/x y\"z", downlink_ratio="", batch_search=None)
+    app = tomllib.loads(app_pyproject(cfg, num_cpus=3))
+    run_config = app["tool"]["flwr"]["app"]["config"]
+    assert set(run_config) == {k.replace("_", "-") for k in RunConfig.field_names()}
+    assert config_from_run_config(run_config) == cfg
+    fed = app["tool"]["flwr"]["federations"]
+    assert fed["default"] == "local-simulation" and fed["local-simulation"]["options"]["num-supernodes"] == 7

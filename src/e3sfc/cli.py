@@ -347,11 +347,16 @@ def _run_flower(cfg: RunConfig, out: Path) -> int:
         from .flower import run_flower_simulation
     except ImportError as exc:
         raise ConfigError(f"--engine: 'flower' needs Flower: {exc}") from None
-    from .flower.apps import STOPPED
-    STOPPED.clear()
-    run_flower_simulation(cfg, out)
-    if STOPPED and not (out / "summary.json").is_file():
-        raise ConfigError(STOPPED[-1])
+    from .flower.apps import STOPPED_FILE
+    (out / STOPPED_FILE).unlink(missing_ok=True)
+    update, bar = _progress(cfg.rounds, 0)
+    try:
+        run_flower_simulation(cfg, out, progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    if (out / STOPPED_FILE).is_file() and not (out / "summary.json").is_file():
+        raise ConfigError((out / STOPPED_FILE).read_text().strip())
     if not (out / "summary.json").is_file():
         raise ConfigError(f"--engine flower: the Flower run did not finish; see the log above and {out}")
     _print_summary(json.loads((out / "summary.json").read_text()), out)

@@ -28,19 +28,21 @@ framework overhead is visible.
 from __future__ import annotations
 
 import io as _io
+import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from .. import protocol
+from .. import io, protocol
 from ..config import RunConfig
+from ..errors import ConfigError
 from ..data import load_dataset, partition
 from ..federated.client import ClientUpdate
 from ..federated.params import get_flat
@@ -165,7 +167,7 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
 
 
 # ---------------------------------------------------------------------------- server side
-STOPPED: list[str] = []  # why the last server app in this process stopped before its first round
+STOPPED_FILE = "stopped.txt"  # in the run folder: why the server app stopped before its first round
 
 
 class FewerNodes(RuntimeError):
@@ -269,7 +271,8 @@ def make_server_app(cfg: RunConfig | None = None, out_dir: str | Path | None = N
             sim = FlowerSimulation(c, grid, out)
         except FewerNodes as exc:
             log.error("%s", exc)
-            STOPPED.append(str(exc))  # run_simulation runs this app in the caller's process: the CLI reads it
+            # the CLI that started `flwr run` is another process: it reads why from the run folder
+            io.atomic_write(Path(out) / STOPPED_FILE, lambda f: f.write(str(exc)))
             return
         summary = sim.run()
         log.info("e3sfc flower run finished: accuracy %.4f, %d B up, %d B down, folder %s",
@@ -278,19 +281,89 @@ def make_server_app(cfg: RunConfig | None = None, out_dir: str | Path | None = N
     return app
 
 
-def run_flower_simulation(cfg: RunConfig, out_dir: str | Path, num_cpus: int = 2) -> None:
-    """``e3sfc run --engine flower``: the run on Flower's simulation engine (Ray), one virtual node per client."""
-    from flwr.simulation import run_simulation
+def _toml_value(v: Any) -> str:
+    if v is None:
+        return '""'  # unset
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(str(v))  # a TOML basic string is a JSON string for these values
 
-    if not log.isEnabledFor(logging.INFO):  # quiet unless -v: Flower's DEBUG lines stay in Flower's own handler
-        flwr_log = logging.getLogger("flwr")
-        flwr_log.setLevel(logging.WARNING)
-        flwr_log.propagate = False
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's FutureWarning about GPU env vars
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-               "init_args": {"num_cpus": num_cpus, "include_dashboard": False, "log_to_driver": False}}
-    run_simulation(make_server_app(cfg, out_dir), make_client_app(cfg), num_supernodes=cfg.clients,
-                   backend_config=backend)
+
+def app_pyproject(cfg: RunConfig, num_cpus: int) -> str:
+    """A Flower app's pyproject.toml for one run: e3sfc's ServerApp and ClientApp, every run setting in
+    ``[tool.flwr.app.config]``, and a local simulation federation with one SuperNode per client."""
+    lines = ['[project]', 'name = "e3sfc-run"', 'version = "1.0.0"', 'dependencies = []', '',
+             '[tool.flwr.app]', 'publisher = "e3sfc"', '', '[tool.flwr.app.components]',
+             'serverapp = "e3sfc.flower.server_app:app"', 'clientapp = "e3sfc.flower.client_app:app"', '',
+             '[tool.flwr.app.config]']
+    lines += [f"{k.replace('_', '-')} = {_toml_value(v)}" for k, v in cfg.to_dict().items()]
+    lines += ['', '[tool.flwr.federations]', 'default = "local-simulation"', '',
+              '[tool.flwr.federations.local-simulation]', f'options.num-supernodes = {cfg.clients}',
+              f'options.backend.client-resources.num-cpus = 1',
+              f'options.backend.init-args.num-cpus = {max(1, num_cpus)}', '']
+    return "\n".join(lines)
+
+
+def run_flower_simulation(cfg: RunConfig, out_dir: str | Path, num_cpus: int = 2,
+                          progress: Callable[[int, dict], None] | None = None) -> None:
+    """``e3sfc run --engine flower``: the run through ``flwr run`` (Flower's current entry point) on a
+    local simulation federation with one SuperNode per client. The app folder is written for the run
+    (e3sfc's ServerApp and ClientApp, the settings as its run config); Flower installs nothing
+    (``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION``), its output goes to this logger at DEBUG (-vv),
+    progress comes from the run's metrics (``progress(t, row)`` per round, else an INFO line), and the
+    local SuperLink it starts is stopped at the end."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    out_dir = Path(out_dir).resolve()
+    bin_dir = Path(sys.executable).parent
+    search = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    flwr = shutil.which("flwr", path=search)
+    if flwr is None:
+        raise ConfigError("--engine: 'flower' needs Flower's `flwr` command beside this Python (pip install "
+                          "'e3sfc[flower]')")
+    src = str(Path(__file__).resolve().parents[2])  # where the e3sfc package lives, for Flower's processes
+    with tempfile.TemporaryDirectory(prefix="e3sfc-flower-") as tmp:
+        app, home = Path(tmp) / "app", Path(tmp) / "flwr-home"
+        app.mkdir()
+        (app / "pyproject.toml").write_text(app_pyproject(cfg.replace(out=str(out_dir), engine="flower"), num_cpus))
+        env = {**os.environ, "PATH": search, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
+               "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+               "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+               "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)}
+        proc = subprocess.Popen([flwr, "run", str(app), "--stream"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env)
+        shown = 0
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.debug("flwr: %s", line.rstrip())
+                shown = _progress(out_dir / "metrics.jsonl", shown, cfg.rounds, progress)
+            proc.wait()
+            _progress(out_dir / "metrics.jsonl", shown, cfg.rounds, progress)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            subprocess.run(["pkill", "-f", str(home)], check=False)  # the SuperLink `flwr run` started
+
+
+def _progress(metrics: Path, shown: int, rounds: int, progress: Callable[[int, dict], None] | None) -> int:
+    """Report the rounds that appeared in ``metrics`` since ``shown``; returns how many are shown now."""
+    try:
+        rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    except (OSError, ValueError):  # being written: the next line of Flower's output tries again
+        return shown
+    for r in rows[shown:]:
+        if progress is not None:
+            progress(r["round"], r)
+            continue
+        log.info("round %d/%d: accuracy %.4f, %d B up, %d B down", r["round"], rounds, r.get("accuracy") or 0.0,
+                 r.get("uplink_bytes", 0), r.get("downlink_bytes", 0))
+    return max(shown, len(rows))
 
 
 __all__ = ["make_client_app", "make_server_app", "run_flower_simulation", "FlowerSimulation"]
