@@ -141,3 +141,67 @@ def test_method_mismatch_is_an_error():
                                          "this client with 'topk ratio=0.05'"):
         mod(_round(strategy, ArrayRecord(Net().state_dict()), 1), Context(1, 1, {}, RecordDict(), {}),
             _trainer(1, 20))
+
+
+class _Grid:
+    """What FedAvg's configure_train asks of a Grid: the connected nodes."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+
+def test_compressed_downlink_replays_broadcasts_on_bit_identical_replicas():
+    """Three nodes, four rounds, E-3SFC's both ways through the add-on: round 1 is dense; after it a
+    train message carries only the broadcasts a node missed (node 3 skips round 2 and replays two); every
+    node trains from exactly the server's w_t; downlink bytes are a payload's (under a tenth of this 2,410-parameter model)."""
+    down = dict(downlink="3sfc", downlink_options=OPTS)
+    mod = compression_mod(Net, (1, 8, 8), 10, "3sfc", **down, **OPTS)
+    strategy = CompressedStrategy(FedAvg(fraction_train=1.0, min_train_nodes=1, min_available_nodes=1),
+                                  Net, (1, 8, 8), 10, "3sfc", **down, **OPTS)
+    names = [n for n, _ in Net().named_parameters()]
+    ctxs = {k: Context(run_id=1, node_id=k, node_config={}, state=RecordDict(), run_config={}) for k in (1, 2, 3)}
+    arrays = ArrayRecord(Net().state_dict())
+    for t, nodes in ((1, (1, 2, 3)), (2, (1, 2)), (3, (1, 2, 3)), (4, (2, 3))):
+        w_t = _flat(arrays, names)
+        msgs = list(strategy.configure_train(t, arrays, ConfigRecord({"lr": 0.1}), _Grid(nodes)))
+        replies = []
+        for m in msgs:
+            k = m.metadata.dst_node_id
+            dense = len(m.content["arrays"].keys()) > 1
+            assert dense == (t == 1), (t, k)  # after round 1 no message carries parameters
+            if not dense:
+                assert len(m.content["e3sfc-down"]["blobs"]) == (2 if (t, k) == (3, 3) else 1)
+            seen = {}
+
+            def train(msg, ctx, k=k, seen=seen):
+                seen["w"] = _flat(msg.content["arrays"], names)
+                return _trainer(k, 60)(msg, ctx)
+
+            replies.append(mod(m, ctxs[k], train))
+            assert torch.equal(seen["w"], w_t)  # the node trains from the server's model, bit for bit
+            assert torch.equal(torch.as_tensor(ctxs[k].state["e3sfc_replica"]["w"].numpy()), w_t)
+        arrays, metrics = strategy.aggregate_train(t, replies)
+        assert torch.equal(_flat(arrays, names), strategy.w)
+        assert 0 < metrics["e3sfc-downlink-bytes"] * 10 < metrics["e3sfc-dense-bytes"]  # 2,410 parameters
+
+
+def test_a_node_with_a_stale_replica_errs_then_gets_the_dense_model():
+    down = dict(downlink="3sfc", downlink_options=OPTS)
+    mod = compression_mod(Net, (1, 8, 8), 10, "3sfc", **down, **OPTS)
+    strategy = CompressedStrategy(FedAvg(fraction_train=1.0, min_train_nodes=1, min_available_nodes=1),
+                                  Net, (1, 8, 8), 10, "3sfc", **down, **OPTS)
+    ctx = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
+    arrays = ArrayRecord(Net().state_dict())
+    (m,) = strategy.configure_train(1, arrays, ConfigRecord({}), _Grid([5]))
+    arrays, _ = strategy.aggregate_train(1, [mod(m, ctx, _trainer(5, 60))])
+    (m,) = strategy.configure_train(2, arrays, ConfigRecord({}), _Grid([5]))
+    fresh = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})  # state lost
+    with pytest.raises(ValueError, match="holds the model of round None; the server replays from 1"):
+        mod(m, fresh, _trainer(5, 60))
+    error = Message(flwr.app.Error(code=0, reason="stale"), reply_to=m)
+    strategy.aggregate_train(2, [error])
+    (m,) = strategy.configure_train(3, arrays, ConfigRecord({}), _Grid([5]))
+    assert "e3sfc-down" not in m.content and len(m.content["arrays"].keys()) > 1  # dense again
