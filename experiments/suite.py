@@ -227,8 +227,14 @@ TITLES = {
 }
 
 
-NOTES = {  # where a group's runs were made, when not all on one machine
-    "options": "tensor-scales (all but alpha 0.1 seed 42) and down6-up2 (alpha 1.0, and alpha 0.1 seed 43) ran on "
+SERIAL_NOTE = ("Made with the search one at a time, the default before 2026-11-27 (each config.json says "
+               "batch_search false); the suite now runs them batched, and --extra=--no-batch-search reproduces them.")
+
+NOTES = {  # where a group's runs were made, when not all on one machine, and with which code
+    "twoway": SERIAL_NOTE,
+    "beyond": SERIAL_NOTE,
+    "faithful": SERIAL_NOTE,
+    "options": SERIAL_NOTE + " tensor-scales (all but alpha 0.1 seed 42) and down6-up2 (alpha 1.0, and alpha 0.1 seed 43) ran on "
                "the 16 CPU cores of a GPU machine lent for one session (NVIDIA H100 host, one run per core, "
                "2026-11-27); the other runs and e3sfc-plus (beyond group) on the machine above. Machines differ in "
                "float rounding, which moves a 100-round run about as much as a change of seed.",
