@@ -231,6 +231,10 @@ SERIAL_NOTE = ("Made with the search one at a time, the default before 2026-11-2
                "batch_search false); the suite now runs them batched, and --extra=--no-batch-search reproduces them.")
 
 NOTES = {  # where a group's runs were made, when not all on one machine, and with which code
+    "noniid": "Made with the batched search the default, on the machine above. alpha 1.0 repeats the reference "
+              "group's 3sfc and e3sfc, which ran on another machine (torch 2.11 on an Intel host): e3sfc ends at "
+              "0.6913 here against 0.7685 there, 3sfc at 0.8251 against 0.8266; float rounding moves E-3SFC's "
+              "run as much as a change of seed does (seeds group: 0.733 to 0.769).",
     "twoway": SERIAL_NOTE,
     "beyond": SERIAL_NOTE,
     "faithful": SERIAL_NOTE,
