@@ -22,7 +22,8 @@ from e3sfc.compress.synth import CosineMatchBatch
 from e3sfc.compress.synth_mlp import MLPCosineMatch, MLPCosineMatchBatch
 from e3sfc.models import build_model
 
-MODELS = {"mlp": (1, 28, 28), "convnet": (1, 28, 28), "convnet-fast": (1, 28, 28), "lenet": (1, 28, 28), "mnistnet": (1, 28, 28),
+MODELS = {"mlp": (1, 28, 28), "convnet": (1, 28, 28), "convnet-fast": (1, 28, 28), "lenet": (1, 28, 28),
+          "mnistnet": (1, 28, 28),
           "regnet": (3, 32, 32), "vgg11": (3, 32, 32), "resnet18": (3, 32, 32)}
 
 

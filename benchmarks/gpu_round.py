@@ -167,7 +167,8 @@ def main() -> None:
             wanted = args.variants.split(",")
             for model in args.models.split(","):
                 fed = time_rounds(model, "fedavg", False, args.device, tmp, args.rounds, args.train_subset, True)
-                rows_of = {"fedavg": ("fedavg", False, 0, True, False), "batched": ("3sfc", True, args.rounds, True, False),
+                rows_of = {"fedavg": ("fedavg", False, 0, True, False),
+                           "batched": ("3sfc", True, args.rounds, True, False),
                            "graphed": ("3sfc", True, args.rounds, True, True),
                            "serial": ("3sfc", False, args.serial_rounds, False, False)}
                 for v in wanted:

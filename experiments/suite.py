@@ -238,7 +238,8 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
     "twoway": SERIAL_NOTE,
     "beyond": SERIAL_NOTE,
     "faithful": SERIAL_NOTE,
-    "options": SERIAL_NOTE + " tensor-scales (all but alpha 0.1 seed 42) and down6-up2 (alpha 1.0, and alpha 0.1 seed 43) ran on "
+    "options": SERIAL_NOTE + " tensor-scales (all but alpha 0.1 seed 42) and down6-up2 (alpha 1.0, and alpha 0.1 "
+               "seed 43) ran on "
                "the 16 CPU cores of a GPU machine lent for one session (NVIDIA H100 host, one run per core, "
                "2026-11-27); the other runs and e3sfc-plus (beyond group) on the machine above. Machines differ in "
                "float rounding, which moves a 100-round run about as much as a change of seed.",
@@ -260,7 +261,8 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
               "between uplink and broadcast by the measured per-sample capture: it chooses what constant "
               "chooses in 98 of 100 rounds at 12.86 MB (the product of the captured shares is largest at an "
               "even split until far more samples are affordable) and in every round at 6.43 MB, where M = 1 "
-              "both ways already costs 6.36 MB of the 6.43, so no schedule has room to differ (in the figure, constant lies under adaptive and, at 6.43 MB, under decay). The two "
+              "both ways already costs 6.36 MB of the 6.43, so no schedule has room to differ (in the figure, "
+              "constant lies under adaptive and, at 6.43 MB, under decay). The two "
               "6.43 MB settings are ties by construction, not evidence.",
 }
 

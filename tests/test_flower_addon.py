@@ -156,7 +156,8 @@ class _Grid:
 def test_compressed_downlink_replays_broadcasts_on_bit_identical_replicas():
     """Three nodes, four rounds, E-3SFC's both ways through the add-on: round 1 is dense; after it a
     train message carries only the broadcasts a node missed (node 3 skips round 2 and replays two); every
-    node trains from exactly the server's w_t; downlink bytes are a payload's (under a tenth of this 2,410-parameter model)."""
+    node trains from exactly the server's w_t; downlink bytes are a payload's (under a tenth of this
+    2,410-parameter model)."""
     down = dict(downlink="3sfc", downlink_options=OPTS)
     mod = compression_mod(Net, (1, 8, 8), 10, "3sfc", **down, **OPTS)
     strategy = CompressedStrategy(FedAvg(fraction_train=1.0, min_train_nodes=1, min_available_nodes=1),

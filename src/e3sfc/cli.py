@@ -109,8 +109,8 @@ GROUPS = {
     "downlink and budget (E-3SFC)": ("downlink", "downlink_ratio", "downlink_samples", "downlink_patience", "init",
                                      "schedule", "budget_bytes", "target_cosine", "max_samples", "decay_rate"),
     "robustness": ("norm_clip", "adversary", "adversaries", "round_timeout"),
-    "run control": ("engine", "seed", "device", "threads", "eval_every", "checkpoint_every", "state_memory", "tensorboard",
-                    "out"),
+    "run control": ("engine", "seed", "device", "threads", "eval_every", "checkpoint_every", "state_memory",
+                    "tensorboard", "out"),
 }
 
 

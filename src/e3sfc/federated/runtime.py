@@ -340,7 +340,8 @@ class ServerRuntime:
         return {
             "weights": self.weights.cpu(), "downlink": self.downlink.state_dict(), "ledger": self.ledger.state_dict(),
             "scheduler": self.scheduler.state_dict(), "last_cosine": self.last_cosine,
-            "last_down_cosine": self.last_down_cosine, "last_agg_cosine": self.last_agg_cosine, "schedule_log": list(self.schedule_log),
+            "last_down_cosine": self.last_down_cosine, "last_agg_cosine": self.last_agg_cosine,
+            "schedule_log": list(self.schedule_log),
             "down_log": list(self.down_log),
         }
 

@@ -270,9 +270,10 @@ def make_server_app(cfg: RunConfig | None = None, out_dir: str | Path | None = N
         try:
             sim = FlowerSimulation(c, grid, out)
         except FewerNodes as exc:
-            log.error("%s", exc)
+            why = str(exc)
+            log.error("%s", why)
             # the CLI that started `flwr run` is another process: it reads why from the run folder
-            io.atomic_write(Path(out) / STOPPED_FILE, lambda f: f.write(str(exc)))
+            io.atomic_write(Path(out) / STOPPED_FILE, lambda f: f.write(why))
             return
         summary = sim.run()
         log.info("e3sfc flower run finished: accuracy %.4f, %d B up, %d B down, folder %s",
@@ -301,7 +302,7 @@ def app_pyproject(cfg: RunConfig, num_cpus: int) -> str:
     lines += [f"{k.replace('_', '-')} = {_toml_value(v)}" for k, v in cfg.to_dict().items()]
     lines += ['', '[tool.flwr.federations]', 'default = "local-simulation"', '',
               '[tool.flwr.federations.local-simulation]', f'options.num-supernodes = {cfg.clients}',
-              f'options.backend.client-resources.num-cpus = 1',
+              'options.backend.client-resources.num-cpus = 1',
               f'options.backend.init-args.num-cpus = {max(1, num_cpus)}', '']
     return "\n".join(lines)
 
