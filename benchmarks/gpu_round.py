@@ -9,8 +9,8 @@ torch.func); the one-at-a-time 3SFC runs last, when the process is warm, for ``-
 rounds (all timed: its search dominates and costs the most).
 
 Part 2 (CUDA graphs): the batched objective of ``--clients`` random targets (M = 1, one scale),
-evaluated eagerly and replayed from a captured CUDA graph (the same kernels without their launch
-cost); milliseconds per client and the largest difference between the two results.
+``CosineMatchBatch`` evaluated eagerly and replayed from its captured CUDA graph (the same kernels
+without their launch cost); milliseconds per client and the largest difference between the two.
 
     python benchmarks/gpu_round.py --models convnet-fast,resnet18      # on a machine with a GPU
     python benchmarks/gpu_round.py --quick --device cpu                 # the script itself (no graph)
@@ -60,68 +60,33 @@ def time_rounds(model: str, method: str, batch_search: bool, device: str, data_d
     return {k: sum(r[i] for r in timed) / len(timed) for i, k in enumerate(("s_round", "train", "compress"))}
 
 
-def batched_core(model: torch.nn.Module, taus: list[torch.Tensor], shape=SHAPE, classes: int = 10):
-    """The batched objective (M = 1, one scale) as one function of the stacked points Z with no host
-    synchronisation, so that it can be captured: returns cos(g_k, tau_k) and d(-|cos|)/dz_k per row."""
-    from e3sfc.compress.synth import soft_ce
-
-    params = {n: p.detach() for n, p in model.named_parameters()}
-    tau = torch.stack(taus)
-    tn, B, nx = tau.norm(dim=1), len(taus), torch.Size(shape).numel()
-
-    def grad(x, y):
-        def loss(p):
-            return soft_ce(lambda inp: torch.func.functional_call(model, p, (inp,)), x, y)
-        return torch.cat([g.reshape(-1) for g in torch.func.grad(loss)(params).values()])
-
-    def core(Z):
-        X, Y = Z[:, :nx].reshape(B, 1, *shape), Z[:, nx:].reshape(B, 1, classes)
-        with torch.enable_grad():
-            G, vjp = torch.func.vjp(torch.func.vmap(grad), X, Y)
-        gt, n = (G * tau).sum(1), G.norm(dim=1)
-        D = n * tn + 1e-12
-        cos = gt / D
-        sgn = -torch.sign(cos)
-        V = G * (-sgn * gt * tn / (D * D * n.clamp_min(1e-30)))[:, None] + tau * (sgn / D)[:, None]
-        dX, dY = vjp(V)
-        return cos, torch.cat([dX.reshape(B, -1), dY.reshape(B, -1)], 1)
-    return core
-
-
 def graph_trial(model_name: str, clients: int, device: str, repeats: int = 20) -> str:
-    """ms per client of the batched objective (value and df/dz), eager against a replayed CUDA graph."""
+    """ms per client of the batched objective (value and df/dz, ``CosineMatchBatch``), eager against
+    replayed from its captured CUDA graph, and the largest difference between the two."""
+    from e3sfc.compress.search import cosine_match
+    from e3sfc.compress.synth import CosineMatchBatch
     from e3sfc.models import build_model
 
     gen = torch.Generator().manual_seed(0)
     model = build_model(model_name, SHAPE, 10, seed=0).to(device).eval()
     P = sum(p.numel() for p in model.parameters())
-    core = batched_core(model, [torch.randn(P, generator=gen).to(device) for _ in range(clients)])
-    Z = torch.randn(clients, torch.Size(SHAPE).numel() + 10, generator=gen).to(device)
+    fs = [cosine_match(model, torch.randn(P, generator=gen).to(device), (1, *SHAPE), (1, 10))
+          for _ in range(clients)]
+    zs = [torch.randn(torch.Size(SHAPE).numel() + 10, generator=gen).to(device) for _ in range(clients)]
+    eager, graphed = CosineMatchBatch(fs), CosineMatchBatch(fs)
+    eager.graphs, graphed.graphs = False, True
 
-    def timed(fn) -> float:
-        fn()
+    def timed(batch) -> float:
+        batch(zs)  # the first call warms up (and captures the graph)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(repeats):
-            fn()
+            batch(zs)
         torch.cuda.synchronize()
         return 1000 * (time.perf_counter() - t0) / repeats / clients
 
-    with torch.no_grad():
-        eager_ms = timed(lambda: core(Z))
-        ref = core(Z)
-        static = Z.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                core(static)
-        torch.cuda.current_stream().wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            out = core(static)
-        graph_ms = timed(g.replay)
-        diff = max(float((a - b).abs().max()) for a, b in zip(out, ref))
+    eager_ms, graph_ms = timed(eager), timed(graphed)
+    diff = max(float((a[2] - b[2]).abs().max()) for a, b in zip(eager(zs), graphed(zs)))
     return (f"| {model_name} | {P:,} | {clients} | {eager_ms:.2f} | {graph_ms:.2f} | {eager_ms / graph_ms:.1f}x | "
             f"{diff:.1e} |")
 

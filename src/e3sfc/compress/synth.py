@@ -199,25 +199,19 @@ class CosineMatchBatch:
 
     @torch.no_grad()
     def _call(self, fs: list[CosineMatch], zs: list[torch.Tensor]) -> list[tuple[float, float, torch.Tensor]]:
-        B = len(fs)
         Z = torch.stack(zs)
-        X, Y = Z[:, :self.nx].reshape(B, *self.x_shape), Z[:, self.nx:].reshape(B, *self.y_shape)
-        with torch.enable_grad():
-            G, vjp = torch.func.vjp(torch.func.vmap(self._grad), X, Y)
-        if fs[0].per_tensor:
-            cos, V = self._per_tensor(fs, G)
-        else:
-            cos, V = self._one_scale(fs, G)
-        dX, dY = vjp(V)
-        return batch_results(cos, Z[:, :self.nx], Z[:, self.nx:], dX.reshape(B, -1), dY.reshape(B, -1), self.lambd)
+        cos, dx, dy = self._core(Z, fs)
+        return batch_results(cos, Z[:, :self.nx], Z[:, self.nx:], dx, dy, self.lambd)
 
-    def _core(self, Z: torch.Tensor, tn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """cos and the gradients of -|cos| (one scale) at the stacked points, without a host sync."""
+    def _core(self, Z: torch.Tensor, fs: list[CosineMatch], tn: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """cos and the gradients of -|cos| at the stacked points of ``fs``; with ``tn`` (the targets'
+        norms on the device, one scale) it needs no host sync, so that it can be captured."""
         B = Z.shape[0]
         X, Y = Z[:, :self.nx].reshape(B, *self.x_shape), Z[:, self.nx:].reshape(B, *self.y_shape)
         with torch.enable_grad():
             G, vjp = torch.func.vjp(torch.func.vmap(self._grad), X, Y)
-        cos, V = self._one_scale(self.fs, G, tn)
+        cos, V = self._per_tensor(fs, G) if fs[0].per_tensor else self._one_scale(fs, G, tn)
         dX, dY = vjp(V)
         return cos, dX.reshape(B, -1), dY.reshape(B, -1)
 
@@ -230,11 +224,11 @@ class CosineMatchBatch:
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):  # warm up outside the capture (torch.func, cuDNN choices)
                 for _ in range(2):
-                    self._core(static, tn)
+                    self._core(static, self.fs, tn)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                out = self._core(static, tn)
+                out = self._core(static, self.fs, tn)
             self._graph = (graph, static, out)
         graph, static, (cos, dx, dy) = self._graph
         static.copy_(torch.stack(zs))

@@ -273,10 +273,12 @@ class ServerRuntime:
             remaining = self.scheduler.budget - committed
         dense_syncs = sum(1 for p in plans.values() if p == "model")
         split = self.splits_directions
+        # the uplink cosine the split reads: the aggregate's where measured (budgeted runs only; the
+        # budget-less adaptive rule keeps reading the clients' mean against --target-cosine)
+        up_cos = self.last_cosine if remaining is None else self.last_agg_cosine or self.last_cosine
         M, Md = self.scheduler.choose(
             t, lambda m, md: self.round_cost(m, len(participants), dense_syncs, last=t == self.cfg.rounds, Md=md),
-            remaining, self.last_agg_cosine or self.last_cosine if remaining is not None else self.last_cosine,
-            self.last_down_cosine if split else None,
+            remaining, up_cos, self.last_down_cosine if split else None,
             None if split else self.cfg.downlink_samples or None)
         self.schedule_log.append(M)
         if self.downlink.compressed:

@@ -66,9 +66,6 @@ class ClientStore:
         self.spills = self.loads = 0
 
     # ------------------------------------------------------------------ access
-    def __contains__(self, k: int) -> bool:
-        return k in self.live or k in self.cold
-
     def __len__(self) -> int:
         return len(self.live) + len(self.cold)
 
@@ -92,18 +89,13 @@ class ClientStore:
     def held_bytes(self) -> int:
         return sum(v.numel() * v.element_size() for c in self.live.values() for v in tensors_of(c).values())
 
-    def settle(self, keep: set[int] = frozenset()) -> None:
-        """After a round: spill the least recently used clients until the tensors in memory fit the
-        budget (``keep``: ids that stay)."""
+    def settle(self) -> None:
+        """After a round: spill the least recently used clients until the tensors in memory fit the budget."""
         if not self.budget:
             return
         held = self.held_bytes()
-        for k in list(self.live):
-            if held <= self.budget:
-                break
-            if k in keep:
-                continue
-            c = self.live.pop(k)
+        while held > self.budget and self.live:
+            k, c = self.live.popitem(last=False)
             held -= self._spill(k, c)
 
     # ------------------------------------------------------------------ disk

@@ -338,33 +338,44 @@ def run_flower_simulation(cfg: RunConfig, out_dir: str | Path, num_cpus: int = 2
                "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)}
         proc = subprocess.Popen([flwr, "run", str(app), "--stream"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env=env)
-        shown = 0
+        rounds = _Rounds(out_dir / "metrics.jsonl", cfg.rounds, progress)
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
                 log.debug("flwr: %s", line.rstrip())
-                shown = _progress(out_dir / "metrics.jsonl", shown, cfg.rounds, progress)
+                rounds.report()
             proc.wait()
-            _progress(out_dir / "metrics.jsonl", shown, cfg.rounds, progress)
+            rounds.report()
         finally:
             if proc.poll() is None:
                 proc.kill()
             subprocess.run(["pkill", "-f", str(home)], check=False)  # the SuperLink `flwr run` started
 
 
-def _progress(metrics: Path, shown: int, rounds: int, progress: Callable[[int, dict], None] | None) -> int:
-    """Report the rounds that appeared in ``metrics`` since ``shown``; returns how many are shown now."""
-    try:
-        rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-    except (OSError, ValueError):  # being written: the next line of Flower's output tries again
-        return shown
-    for r in rows[shown:]:
-        if progress is not None:
-            progress(r["round"], r)
-            continue
-        log.info("round %d/%d: accuracy %.4f, %d B up, %d B down", r["round"], rounds, r.get("accuracy") or 0.0,
-                 r.get("uplink_bytes", 0), r.get("downlink_bytes", 0))
-    return max(shown, len(rows))
+class _Rounds:
+    """Reports the rounds that appear in a run's metrics.jsonl (``progress(t, row)`` each, else an INFO
+    line), reading the file again only when it has grown."""
+
+    def __init__(self, metrics: Path, rounds: int, progress: Callable[[int, dict], None] | None):
+        self.metrics, self.rounds, self.progress = metrics, rounds, progress
+        self.shown = self.size = 0
+
+    def report(self) -> None:
+        try:
+            size = self.metrics.stat().st_size
+            if size == self.size:
+                return
+            rows = [json.loads(x) for x in self.metrics.read_text().splitlines() if x.strip()]
+        except (OSError, ValueError):  # absent, or being written: the next line of output tries again
+            return
+        self.size = size
+        for r in rows[self.shown:]:
+            if self.progress is not None:
+                self.progress(r["round"], r)
+            else:
+                log.info("round %d/%d: accuracy %.4f, %d B up, %d B down", r["round"], self.rounds,
+                         r.get("accuracy") or 0.0, r.get("uplink_bytes", 0), r.get("downlink_bytes", 0))
+        self.shown = max(self.shown, len(rows))
 
 
 __all__ = ["make_client_app", "make_server_app", "run_flower_simulation", "FlowerSimulation"]
