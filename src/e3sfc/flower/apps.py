@@ -107,26 +107,35 @@ def flower_bytes(obj) -> int:
 
 
 # ---------------------------------------------------------------------------- client side
-_CACHE: dict[tuple, Any] = {}
+_CACHE: dict[tuple, Any] = {}  # per process: the run's data, partition and working models
+_SHARDS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # per process: (run key, partition id) -> shard
 
 
 def _client_setup(cfg: RunConfig, pid: int):
-    """Data of partition ``pid`` and the two working models (cached per process)."""
+    """Data of partition ``pid`` and the two working models. The dataset, its partition and the models
+    are loaded once per process and shared by every partition it serves (a simulation backend hands
+    any node's message to any of its workers, so a per-partition load would repeat in each worker);
+    the working models are scratch space whose weights each message overwrites."""
     key = (cfg.dataset, cfg.data_dir, cfg.emnist_split, cfg.holdout, cfg.train_subset, cfg.seed, cfg.clients,
-           cfg.partition, cfg.alpha, cfg.model, cfg.protocol, cfg.max_len, cfg.min_freq, cfg.vocab_size, pid)
+           cfg.partition, cfg.alpha, cfg.model, cfg.protocol, cfg.max_len, cfg.min_freq, cfg.vocab_size)
     if key not in _CACHE:
+        _CACHE.clear()  # one run per process at a time: drop an earlier run's data
+        _SHARDS.clear()
         data = load_dataset(cfg.dataset, cfg.data_dir, emnist_split=cfg.emnist_split, holdout=cfg.holdout,
                             train_subset=cfg.train_subset, test_subset=1, seed=cfg.seed,
                             scaling=protocol.input_scaling(cfg), max_len=cfg.max_len, min_freq=cfg.min_freq,
                             vocab_size=cfg.vocab_size)
         parts = partition(data.train_y.numpy(), cfg.clients, cfg.partition, cfg.alpha, cfg.seed)
-        idx = torch.from_numpy(protocol.split_shard(cfg, pid, parts[pid])[0])  # what it trains on
         model, work, train = (build_model(cfg.model, data.input_shape, data.num_classes, s, data.vocab_size)
                               for s in (derive_seed(cfg.seed, MODEL_INIT), 0, 0))
         work.eval()
-        _CACHE[key] = (data.train_x[idx], data.train_y[idx], synthetic_shape(model, data.input_shape),
-                       data.num_classes, get_flat(model), work, train)
-    return _CACHE[key]
+        _CACHE[key] = (data, parts, synthetic_shape(model, data.input_shape), get_flat(model), work, train)
+    data, parts, shape, initial, work, train = _CACHE[key]
+    if (key, pid) not in _SHARDS:
+        idx = torch.from_numpy(protocol.split_shard(cfg, pid, parts[pid])[0])  # what it trains on
+        _SHARDS[(key, pid)] = (data.train_x[idx], data.train_y[idx])
+    x, y = _SHARDS[(key, pid)]
+    return x, y, shape, data.num_classes, initial, work, train
 
 
 def client_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
