@@ -245,7 +245,10 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
                "float rounding, which moves a 100-round run about as much as a change of seed.",
     "convnet-beyond": "Ran on an NVIDIA H100 host with --device cuda --batch-search, eight runs sharing the GPU "
                       "(2026-11-27). Top-k and STC finished; the 3SFC runs took 35-50 s a round there and were "
-                      "stopped after 9-13 rounds when the session's 15 minutes of GPU time ran out.",
+                      "stopped after 9-13 rounds when the session's 15 minutes of GPU time ran out. 3sfc-plus "
+                      "(seeds 42 and 43) then ran on the machine above, on its CPU (the batched search, the "
+                      "default there), two runs side by side; float rounding differs between the two machines "
+                      "about as much as a change of seed moves a run.",
     "reference": "Made with the batched search the default (it was off before 2026-11-27), on the 16 CPU cores of a "
                  "GPU machine lent for one session (NVIDIA H200 host, Intel Xeon, torch 2.11, one run per core), "
                  "except e3sfc-budget-adaptive (the current adaptive rule), made on the machine above.",
@@ -381,6 +384,18 @@ def versus(where: str, mine: str, me: dict[int, dict], o: str, them: dict[int, d
             f"(mean of the last 10 rounds over seeds {', '.join(map(str, both))}: "
             f"{sum(x) / len(x):.4f} against {sum(y) / len(y):.4f}{spread}; MB in all at seed {both[0]}: "
             f"{me[both[0]]['total_mb']:.2f} against {them[both[0]]['total_mb']:.2f}).")
+
+
+def convnet_beyond_verdicts(rows: list[dict]) -> list[str]:
+    """The synthesis runs against Top-k and STC at the same uplink bytes on the ConvNet, mean over the seeds
+    both have run."""
+    by = {r["run"]: r for r in rows}
+
+    def seed_rows(name: str) -> dict[int, dict]:
+        return {s: by[f"{name}-seed{s}"] for s in (42, 43) if f"{name}-seed{s}" in by}
+
+    return [line for mine in ("3sfc-plus", "3sfc") for o in ("topk-match", "stc-match")
+            if (line := versus("ConvNet, uplink bytes, one way", mine, seed_rows(mine), o, seed_rows(o)))]
 
 
 def faithful_verdicts(rows: list[dict], root: Path) -> list[str]:
@@ -556,6 +571,7 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
         v = {"seeds": lambda: seed_verdicts(root), "noniid": lambda: noniid_verdicts(rows),
              "twoway": lambda: twoway_verdicts(rows), "beyond": lambda: beyond_verdicts(root, rows),
              "options": lambda: options_verdicts(root, rows),
+             "convnet-beyond": lambda: convnet_beyond_verdicts(rows),
              "faithful": lambda: faithful_verdicts(rows, root),
              "budget": lambda: budget_verdicts(rows, root)}.get(
             group, lambda: verdicts(rows))()

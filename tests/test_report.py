@@ -116,6 +116,19 @@ def test_suite_twoway_and_beyond_verdicts_on_hand_made_rows(tmp_path):
                  "0.8000-0.8100; MB in all at seed 42: 6.40 against 6.40)."]
 
 
+def test_suite_convnet_beyond_verdicts_on_hand_made_rows():
+    suite = _suite()
+    rows = [{"run": run, "acc_last10": acc, "total_mb": 13.0} for run, acc in
+            (("3sfc-plus-seed42", 0.86), ("3sfc-plus-seed43", 0.88), ("topk-match-seed42", 0.90),
+             ("topk-match-seed43", 0.89), ("stc-match-seed42", 0.81))]
+    v = suite.convnet_beyond_verdicts(rows)
+    assert v == ["- ConvNet, uplink bytes, one way: 3sfc-plus loses to topk-match by 2.5 points (mean of the last 10 "
+                 "rounds over seeds 42, 43: 0.8700 against 0.8950; seed spread 0.8600-0.8800 against 0.8900-0.9000; "
+                 "MB in all at seed 42: 13.00 against 13.00).",
+                 "- ConvNet, uplink bytes, one way: 3sfc-plus beats stc-match by 5.0 points (mean of the last 10 "
+                 "rounds over seeds 42: 0.8600 against 0.8100; MB in all at seed 42: 13.00 against 13.00)."]
+
+
 def test_suite_keeps_the_sections_of_groups_not_on_this_machine(tmp_path):
     suite = _suite()
     old = tmp_path / "results.md"
