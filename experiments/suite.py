@@ -245,7 +245,9 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
                "float rounding, which moves a 100-round run about as much as a change of seed.",
     "convnet-beyond": "Ran on an NVIDIA H100 host with --device cuda --batch-search, eight runs sharing the GPU "
                       "(2026-11-27). Top-k and STC finished; the 3SFC runs took 35-50 s a round there and were "
-                      "stopped after 9-13 rounds when the session's 15 minutes of GPU time ran out. 3sfc-plus "
+                      "stopped after 9-13 rounds when the session's 15 minutes of GPU time ran out. Their "
+                      "config.json says model convnet, the name the project's ConvNet had then (28,650 parameters, "
+                      "summary.json): today's convnet-fast, as in every run here. 3sfc-plus "
                       "(seeds 42 and 43) then ran on the machine above, on its CPU (the batched search, the "
                       "default there), two runs side by side; float rounding differs between the two machines "
                       "about as much as a change of seed moves a run.",
