@@ -64,7 +64,6 @@ def test_a_client_process_loads_the_data_once_for_every_partition_it_serves(monk
     real = apps.load_dataset
     monkeypatch.setattr(apps, "load_dataset", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(apps, "_CACHE", {})
-    monkeypatch.setattr(apps, "_SHARDS", {})
     cfg = RunConfig(method="3sfc", **BASE)
     sim = Simulation(cfg)
     for pid in (0, 1, 2, 1, 0):

@@ -107,8 +107,7 @@ def flower_bytes(obj) -> int:
 
 
 # ---------------------------------------------------------------------------- client side
-_CACHE: dict[tuple, Any] = {}  # per process: the run's data, partition and working models
-_SHARDS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # per process: (run key, partition id) -> shard
+_CACHE: dict[tuple, Any] = {}  # per process, one run: its data, partition, working models and shards by partition
 
 
 def _client_setup(cfg: RunConfig, pid: int):
@@ -120,7 +119,6 @@ def _client_setup(cfg: RunConfig, pid: int):
            cfg.partition, cfg.alpha, cfg.model, cfg.protocol, cfg.max_len, cfg.min_freq, cfg.vocab_size)
     if key not in _CACHE:
         _CACHE.clear()  # one run per process at a time: drop an earlier run's data
-        _SHARDS.clear()
         data = load_dataset(cfg.dataset, cfg.data_dir, emnist_split=cfg.emnist_split, holdout=cfg.holdout,
                             train_subset=cfg.train_subset, test_subset=1, seed=cfg.seed,
                             scaling=protocol.input_scaling(cfg), max_len=cfg.max_len, min_freq=cfg.min_freq,
@@ -129,12 +127,12 @@ def _client_setup(cfg: RunConfig, pid: int):
         model, work, train = (build_model(cfg.model, data.input_shape, data.num_classes, s, data.vocab_size)
                               for s in (derive_seed(cfg.seed, MODEL_INIT), 0, 0))
         work.eval()
-        _CACHE[key] = (data, parts, synthetic_shape(model, data.input_shape), get_flat(model), work, train)
-    data, parts, shape, initial, work, train = _CACHE[key]
-    if (key, pid) not in _SHARDS:
+        _CACHE[key] = (data, parts, synthetic_shape(model, data.input_shape), get_flat(model), work, train, {})
+    data, parts, shape, initial, work, train, shards = _CACHE[key]
+    if pid not in shards:
         idx = torch.from_numpy(protocol.split_shard(cfg, pid, parts[pid])[0])  # what it trains on
-        _SHARDS[(key, pid)] = (data.train_x[idx], data.train_y[idx])
-    x, y = _SHARDS[(key, pid)]
+        shards[pid] = (data.train_x[idx], data.train_y[idx])
+    x, y = shards[pid]
     return x, y, shape, data.num_classes, initial, work, train
 
 
