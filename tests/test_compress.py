@@ -533,3 +533,20 @@ def test_compress_many_with_batch_search_equals_one_by_one_float64():
             np.testing.assert_allclose(fa, fb, rtol=1e-5, atol=1e-7)
         assert sa["cosine"] == pytest.approx(sb["cosine"], rel=1e-6)
     del gen
+
+
+def test_deterministic_cudnn_holds_its_flags_inside_and_restores_them_even_on_error():
+    from e3sfc.compress.synth import deterministic_cudnn
+    b = torch.backends.cudnn
+    before = b.deterministic, b.benchmark
+    b.deterministic, b.benchmark = False, True
+    try:
+        with pytest.raises(KeyError):
+            with deterministic_cudnn():
+                assert (b.deterministic, b.benchmark) == (True, False)
+                raise KeyError("x")
+        assert (b.deterministic, b.benchmark) == (False, True)
+        with deterministic_cudnn(on=False):
+            assert (b.deterministic, b.benchmark) == (False, True)
+    finally:
+        b.deterministic, b.benchmark = before

@@ -10,7 +10,8 @@ and never modified: gradients are taken with ``torch.autograd.grad``, so no
 from __future__ import annotations
 
 import math
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +23,28 @@ def soft_ce(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: t
     return -(y * F.log_softmax(model(x), dim=1)).sum(1).mean()
 
 
+@contextmanager
+def deterministic_cudnn(on: bool = True) -> Iterator[None]:
+    """While inside (and ``on``): cuDNN picks only deterministic algorithms and does not benchmark.
+    Decoding must give the same bits in every replica; cuDNN's default weight-gradient kernels
+    may add in a different order on each call. No effect on a CPU."""
+    if not on:
+        yield
+        return
+    b = torch.backends.cudnn
+    old = b.deterministic, b.benchmark
+    b.deterministic, b.benchmark = True, False
+    try:
+        yield
+    finally:
+        b.deterministic, b.benchmark = old
+
+
 def synth_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
-    """g(x, y) as one flat (P,) vector."""
+    """g(x, y) as one flat (P,) vector. Without ``create_graph`` (decoding) on a GPU it runs under
+    :func:`deterministic_cudnn`, so that the server and every replica decode a payload to the same bits."""
     params = [p for p in model.parameters()]
-    with torch.enable_grad():
+    with torch.enable_grad(), deterministic_cudnn(x.is_cuda and not create_graph):
         if not create_graph:
             x, y = x.detach(), y.detach()
         grads = torch.autograd.grad(soft_ce(model, x, y), params, create_graph=create_graph)
@@ -161,14 +180,14 @@ class CosineMatchBatch:
     (tested). Large models go in chunks of at most ``max_floats`` gradient numbers (B x P), so
     the stacked gradients stay bounded.
 
-    With ``graphs`` (off by default: its GPU test has not passed yet, see below) and the points on
+    With ``graphs`` (off by default until its GPU test passes, see below) and the points on
     a GPU (one scale, one chunk), the evaluation is captured once as a CUDA graph and replayed for
     every later point: the same kernels without their launch cost, which dominates these one-image
     double backprops (benchmarks/RESULTS.md: 5.6x to 6.8x an evaluation, a ConvNet 3SFC round from
     5.6x to 1.8x a FedAvg round on an H200). The batch lives while the same objectives search
-    together, so one capture serves all their evaluations. tests/test_cuda_graphs.py compares it
-    with the eager path; its first run on a GPU failed (TF32 convolutions are the suspect; the test
-    now turns TF32 off), so ``graphs`` stays off until it passes there."""
+    together, so one capture serves all their evaluations. Every tensor the graph reads must live as
+    long as the graph (it reads their addresses). tests/test_cuda_graphs.py compares it with the eager
+    path; ``graphs`` stays off until that test has passed on a GPU."""
 
     max_floats = 2 ** 26        # gradient numbers per chunk (B x P) on a CPU; 4x that on a GPU
     graphs = False              # replay a captured CUDA graph where the points are on a GPU
@@ -229,8 +248,8 @@ class CosineMatchBatch:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 out = self._core(static, self.fs, tn)
-            self._graph = (graph, static, out)
-        graph, static, (cos, dx, dy) = self._graph
+            self._graph = (graph, static, out, tn)  # the graph reads tn's memory: it must outlive it
+        graph, static, (cos, dx, dy), _ = self._graph
         static.copy_(torch.stack(zs))
         graph.replay()
         return batch_results(cos.clone(), static[:, :self.nx].clone(), static[:, self.nx:].clone(), dx.clone(),
