@@ -548,5 +548,10 @@ def test_deterministic_cudnn_holds_its_flags_inside_and_restores_them_even_on_er
         assert (b.deterministic, b.benchmark) == (False, True)
         with deterministic_cudnn(on=False):
             assert (b.deterministic, b.benchmark) == (False, True)
+        with deterministic_cudnn():  # nested (another thread decoding meanwhile): the outer exit restores
+            with deterministic_cudnn():
+                pass
+            assert (b.deterministic, b.benchmark) == (True, False)
+        assert (b.deterministic, b.benchmark) == (False, True)
     finally:
         b.deterministic, b.benchmark = before

@@ -10,6 +10,7 @@ and never modified: gradients are taken with ``torch.autograd.grad``, so no
 from __future__ import annotations
 
 import math
+import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -32,12 +33,22 @@ def deterministic_cudnn(on: bool = True) -> Iterator[None]:
         yield
         return
     b = torch.backends.cudnn
-    old = b.deterministic, b.benchmark
-    b.deterministic, b.benchmark = True, False
+    with _CUDNN_LOCK:  # threads may decode at once: the first in sets the flags, the last out restores them
+        if _CUDNN_HELD[0] == 0:
+            _CUDNN_HELD[1] = (b.deterministic, b.benchmark)
+            b.deterministic, b.benchmark = True, False
+        _CUDNN_HELD[0] += 1
     try:
         yield
     finally:
-        b.deterministic, b.benchmark = old
+        with _CUDNN_LOCK:
+            _CUDNN_HELD[0] -= 1
+            if _CUDNN_HELD[0] == 0:
+                b.deterministic, b.benchmark = _CUDNN_HELD[1]
+
+
+_CUDNN_LOCK = threading.Lock()
+_CUDNN_HELD: list = [0, None]  # how many are inside deterministic_cudnn, and the flags they found
 
 
 def synth_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
