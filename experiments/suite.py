@@ -246,11 +246,20 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
     "convnet-beyond": "Ran on an NVIDIA H100 host with --device cuda --batch-search, eight runs sharing the GPU "
                       "(2026-11-27). Top-k and STC finished; the 3SFC runs took 35-50 s a round there and were "
                       "stopped after 9-13 rounds when the session's 15 minutes of GPU time ran out. Their "
-                      "config.json says model convnet, the name the project's ConvNet had then (28,650 parameters, "
-                      "summary.json): today's convnet-fast, as in every run here. 3sfc-plus "
+                      "config.json said model convnet, the name the project's ConvNet had then (28,650 parameters, "
+                      "summary.json): today's convnet-fast, the name it now says. 3sfc-plus "
                       "(seeds 42 and 43) then ran on the machine above, on its CPU (the batched search, the "
                       "default there), two runs side by side; float rounding differs between the two machines "
-                      "about as much as a change of seed moves a run.",
+                      "about as much as a change of seed moves a run. 3sfc-seed42 is the convnet group's 3sfc (the "
+                      "same arguments, the machine above, CPU); 3sfc-seed43 has not been run.",
+    "convnet": "Made on three machines, with the code of 2026-11-27 (the model named in config.json, convnet-fast, "
+               "28,650 parameters in every summary.json). fedavg on an NVIDIA H200 host with --device cuda "
+               "--batch-search; topk-match and stc-match are the seed-42 runs of the convnet-beyond group (the same "
+               "arguments; NVIDIA H100 host, --device cuda); 3sfc and e3sfc on the machine above, on its CPU, two "
+               "runs side by side. e3sfc on the H200 stopped in round 2: a replica's decode of the broadcast differed "
+               "from the server's in the last bits (cuDNN's default weight-gradient kernels are not deterministic); "
+               "decoding now runs with deterministic cuDNN, not yet re-run on a GPU. The s / round column compares "
+               "machines, not methods; float rounding differs between machines about as much as a change of seed.",
     "reference": "Made with the batched search the default (it was off before 2026-11-27), on the 16 CPU cores of a "
                  "GPU machine lent for one session (NVIDIA H200 host, Intel Xeon, torch 2.11, one run per core), "
                  "except e3sfc-budget-adaptive (the current adaptive rule), made on the machine above.",
