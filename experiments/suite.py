@@ -392,7 +392,7 @@ def versus(where: str, mine: str, me: dict[int, dict], o: str, them: dict[int, d
     spread = f"; seed spread {min(x):.4f}-{max(x):.4f} against {min(y):.4f}-{max(y):.4f}" if len(both) > 1 else ""
     verb = "ties with" if round(abs(d), 1) == 0 else "beats" if d > 0 else "loses to"
     return (f"- {where}: {mine} {verb} {o} by {abs(d):.1f} points "
-            f"(mean of the last 10 rounds over seeds {', '.join(map(str, both))}: "
+            f"(mean of the last 10 rounds over seed{'s' if len(both) > 1 else ''} {', '.join(map(str, both))}: "
             f"{sum(x) / len(x):.4f} against {sum(y) / len(y):.4f}{spread}; MB in all at seed {both[0]}: "
             f"{me[both[0]]['total_mb']:.2f} against {them[both[0]]['total_mb']:.2f}).")
 
@@ -471,6 +471,15 @@ def options_verdicts(root: Path, rows: list[dict]) -> list[str]:
     return out
 
 
+def time_verdict(r: dict, fed: dict) -> str:
+    """How much longer r's round took than FedAvg's, where both ran on the same kind of device."""
+    if r.get("device", "cpu") != fed.get("device", "cpu"):
+        return (f"its round time does not compare with FedAvg's here ({r.get('device', 'cpu')} against "
+                f"{fed.get('device', 'cpu')}; benchmarks/RESULTS.md times them side by side).")
+    return (f"a round takes {r['seconds_per_round'] / fed['seconds_per_round']:.1f}x as long here (runs sharing the "
+            "machine; benchmarks/RESULTS.md times them side by side).")
+
+
 def verdicts(rows: list[dict]) -> list[str]:
     """Plain statements of where the synthesis methods win and lose, read off the table."""
     by = {r["run"]: r for r in rows}
@@ -485,9 +494,7 @@ def verdicts(rows: list[dict]) -> list[str]:
         gap = (fed["acc_last10"] - r["acc_last10"]) * 100
         out.append(f"- {name} sends {up_ratio:,.0f}x fewer bytes up and {down_ratio:,.0f}x fewer down than FedAvg "
                    f"and is {abs(gap):.1f} points {'below' if gap > 0 else 'above'} it over the last 10% of rounds "
-                   f"(mean {r['acc_last10']:.4f} against {fed['acc_last10']:.4f}); a round takes "
-                   f"{r['seconds_per_round'] / fed['seconds_per_round']:.1f}x as long here (runs sharing the machine; "
-                   "benchmarks/RESULTS.md times them side by side).")
+                   f"(mean {r['acc_last10']:.4f} against {fed['acc_last10']:.4f}); " + time_verdict(r, fed))
         for b in MATCHED:
             m = by.get(b)
             if m:
@@ -571,7 +578,7 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
         parts.append(markdown_table(rows, 0.70) + "\n")
         cuda = [r.path.name for r in loaded if r.config.get("device") == "cuda"]
         if cuda:
-            parts.append(f"Runs on --device cuda (a GPU machine lent for a session, its CPU cores shared by 16 runs): "
+            parts.append(f"Runs on --device cuda (a GPU machine lent for a session, shared with other runs): "
                          f"{', '.join(cuda)}. Their accuracy compares with the others; their seconds per round do "
                          f"not.\n")
         missing = [n for n in runs if n not in done]

@@ -126,7 +126,7 @@ def test_suite_convnet_beyond_verdicts_on_hand_made_rows():
                  "rounds over seeds 42, 43: 0.8700 against 0.8950; seed spread 0.8600-0.8800 against 0.8900-0.9000; "
                  "MB in all at seed 42: 13.00 against 13.00).",
                  "- ConvNet, uplink bytes, one way: 3sfc-plus beats stc-match by 5.0 points (mean of the last 10 "
-                 "rounds over seeds 42: 0.8600 against 0.8100; MB in all at seed 42: 13.00 against 13.00)."]
+                 "rounds over seed 42: 0.8600 against 0.8100; MB in all at seed 42: 13.00 against 13.00)."]
 
 
 def test_suite_keeps_the_sections_of_groups_not_on_this_machine(tmp_path):
@@ -162,8 +162,20 @@ def test_suite_budget_verdicts_on_hand_made_rows():
                  {"run": "decay-6430k-alpha0.1-seed42", "acc_last10": 0.75004, "total_mb": 6.4}]
     v = suite.budget_verdicts(rows)
     assert v[0].startswith("- 12860k-alpha1.0: decay beats constant by 1.0 points (mean of the last 10 rounds "
-                           "over seeds 42: 0.8300 against 0.8200")
+                           "over seed 42: 0.8300 against 0.8200")
     assert v[1].startswith("- 12860k-alpha1.0: adaptive loses to constant by 3.0 points (mean of the last 10 "
                            "rounds over seeds 42, 43: 0.7800 against 0.8100; seed spread 0.7700-0.7900")
     assert v[2].startswith("- 6430k-alpha0.1: decay ties with constant by 0.0 points")
     assert len(suite.groups(suite.Path("runs"))["budget"]) == 24
+
+
+def test_suite_compares_round_times_only_between_runs_on_the_same_kind_of_device():
+    suite = _suite()
+    fed = {"run": "fedavg", "method": "fedavg", "up_bytes_per_client_round": 1000.0,
+           "down_bytes_per_client_round": 1000.0, "acc_last10": 0.9, "seconds_per_round": 2.0, "device": "cpu",
+           "mb_to_target": None, "rounds_to_target": None}
+    mine = {**fed, "run": "3sfc", "method": "3sfc", "up_bytes_per_client_round": 10.0, "acc_last10": 0.8,
+            "seconds_per_round": 3.0}
+    assert "a round takes 1.5x as long here" in suite.verdicts([fed, mine])[0]
+    line = suite.verdicts([{**fed, "device": "cuda"}, mine])[0]
+    assert "a round takes" not in line and "does not compare with FedAvg's here (cpu against cuda" in line

@@ -83,6 +83,7 @@ def compare_rows(runs: Sequence[Run], target: float | None = None) -> list[dict]
             "mb_to_target": (reach["cum_uplink_bytes"] + reach["cum_downlink_bytes"]) / 1e6 if reach else None,
             "total_mb": (last["cum_uplink_bytes"] + last["cum_downlink_bytes"]) / 1e6,
             "seconds_per_round": last["seconds"] / last["round"],
+            "device": run.config.get("device", "cpu"),
         })
     return out
 
