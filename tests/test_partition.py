@@ -34,6 +34,14 @@ def test_client_without_data_is_a_clear_error():
         iid_partition(3, 5, seed=0)
 
 
+def test_a_split_that_keeps_leaving_a_client_empty_gives_up_after_max_draws(monkeypatch):
+    import importlib
+    monkeypatch.setattr(importlib.import_module("e3sfc.data.partition"), "MAX_DRAWS", 5)
+    # enough samples for everyone, but at alpha 0.001 almost all of them go to one client in each draw
+    with pytest.raises(ConfigError, match=r"--alpha 0.001 \(5 draws\) leaves client\(s\) \[.*with no data"):
+        dirichlet_partition(np.zeros(10, dtype=int), 10, 0.001, seed=0)
+
+
 def test_iid_near_equal():
     parts = iid_partition(1003, 10, seed=0)
     assert sorted({len(p) for p in parts}) == [100, 101]

@@ -18,8 +18,12 @@ def dirichlet_partition(labels: np.ndarray, clients: int, alpha: float, seed: in
     exactly once. A draw that leaves some client with fewer than ``MIN_PARTITION``
     samples is drawn again from the same seeded stream (at most ``MAX_DRAWS`` times,
     then a ConfigError), so a seed whose first draw gives everyone data keeps its split.
+    Fewer than ``MIN_PARTITION`` samples per client in all is an error at once (no draw can succeed).
     """
     labels = np.asarray(labels)
+    if clients * MIN_PARTITION > len(labels):
+        raise ConfigError(f"--clients: {clients} clients and {len(labels)} training samples leave some client with "
+                          f"no data (each needs at least {MIN_PARTITION}); use fewer clients or more training samples")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B11]))
     classes = np.unique(labels)
     for _ in range(MAX_DRAWS):
