@@ -473,9 +473,10 @@ def options_verdicts(root: Path, rows: list[dict]) -> list[str]:
 
 def time_verdict(r: dict, fed: dict) -> str:
     """How much longer r's round took than FedAvg's, where both ran on the same kind of device."""
-    if r.get("device", "cpu") != fed.get("device", "cpu"):
-        return (f"its round time does not compare with FedAvg's here ({r.get('device', 'cpu')} against "
-                f"{fed.get('device', 'cpu')}; benchmarks/RESULTS.md times them side by side).")
+    mine, theirs = r.get("device", "cpu"), fed.get("device", "cpu")
+    if mine != theirs:
+        return (f"its round time does not compare with FedAvg's here ({mine} against {theirs}; "
+                "benchmarks/RESULTS.md times them side by side).")
     return (f"a round takes {r['seconds_per_round'] / fed['seconds_per_round']:.1f}x as long here (runs sharing the "
             "machine; benchmarks/RESULTS.md times them side by side).")
 

@@ -24,6 +24,10 @@ def soft_ce(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: t
     return -(y * F.log_softmax(model(x), dim=1)).sum(1).mean()
 
 
+_CUDNN_LOCK = threading.Lock()
+_CUDNN_HELD: list = [0, None]  # how many are inside deterministic_cudnn, and the flags they found
+
+
 @contextmanager
 def deterministic_cudnn(on: bool = True) -> Iterator[None]:
     """While inside (and ``on``): cuDNN picks only deterministic algorithms and does not benchmark.
@@ -45,10 +49,6 @@ def deterministic_cudnn(on: bool = True) -> Iterator[None]:
             _CUDNN_HELD[0] -= 1
             if _CUDNN_HELD[0] == 0:
                 b.deterministic, b.benchmark = _CUDNN_HELD[1]
-
-
-_CUDNN_LOCK = threading.Lock()
-_CUDNN_HELD: list = [0, None]  # how many are inside deterministic_cudnn, and the flags they found
 
 
 def synth_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
