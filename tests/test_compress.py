@@ -14,7 +14,8 @@ from e3sfc.compress.lbfgs import FlatLBFGS
 from e3sfc.compress.synth import CosineMatch, synth_grad
 from e3sfc.config import RunConfig
 from e3sfc.errors import ConfigError, PayloadError
-from e3sfc.federated import client_step, get_flat
+from e3sfc.federated import get_flat, local_train
+from e3sfc.federated.client import ef_target, finish_update
 from e3sfc.federated.runtime import uplink_compressor
 from e3sfc.models import build_model
 from e3sfc.wire import Payload
@@ -82,13 +83,12 @@ def test_client_step_ef_identity_through_the_wire():
     ef = ErrorFeedback()
     x, y = torch.randn(40, 1, 8, 8), torch.randint(0, 10, (40,))
     train = build_model("mlp", (1, 8, 8), 10, seed=1)
-    u = client_step(train, ctx, x, y, compressor=comp, ef=ef, epochs=1, batch_size=8, lr=0.1,
-                    generator=torch.Generator().manual_seed(0))
-    decoded = comp.decompress(comp.decode(u.blob, ctx), ctx)
-    # tau = delta (first round, no residual yet); decoded + e == tau
-    from e3sfc.federated import local_train
     delta = local_train(train, ctx.weights, x, y, epochs=1, batch_size=8, lr=0.1,
                         generator=torch.Generator().manual_seed(0))
+    p = ef_target(ctx, delta.clone(), compressor=comp, ef=ef, num_samples=40)
+    u = finish_update(p, comp, ef, *comp.compress_many([p.target], [p.ctx])[0])
+    decoded = comp.decompress(comp.decode(u.blob, ctx), ctx)
+    # tau = delta (first round, no residual yet); decoded + e == tau
     torch.testing.assert_close(decoded + ef.residuals[2], delta, rtol=0, atol=1e-7)
 
 

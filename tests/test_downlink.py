@@ -103,7 +103,8 @@ def test_simulator_round_equals_each_client_handled_alone(method):
     for t in (1, 2, 3):
         sim.run_round(t)
         participants, M, messages = alone.server.begin_round(t)
-        updates = [alone.client(k).handle(messages[k], alone.client_model, alone.train_model, *alone.client_data[k])
+        updates = [alone.client(k).step(messages[k], alone.client_model,
+                                                 alone.client(k).sgd(alone.train_model, *alone.client_data[k]))
                    for k in participants]
         alone.server.end_round(t, M, updates)
         assert torch.equal(sim.weights, alone.weights)

@@ -48,7 +48,7 @@ def test_server_skips_a_malformed_reply_and_goes_on():
     sim = Simulation(RunConfig(method="3sfc", **BASE))
     participants, M, messages = sim.server.begin_round(1)
     x, y = sim.client_data[0]
-    good = sim.client(0).handle(messages[0], sim.client_model, sim.train_model, x, y)
+    good = sim.client(0).step(messages[0], sim.client_model, sim.client(0).sgd(sim.train_model, x, y))
     bad = [ClientUpdate(1, good.blob[:-4], 10), ClientUpdate(2, b"\x00" * 7, 10)]
     stats = sim.server.end_round(1, M, [good, *bad])
     assert stats["rejected"] == 2
@@ -148,7 +148,8 @@ def test_flower_server_checks_every_reply_before_use(tmp_path, monkeypatch):
 
     def train(k, msg):
         x, y = honest.client_data[k]
-        u = honest.client(k).handle(ins_from_record(msg.content), honest.client_model, honest.train_model, x, y)
+        c = honest.client(k)
+        u = c.step(ins_from_record(msg.content), honest.client_model, c.sgd(honest.train_model, x, y))
         return {0: [reply(0, u.blob, u.num_samples), reply(0, u.blob, u.num_samples)],  # a second reply
                 1: [reply(1, u.blob, u.num_samples, claimed=0)],                       # claims client 0
                 2: [reply(2, 2 ** 40, u.num_samples)],                                 # no 1 TB allocation

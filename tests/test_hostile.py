@@ -24,7 +24,7 @@ def _round_one(method="fedavg", **kw):
     honest = []
     for k in participants:
         x, y = sim.client_data[k]
-        honest.append(sim.client(k).handle(messages[k], sim.client_model, sim.train_model, x, y))
+        honest.append(sim.client(k).step(messages[k], sim.client_model, sim.client(k).sgd(sim.train_model, x, y)))
     return sim, M, honest
 
 

@@ -53,13 +53,13 @@ def test_lr_of_round_one_and_two():
 def test_lr_used_in_a_run_follows_the_protocol(monkeypatch):
     from e3sfc.federated import runtime
     seen = []
-    real = runtime.prepare_update
+    real = runtime.local_train
 
     def spy(*a, **kw):
         seen.append(kw["lr"])
         return real(*a, **kw)
 
-    monkeypatch.setattr(runtime, "prepare_update", spy)
+    monkeypatch.setattr(runtime, "local_train", spy)
     Simulation(RunConfig(**QUICK, method="fedavg", clients=1, rounds=2, protocol="authors")).run()
     assert seen == [pytest.approx(0.05 * 0.99), pytest.approx(0.05 * 0.99 ** 2)]
 

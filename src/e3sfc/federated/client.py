@@ -1,16 +1,16 @@
-"""The client step, shared by every driver (in-process simulator, Flower).
+"""The pieces of the client step, shared by every driver (in-process simulator, Flower apps,
+the Flower add-on); :class:`~.runtime.ClientRuntime` puts them in order.
 
-Client k at round t: start from w_t, run E epochs of plain SGD (momentum 0)
-with lr_k = lr * decay^n_k (n_k = times k trained before), giving
-Delta_k = w_k - w_t; form the EF target tau = e_k + Delta_k (:func:`prepare_update`);
-compress it (``Compressor.compress_many``, which may take several clients' targets
-at once); serialize with the one wire format and update e_k <- tau - decoded
-(:func:`finish_update`). :func:`client_step` is the three in a row for one client.
+Client k at round t: start from w_t and train, giving Delta_k = w_k - w_t (ours:
+:func:`local_train`, E epochs of plain SGD with momentum 0 and lr_k = lr * decay^n_k,
+n_k = times k trained before; under the add-on, the app's own training); form the EF
+target tau = e_k + Delta_k (:func:`ef_target`); compress it (``Compressor.compress_many``,
+which may take several clients' targets at once); serialize with the one wire format and
+update e_k <- tau - decoded (:func:`finish_update`).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -69,30 +69,16 @@ class Prepared:
     delta: torch.Tensor | None = None  # the true update Delta_k (in-process diagnostics; never sent)
 
 
-def prepare_update(
-    train_model: nn.Module,
-    ctx: Context,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    compressor: Compressor,
-    ef: ErrorFeedback,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    generator: torch.Generator,
-    update_scale: float = 1.0,
-) -> Prepared:
-    """Train from w_t (``ctx.weights``) and form the target to compress. ``update_scale`` multiplies
-    the trained update before EF (fault injection's ``scale`` adversary; 1 = honest)."""
-    t0 = time.perf_counter()
-    delta = local_train(train_model, ctx.weights, x, y, epochs=epochs, batch_size=batch_size,
-                        lr=lr, generator=generator)
+def ef_target(ctx: Context, delta: torch.Tensor, *, compressor: Compressor, ef: ErrorFeedback, num_samples: int,
+              train_seconds: float = 0.0, update_scale: float = 1.0) -> Prepared:
+    """The target to compress from a trained update ``delta`` at w_t (``ctx.weights``): e_k + Delta_k
+    for a biased method with error feedback, else Delta_k. ``update_scale`` multiplies the update
+    before EF (fault injection's ``scale`` adversary; 1 = honest)."""
     if update_scale != 1.0:
         delta.mul_(update_scale)
     use_ef = ef.enabled and compressor.biased
     target = ef.target(ctx.client, delta) if use_ef else delta
-    return Prepared(ctx, target, use_ef, int(x.shape[0]), time.perf_counter() - t0, delta)
+    return Prepared(ctx, target, use_ef, num_samples, train_seconds, delta)
 
 
 def finish_update(p: Prepared, compressor: Compressor, ef: ErrorFeedback, payload: Payload, stats: dict,
@@ -106,12 +92,3 @@ def finish_update(p: Prepared, compressor: Compressor, ef: ErrorFeedback, payloa
         ef.update(p.ctx.client, p.target, decoded)
     stats = {**stats, "train_seconds": p.train_seconds, "compress_seconds": compress_seconds}
     return ClientUpdate(p.ctx.client, blob, p.num_samples, stats)
-
-
-def client_step(train_model: nn.Module, ctx: Context, x: torch.Tensor, y: torch.Tensor, *, compressor: Compressor,
-                ef: ErrorFeedback, **train) -> ClientUpdate:
-    """One client's whole round: train, compress (with EF) and serialize (``ctx.model`` stays at w_t)."""
-    p = prepare_update(train_model, ctx, x, y, compressor=compressor, ef=ef, **train)
-    t0 = time.perf_counter()
-    payload, stats = compressor.compress_many([p.target], [p.ctx])[0]
-    return finish_update(p, compressor, ef, payload, stats, time.perf_counter() - t0)

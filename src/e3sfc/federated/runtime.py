@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -39,10 +40,13 @@ from ..wire import Payload
 from . import adversary
 from .budget import BudgetScheduler
 from .. import protocol
-from .client import ClientUpdate, Prepared, finish_update, prepare_update
+from .client import ClientUpdate, Prepared, ef_target, finish_update, local_train
 from .downlink import Downlink, TrainIns, apply_broadcast, downlink_compressor
 from .params import set_flat
-from .server import admit, server_step
+from .server import Screened, admit, aggregate, cap_samples, screen
+
+Train = Callable[[torch.Tensor, int], tuple[torch.Tensor, int]]
+"""A client's local training: (w_t, round t) -> (Delta = w_k - w_t, the number of samples trained on)."""
 
 # purposes for derive_seed
 MODEL_INIT, SAMPLING, TRAINING, COMPRESSION = 1, 2, 3, 4
@@ -114,15 +118,18 @@ class ClientRuntime:
         if not self._down_ready:
             self.down, self._down_ready = downlink_compressor(self.cfg, self._ctx(model, self.initial, 0, None)), True
 
-    def catch_up(self, ins: TrainIns, model: nn.Module) -> torch.Tensor:
-        """Apply the full model and/or the missed broadcasts; returns the replica (w_t). A replay that
-        does not start where this client's replica is (a reply the server never got, on Flower) is a
-        StaleReplica error: the server then sends the full model next time."""
+    def catch_up(self, ins: TrainIns, model: nn.Module, given: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply the full model and/or the missed broadcasts; returns the replica (w_t). ``given``: w_t
+        handed over by the driver outside the wire format (the add-on's dense ArrayRecord). A replay
+        that does not start where this client's replica is (a reply the server never got, on Flower)
+        is a StaleReplica error: the server then sends the full model next time."""
         self._build(model)
-        if ins.model is None and ins.broadcasts and ins.broadcasts[0][0] != self.version:
+        if given is None and ins.model is None and ins.broadcasts and ins.broadcasts[0][0] != self.version:
             raise StaleReplica(f"client {self.cid} holds the model of round {self.version}; the server replays "
                                f"from round {ins.broadcasts[0][0]}")
-        if ins.model is not None:
+        if given is not None:
+            w = given
+        elif ins.model is not None:
             ctx = self._ctx(model, self.initial, ins.round, None)
             w = self.dense.decompress(self.dense.decode(ins.model, ctx), ctx)
         elif self.replica is not None:
@@ -137,22 +144,35 @@ class ClientRuntime:
         self.version = ins.round
         return w
 
-    def prepare(self, ins: TrainIns, model: nn.Module, train_model: nn.Module, x: torch.Tensor,
-                y: torch.Tensor) -> Prepared | None:
-        """Round t up to compression: catch up (``model`` ends at w_t), train, form the EF target.
-        None: this client sends no reply (a ``drop`` adversary)."""
-        w = self.catch_up(ins, model)
+    def sgd(self, train_model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Train:
+        """This project's local training as a ``train`` for :meth:`prepare`: E epochs of plain SGD on
+        (x, y) from w_t, seeded by (seed, round, client), lr decayed by the times this client trained."""
+        cfg = self.cfg
+
+        def train(w: torch.Tensor, round: int) -> tuple[torch.Tensor, int]:
+            g = torch.Generator().manual_seed(derive_seed(cfg.seed, TRAINING, round, self.cid))
+            delta = local_train(train_model, w, x, y, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
+                                lr=protocol.client_lr(cfg, self.trained), generator=g)
+            return delta, int(x.shape[0])
+
+        return train
+
+    def prepare(self, ins: TrainIns, model: nn.Module, train: Train,
+                given: torch.Tensor | None = None) -> Prepared | None:
+        """Round t up to compression: catch up (``model`` ends at w_t), train (``train(w_t, t)`` gives
+        the update and the sample count), form the EF target. None: this client sends no reply
+        (a ``drop`` adversary)."""
+        w = self.catch_up(ins, model, given)
         set_flat(model, w)
         if self.hostile == "drop":  # took the message, sends nothing back
             return None
-        cfg = self.cfg
-        g = torch.Generator().manual_seed(derive_seed(cfg.seed, TRAINING, ins.round, self.cid))
+        t0 = time.perf_counter()
+        delta, n = train(w, ins.round)
         ctx = self._ctx(model, w, ins.round, ins.samples)
         ctx.start = self.start
-        p = prepare_update(
-            train_model, ctx, x, y, compressor=self.compressor, ef=self.ef,
-            epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=protocol.client_lr(cfg, self.trained),
-            generator=g, update_scale=adversary.SCALE if self.hostile == "scale" else 1.0)
+        p = ef_target(ctx, delta, compressor=self.compressor, ef=self.ef, num_samples=n,
+                      train_seconds=time.perf_counter() - t0,
+                      update_scale=adversary.SCALE if self.hostile == "scale" else 1.0)
         self.trained += 1
         return p
 
@@ -165,10 +185,10 @@ class ClientRuntime:
             u.blob = adversary.corrupt(self.hostile, u.blob, rng)
         return u
 
-    def handle(self, ins: TrainIns, model: nn.Module, train_model: nn.Module, x: torch.Tensor,
-               y: torch.Tensor) -> ClientUpdate | None:
-        """Round t at this client alone (a batch of one): prepare, compress, finish."""
-        p = self.prepare(ins, model, train_model, x, y)
+    def step(self, ins: TrainIns, model: nn.Module, train: Train,
+             given: torch.Tensor | None = None) -> ClientUpdate | None:
+        """Round t at this client alone (a batch of one): catch up, train, EF target, compress, finish."""
+        p = self.prepare(ins, model, train, given)
         if p is None:
             return None
         t0 = time.perf_counter()
@@ -293,30 +313,18 @@ class ServerRuntime:
     # ------------------------------------------------------------------ round t, second half
     def end_round(self, t: int, M: int | None, updates: list[ClientUpdate],
                   true_mean: torch.Tensor | None = None) -> dict[str, float]:
-        """Admit the replies (envelope checks), decode, bound and aggregate them, then move the
-        model (under a compressed downlink: by exactly the broadcast made for the clients).
+        """Admit, decode and bound the replies (:meth:`screen`), average them, then move the model
+        (:meth:`move`; under a compressed downlink by exactly the broadcast made for the clients).
         ``true_mean``: the mean of the participants' uncompressed updates (every participant that
         trained, replies refused or clipped included: the update FedAvg would have applied), where the
         driver has them (in-process); then the aggregate cosines compare what was applied with it."""
-        ctx = self.context(t, M)
-        updates, refused, received = admit(updates, set(self.asked), self.compressor.payload_bytes(ctx), self.sizes)
-        for k, n in received.items():
-            if n:  # bytes that arrived (a reply whose payload was no bytes at all adds none)
-                self.ledger.add(t, k, UP, n)
-        agg = server_step(ctx, updates, self.compressor, weighted=self.cfg.weighted, norm_clip=self.cfg.norm_clip)
-        down_cos = agg_down = float("nan")
+        s, admitted, refused, received = self.screen(t, M, updates)
+        agg = aggregate(self.context(t, M), s, self.compressor, weighted=self.cfg.weighted)
         agg_up = _cosine(agg.delta, true_mean)
-        Md = self.down_log[-1] if M is not None and self.down_log else self.downlink_samples(M)
-        if self.downlink.compressed:
-            b = self.downlink.broadcast(t, self.context(t, Md), agg.delta, Md, t == self.cfg.rounds, self.dense_bytes)
-            down_cos = b.stats.get("cosine", float("nan"))
-            agg_down = _cosine(b.weights - self.weights, true_mean)
-            self.weights = b.weights
-        else:
-            self.weights = self.weights + agg.delta
-        set_flat(self.model, self.weights)
+        Md, down_cos, applied = self.move(t, M, agg.delta)
+        agg_down = _cosine(applied, true_mean) if applied is not None else float("nan")
         ok = set(agg.accepted)
-        cos = [u.stats["cosine"] for u in updates if "cosine" in u.stats and u.client in ok]
+        cos = [u.stats["cosine"] for u in s.updates if "cosine" in u.stats and u.client in ok]
         self.last_cosine = float(np.mean(cos)) if cos else None
         self.last_agg_cosine = agg_up if math.isfinite(agg_up) else None
         self.last_down_cosine = down_cos if math.isfinite(down_cos) else None
@@ -331,9 +339,42 @@ class ServerRuntime:
             "aggregate_downlink_cosine": agg_down,
             "samples": float("nan") if M is None else M,
             "downlink_samples": float(Md) if self.downlink.compressed and Md is not None else float("nan"),
-            "compress_seconds": float(sum(u.stats.get("compress_seconds", 0.0) for u in updates)),
-            "train_seconds": float(sum(u.stats.get("train_seconds", 0.0) for u in updates)),
+            "compress_seconds": float(sum(u.stats.get("compress_seconds", 0.0) for u in admitted)),
+            "train_seconds": float(sum(u.stats.get("train_seconds", 0.0) for u in admitted)),
         }
+
+    def screen(self, t: int, M: int | None, updates: list
+               ) -> tuple[Screened, list[ClientUpdate], dict[int, str], dict[int, int]]:
+        """Round t's replies, trusted in nothing: envelope checks (:func:`admit`; the bytes that arrived
+        go in the ledger), sample counts held to the round's median where partition sizes are unknown,
+        then decoded at w_t and held to the round's norm bound (:func:`screen`). Returns the screened
+        updates, the admitted replies, the refused ones by client with the reason, and the bytes each
+        client sent."""
+        ctx = self.context(t, M)
+        admitted, refused, received = admit(updates, set(self.asked), self.compressor.payload_bytes(ctx), self.sizes)
+        for k, n in received.items():
+            if n:  # bytes that arrived (a reply whose payload was no bytes at all adds none)
+                self.ledger.add(t, k, UP, n)
+        if self.sizes is None:
+            cap_samples(admitted, self.cfg.norm_clip)
+        return screen(ctx, admitted, self.compressor, norm_clip=self.cfg.norm_clip), admitted, refused, received
+
+    def move(self, t: int, M: int | None, delta: torch.Tensor) -> tuple[int | None, float, torch.Tensor | None]:
+        """Move w_t by the round's aggregate ``delta``: with the dense downlink w_{t+1} = w_t + delta;
+        with a compressed one, compress e_s + delta into round t's broadcast and move by exactly what
+        it decodes to. Returns the broadcast's M, its cosine (NaN without) and, under a compressed
+        downlink, the move applied (w_{t+1} - w_t)."""
+        Md = self.down_log[-1] if M is not None and self.down_log else self.downlink_samples(M)
+        down_cos, applied = float("nan"), None
+        if self.downlink.compressed:
+            b = self.downlink.broadcast(t, self.context(t, Md), delta, Md, t == self.cfg.rounds, self.dense_bytes)
+            down_cos = b.stats.get("cosine", float("nan"))
+            applied = b.weights - self.weights
+            self.weights = b.weights
+        else:
+            self.weights = self.weights + delta
+        set_flat(self.model, self.weights)
+        return Md, down_cos, applied
 
     def participations(self) -> int:
         return sum(len(self.ledger.per_client(t, UP)) for t in self.ledger.rounds())

@@ -7,14 +7,18 @@ w_{t+1} = w_t + sum_k a_k * clip(decoded_k) with a_k = 1/|S| (uniform) or n_k / 
   client id must be one the server asked this round, one reply per client, the payload
   must be bytes of exactly the method's size, ``num_samples`` a positive integer no
   larger than that client's partition, stats finite numbers (a cosine in [-1, 1]);
-- :func:`server_step` decodes each admitted payload (the wire decoder checks magic,
+- :func:`screen` decodes each admitted payload (the wire decoder checks magic,
   method, shapes and finiteness) and rejects an update whose values or norm are not
   finite;
 - robust aggregation (``norm_clip``, default 3): an update whose norm exceeds
-  ``norm_clip`` times the round's (lower) median norm is scaled down to that bound, so
-  one client can move the mean by at most ``norm_clip`` honest-sized steps divided by
-  the number of clients. Honest updates of a round have similar norms, so they are
-  rarely touched (a round where none is scaled is bit-identical to the unclipped mean).
+  ``norm_clip`` times the round's (lower) median norm is scaled down to that bound
+  (:func:`bounded`), so one client can move the mean by at most ``norm_clip`` honest-sized
+  steps divided by the number of clients. Honest updates of a round have similar norms, so
+  they are rarely touched (a round where none is scaled is bit-identical to the unclipped mean);
+- where partition sizes are unknown (the Flower add-on), a claimed sample count is held to
+  ``norm_clip`` times the round's median claim (:func:`cap_samples`);
+- :func:`aggregate` averages the bounded updates (:func:`server_step` is screen + aggregate);
+  the Flower add-on hands the bounded updates to the wrapped strategy instead.
 
 Every rejection is logged with its reason and counted in the round's ``rejected``; a reply from a
 client the server did not ask, or a second reply of a client, is dropped and logged (not counted).
@@ -26,7 +30,7 @@ import itertools
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -105,26 +109,33 @@ def admit(
     return admitted, rejected, received
 
 
-def server_step(
-    ctx: Context,
-    updates: list[ClientUpdate],
-    compressor: Compressor,
-    *,
-    weighted: bool = False,
-    norm_clip: float = 0.0,
-) -> Aggregate:
-    """Decode every (admitted) update at w_t (``ctx``), bound its norm and average.
+@dataclass
+class Screened:
+    """The admitted updates that decode to finite updates, with the norm bound each is held to."""
 
-    Two passes: the first decodes and checks each update and takes its norm; the second
-    adds each one, scaled down where its norm exceeds ``norm_clip`` x the lower median,
-    into one running sum. Decoded updates are kept between the passes while they fit in
-    ``KEEP_DECODED_BYTES``, else decoded again (decoding is deterministic), so the server
-    holds a bounded number of model-sized tensors however many clients report."""
+    updates: list[ClientUpdate]
+    norms: list[float]
+    bound: float                                  # inf: no clipping
+    rejected: dict[int, str]
+    decoded: dict[int, torch.Tensor] = field(default_factory=dict)  # by position, where kept between passes
+
+    @property
+    def clipped(self) -> list[int]:
+        return [u.client for u, n in zip(self.updates, self.norms) if n > self.bound]
+
+
+def screen(ctx: Context, updates: list[ClientUpdate], compressor: Compressor, *, norm_clip: float = 0.0) -> Screened:
+    """Decode every (admitted) update at w_t (``ctx``), reject those that do not decode to a finite
+    update, and set the round's norm bound: ``norm_clip`` x the lower median norm (inf when off).
+    Decoded updates are kept for :func:`bounded` while they fit in ``KEEP_DECODED_BYTES``, else
+    decoded again there (decoding is deterministic), so the server holds a bounded number of
+    model-sized tensors however many clients report."""
     rejected: dict[int, str] = {}
-    norms: dict[int, float] = {}
+    kept: list[ClientUpdate] = []
+    norms: list[float] = []
     keep = len(updates) * ctx.num_params * 4 <= KEEP_DECODED_BYTES
     decoded: dict[int, torch.Tensor] = {}
-    for i, u in enumerate(updates):
+    for u in updates:
         try:
             upd = compressor.decode_update(u.blob, ctx)
             norm = float(torch.linalg.vector_norm(upd.double()))
@@ -134,26 +145,62 @@ def server_step(
             log.warning("round %d: rejected update of client %d: %s", ctx.round, u.client, exc)
             rejected[u.client] = str(exc) if isinstance(exc, PayloadError) else f"payload cannot be decoded ({exc})"
             continue
-        norms[i] = norm
         if keep:
-            decoded[i] = upd
-    bound = math.inf
-    if norm_clip and norms:
-        bound = norm_clip * sorted(norms.values())[(len(norms) - 1) // 2]
+            decoded[len(kept)] = upd
+        kept.append(u)
+        norms.append(norm)
+    bound = norm_clip * sorted(norms)[(len(norms) - 1) // 2] if norm_clip and norms else math.inf
+    return Screened(kept, norms, bound, rejected, decoded)
+
+
+def bounded(ctx: Context, s: Screened, compressor: Compressor) -> Iterator[tuple[ClientUpdate, torch.Tensor, float]]:
+    """Each screened update with its decoded update and the factor that bounds it: ``s.bound / norm``
+    where the norm exceeds the bound (logged), else 1."""
+    for i, (u, norm) in enumerate(zip(s.updates, s.norms)):
+        upd = s.decoded.pop(i) if i in s.decoded else compressor.decode_update(u.blob, ctx)
+        if norm > s.bound:
+            log.info("round %d: update of client %d scaled from norm %.4g to %.4g", ctx.round, u.client, norm, s.bound)
+        yield u, upd, (s.bound / norm if norm > s.bound else 1.0)
+
+
+def server_step(
+    ctx: Context,
+    updates: list[ClientUpdate],
+    compressor: Compressor,
+    *,
+    weighted: bool = False,
+    norm_clip: float = 0.0,
+) -> Aggregate:
+    """Decode every (admitted) update at w_t (``ctx``), bound its norm and average: :func:`screen`,
+    then each :func:`bounded` update added into one running sum."""
+    s = screen(ctx, updates, compressor, norm_clip=norm_clip)
+    return aggregate(ctx, s, compressor, weighted=weighted)
+
+
+def aggregate(ctx: Context, s: Screened, compressor: Compressor, *, weighted: bool = False) -> Aggregate:
+    """The (uniform or sample-weighted) mean of the screened updates, each held to the round's bound."""
     delta = torch.zeros_like(ctx.weights)
-    total, accepted, clipped = 0.0, [], []
-    for i, norm in norms.items():
-        u = updates[i]
-        upd = decoded.pop(i) if keep else compressor.decode_update(u.blob, ctx)
+    total = 0.0
+    for (u, upd, _), norm in zip(bounded(ctx, s, compressor), s.norms):
         a = float(u.num_samples) if weighted else 1.0
-        if norm > bound:
-            clipped.append(u.client)
-            log.info("round %d: update of client %d scaled from norm %.4g to %.4g", ctx.round, u.client, norm, bound)
-            delta.add_(upd, alpha=a * bound / norm)
-        else:
-            delta.add_(upd, alpha=a)
+        delta.add_(upd, alpha=a * s.bound / norm if norm > s.bound else a)
         total += a
-        accepted.append(u.client)
     if total > 0:
         delta.div_(total)
-    return Aggregate(delta, accepted, rejected, clipped)
+    return Aggregate(delta, [u.client for u in s.updates], s.rejected, s.clipped)
+
+
+def cap_samples(updates: list[ClientUpdate], factor: float) -> list[int]:
+    """Where partition sizes are unknown (the Flower add-on), a reply's sample count is a claim: hold each
+    to ``factor`` x the round's lower median count, as update norms are held; returns the capped ids."""
+    if not factor or not updates:
+        return []
+    cap = int(factor * sorted(u.num_samples for u in updates)[(len(updates) - 1) // 2])
+    capped = []
+    for u in updates:
+        if u.num_samples > cap:
+            log.warning("client %d claims %d samples; held to %d (%g x the round's median)", u.client,
+                        u.num_samples, cap, factor)
+            u.num_samples = cap
+            capped.append(u.client)
+    return capped

@@ -228,7 +228,7 @@ class Simulation:
             prepared = {}
             for k in participants[i:i + size]:
                 c = self.client(k)
-                p = c.prepare(messages[k], self.client_model, self.train_model, *self.client_data[k])
+                p = c.prepare(messages[k], self.client_model, c.sgd(self.train_model, *self.client_data[k]))
                 if not torch.equal(get_flat(self.client_model), self.server.weights):
                     raise RuntimeError(f"round {t}: client {k}'s replica differs from the server model")
                 if c.replica is not None:

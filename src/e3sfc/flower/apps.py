@@ -144,7 +144,7 @@ def client_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     rt = ClientRuntime(cfg, pid, shape, classes, initial)
     if "e3sfc" in context.state:
         rt.load_state_dict(torch.load(_io.BytesIO(bytes(context.state["e3sfc"]["state"])), weights_only=True))
-    u = rt.handle(ins_from_record(msg.content), work, train, x, y)
+    u = rt.step(ins_from_record(msg.content), work, rt.sgd(train, x, y))
     buf = _io.BytesIO()
     torch.save(rt.state_dict(), buf)
     context.state["e3sfc"] = ConfigRecord({"state": buf.getvalue()})
