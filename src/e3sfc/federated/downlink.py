@@ -86,7 +86,8 @@ class Downlink:
         self.dense = Dense()
         self.ledger = ledger
         self.ef = ErrorFeedback(enabled=ef and compressor is not None and compressor.biased)  # e_s
-        self.version = np.full(clients, 1 if init == "seed" else 0, dtype=np.int64)  # w_v held by each client
+        self.first = 1 if init == "seed" else 0                 # the model a client holds before any message
+        self.version = np.full(clients, self.first, dtype=np.int64)  # w_v held by each client
         self.owed = np.zeros(clients, dtype=np.int64)       # bytes of broadcasts made but not yet delivered
         self.history: dict[int, tuple[bytes, int]] = {}     # round -> (broadcast blob, M or 0)
         self._model_blob: tuple[tuple, bytes] = ((), b"")  # ((round, w_t identity), dense w_t message)
@@ -126,12 +127,27 @@ class Downlink:
                 self._model_blob = (key, self.dense.encode(self.dense.compress(weights, ctx)[0]))
             ins.model = self._model_blob[1]
         elif plan == "replay":
-            ins.broadcasts = [(s, *self.history[s]) for s in range(int(self.version[k]), t)]
+            ins.broadcasts = self.missed(t, k)
         if ins.nbytes():
             self.ledger.add(t, k, DOWN, ins.nbytes())
+        self.delivered(t, k)
+        return ins
+
+    def missed(self, t: int, k: int) -> list[tuple[int, bytes, int]]:
+        """The broadcasts client k has not received, in order: (round s, blob, M_s or 0) for s = v..t-1."""
+        return [(s, *self.history[s]) for s in range(int(self.version[k]), t)]
+
+    def delivered(self, t: int, k: int) -> None:
+        """Client k was sent what brings it to w_t: it owes nothing and holds w_t (once it replies)."""
         self.owed[k] = 0
         self.version[k] = t
-        return ins
+
+    def grow(self, clients: int) -> None:
+        """Make room for client ids up to ``clients - 1`` (a driver that meets its clients as they come)."""
+        n = clients - len(self.version)
+        if n > 0:
+            self.version = np.concatenate([self.version, np.full(n, self.first, dtype=np.int64)])
+            self.owed = np.concatenate([self.owed, np.zeros(n, dtype=np.int64)])
 
     def forget(self, k: int) -> None:
         """Client k's reply never came: whether it applied its catch-up is unknown, so its next
