@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from .synth import batch_results, captured
+from .synth import batch_results, projection_cosine
 
 
 def linear_relu_chain(model: nn.Module) -> list[nn.Linear] | None:
@@ -45,7 +45,7 @@ def linear_relu_chain(model: nn.Module) -> list[nn.Linear] | None:
 
 class MLPCosineMatch:
     """f(z) = 1 - |cos(g(x, y), tau)| + lambda (||x|| + ||y||) and df/dz for a Linear/ReLU chain
-    (with ``per_tensor``, |cos| is sqrt(E) of :func:`.synth.captured`: one (g.tau, g.g) per tensor).
+    (with ``per_tensor``, |cos| is sqrt(E) of :func:`.synth.projection_cosine`: one (g.tau, g.g) per tensor).
 
     Same interface as :class:`.synth.CosineMatch` (``split``, ``tau_norm``, call -> (f, |cos|, df/dz)).
     """
@@ -114,7 +114,7 @@ class MLPCosineMatch:
                 if b is not None:
                     q.append(Ds[i] @ t)
                     nn_.append(Ds[i] @ Ds[i])
-            sE, cq, cn = captured(torch.stack(q), torch.stack(nn_), z.new_tensor(self.tau_norm ** 2))
+            sE, cq, cn = projection_cosine(torch.stack(q), torch.stack(nn_), z.new_tensor(self.tau_norm ** 2))
             cos, cq, cn = float(sE), cq.tolist(), cn.tolist()
             coef, j = [], 0
             for _, b, _, _ in self.layers:  # (df/dq, df/dn) of the weight, then of the bias
@@ -224,7 +224,7 @@ class MLPCosineMatchBatch:
                 if b is not None:
                     q.append((Ds[i] * t).sum((1, 2)))
                     nn_.append((Ds[i] * Ds[i]).sum((1, 2)))
-            cos, cq, cn = captured(torch.stack(q, 1), torch.stack(nn_, 1), self.tau_norm ** 2)
+            cos, cq, cn = projection_cosine(torch.stack(q, 1), torch.stack(nn_, 1), self.tau_norm ** 2)
             cq, cn = cq.view(B, -1, 1, 1), cn.view(B, -1, 1, 1)
             coef, j = [], 0
             for _, b, _, _ in self.layers:
