@@ -276,14 +276,20 @@ def _flat_lbfgs_path(f, z0, steps, max_iter, history):
         return float(val), g
 
     opt = FlatLBFGS(z, max_iter=max_iter, history=history)
-    for _ in range(steps):
-        opt.step(objective)
+    for _ in range(steps):  # one torch LBFGS.step: one run of steps(), its points evaluated as they come
+        gen = opt.steps()
+        try:
+            zk = next(gen)
+            while True:
+                zk = gen.send(objective(zk))
+        except StopIteration:
+            pass
     return path
 
 
 @pytest.mark.parametrize("history", [100, 3])  # 3: the history fills and shifts
 def test_flat_lbfgs_follows_torch_lbfgs(history):
-    """Same iterates as torch.optim.LBFGS (no line search), float64, across step() calls."""
+    """Same iterates as torch.optim.LBFGS (no line search), float64, across steps (runs of steps())."""
     n = 40
     a = torch.randn(n, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     hess = a @ a.T / 4 + 0.01 * torch.eye(n, dtype=torch.float64)  # ill-conditioned: no early convergence

@@ -131,10 +131,10 @@ def test_adaptive_splits_the_round_between_directions_by_hand():
     (3, 5). When the broadcast costs 3x a payload (partial participation) and compresses better
     (e_up 0.2, e_down 0.4), u + 3d <= 16: (4, 4) 0.5904 x 0.8704 = 0.5139, (7, 3) 0.7903 x 0.784 =
     0.6196, (10, 2) 0.8926 x 0.64 = 0.5713: (7, 3)."""
-    from e3sfc.federated.budget import captured, per_sample
+    from e3sfc.federated.budget import per_sample, share_captured
 
     assert per_sample(0.8, 2) == pytest.approx(0.4) and per_sample(0.6, 2) == pytest.approx(0.2)
-    assert captured(0.4, 3) * captured(0.2, 5) == pytest.approx(0.784 * 0.67232)
+    assert share_captured(0.4, 3) * share_captured(0.2, 5) == pytest.approx(0.784 * 0.67232)
     s = BudgetScheduler("adaptive", 10 * 8, rounds=10, max_samples=64, last=2, last_down=2)
     assert s.choose(1, lambda u, d: u + d, remaining=80, last_cosine=0.8, last_down_cosine=0.6) == (3, 5)
     s = BudgetScheduler("adaptive", 10 * 16, rounds=10, max_samples=64, last=2, last_down=2)

@@ -13,25 +13,21 @@ s_i . y_i; one new column per new pair), the same recursion is
 Nocedal & Schnabel 1994): a fixed handful of operations whatever k is. Every
 other rule is torch's, step for step (lr 1, first step min(1, 1/|g|_1), curvature
 check s.y > 1e-10, history shift, max_eval = 5/4 max_iter, the tolerance_grad and
-tolerance_change stops, the state kept from one ``step`` to the next, and the
-last iteration of a step moving without evaluating). Directions agree with
+tolerance_change stops, the state kept from one step (one run of :meth:`FlatLBFGS.steps`)
+to the next, and the last iteration of a step moving without evaluating). Directions agree with
 torch's to float rounding (tests/test_compress.py compares the two).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Generator
+from typing import Generator
 
 import torch
 
-Objective = Callable[[torch.Tensor], tuple[float, torch.Tensor]]
-
 
 class FlatLBFGS:
-    """``torch.optim.LBFGS(lr, max_iter, history_size, line_search_fn=None)`` on a flat vector ``z``.
-
-    ``objective(z)`` returns (f(z), grad f(z)); it may raise to end the search (the caller
-    keeps its own best iterate). ``z`` is updated in place.
+    """``torch.optim.LBFGS(lr, max_iter, history_size, line_search_fn=None)`` on a flat vector ``z``,
+    the objective outside (:meth:`steps`). ``z`` is updated in place.
     """
 
     def __init__(self, z: torch.Tensor, *, lr: float = 1.0, max_iter: int = 20, history: int = 100,
@@ -77,22 +73,12 @@ class FlatLBFGS:
         c = torch.linalg.solve_triangular(U.T, (ys * a - Y @ r).unsqueeze(1), upper=False).squeeze(1)
         return r + S.T @ c
 
-    @torch.no_grad()
-    def step(self, objective: Objective) -> None:
-        """One ``torch.optim.LBFGS.step``: up to ``max_iter`` iterations."""
-        steps = self.steps()
-        try:
-            z = next(steps)
-            while True:
-                z = steps.send(objective(z))
-        except StopIteration:
-            pass
-
     @torch.no_grad()  # on a generator torch enters no_grad at each resume and leaves it at each yield
     def steps(self) -> Generator[torch.Tensor, tuple[float, torch.Tensor], None]:
-        """:meth:`step` with the objective outside: yields the point to evaluate (``self.z`` itself, left
-        untouched until the answer comes) and takes (f, grad f) back through ``send``. A caller
-        may evaluate many optimisers' points together this way (or stop sending to end early)."""
+        """One ``torch.optim.LBFGS.step`` (up to ``max_iter`` iterations) with the objective outside:
+        yields the point to evaluate (``self.z`` itself, left untouched until the answer comes) and
+        takes (f, grad f) back through ``send``. A caller may evaluate many optimisers' points
+        together this way, or stop sending to end the step early (it keeps its own best iterate)."""
         loss, g = yield self.z
         evals = 1
         if g.abs().max() <= self.tol_grad:

@@ -75,7 +75,7 @@ FLAT = 1e-12  # a block with ||g_l||^2 below FLAT max_l ||g_l||^2 has no gradien
 
 
 def block_scales(g: torch.Tensor, target: torch.Tensor, sizes: list[int]) -> list[float]:
-    """The least-squares scale of each block of g (sizes: the parameter tensors), as in :func:`captured`:
+    """The least-squares scale of each block of g (sizes: the parameter tensors), as in :func:`projection_cosine`:
     a_l = <g_l, tau_l> / ||g_l||^2, 0 for a block without gradient."""
     gb, tb = g.double().split(sizes), target.double().split(sizes)
     n = [float(gl @ gl) for gl in gb]
@@ -83,14 +83,14 @@ def block_scales(g: torch.Tensor, target: torch.Tensor, sizes: list[int]) -> lis
     return [ls_scale(gl, tl) if nl > FLAT * top else 0.0 for gl, tl, nl in zip(gb, tb, n)]
 
 
-def captured(q: torch.Tensor, n: torch.Tensor, tau_sq: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per-tensor scales: with q_l = <g_l, tau_l> and n_l = ||g_l||^2 per parameter tensor l (last
-    dimension), the decoded update sum_l a_l g_l, a_l = q_l / n_l, is the projection of tau onto the
-    span of the blocks g_l and captures E = sum_l q_l^2 / (n_l ||tau||^2) of ||tau||^2; its cosine to
-    tau is sqrt(E) (|cos(g, tau)| when there is one block). Returns sqrt(E) and the derivatives of
-    -sqrt(E) by each q_l and n_l (0 where E = 0). A block with no gradient to speak of (n_l at most
-    ``FLAT`` times the largest n_l, e.g. a bias that a normalisation cancels, whose "gradient" is
-    rounding noise) gets scale 0 and counts for nothing."""
+def projection_cosine(q: torch.Tensor, n: torch.Tensor, tau_sq: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The cosine to tau of tau's projection onto the span of the blocks g_l (per-tensor scales):
+    with q_l = <g_l, tau_l> and n_l = ||g_l||^2 per parameter tensor l (last dimension), the decoded
+    update sum_l a_l g_l, a_l = q_l / n_l, is that projection and captures E = sum_l q_l^2 /
+    (n_l ||tau||^2) of ||tau||^2; its cosine to tau is sqrt(E) (|cos(g, tau)| when there is one
+    block). Returns sqrt(E) and the derivatives of -sqrt(E) by each q_l and n_l (0 where E = 0). A
+    block with no gradient to speak of (n_l at most ``FLAT`` times the largest n_l, e.g. a bias that
+    a normalisation cancels, whose "gradient" is rounding noise) gets scale 0 and counts for nothing."""
     pos = n > FLAT * n.amax(-1, keepdim=True).clamp_min(0)
     r = torch.where(pos, q / torch.where(pos, n, torch.ones_like(n)), torch.zeros_like(q))  # a_l
     s = ((r * q).sum(-1) / tau_sq).clamp_min(0).sqrt()
@@ -100,7 +100,7 @@ def captured(q: torch.Tensor, n: torch.Tensor, tau_sq: torch.Tensor) -> tuple[to
 
 class CosineMatch:
     """The 3SFC objective on a flat z = (x, y):  f(z) = 1 - |cos(g(x, y), tau)| + lambda (||x|| + ||y||);
-    with ``per_tensor`` (one scale per parameter tensor) |cos| becomes sqrt(E) of :func:`captured`.
+    with ``per_tensor`` (one scale per parameter tensor) |cos| becomes sqrt(E) of :func:`projection_cosine`.
 
     Its gradient is taken in two passes rather than by differentiating f end to end:
     g = grad_w L(w; x, y) with a graph, then the scalars g.tau and g.g without one, then
@@ -149,10 +149,10 @@ class CosineMatch:
         return obj, abs(cos), dz
 
     def _per_tensor(self, gs) -> tuple[float, list[torch.Tensor]]:
-        """sqrt(E) of :func:`captured` and df/dg_l = c_q,l tau_l + 2 c_n,l g_l per tensor."""
+        """sqrt(E) of :func:`projection_cosine` and df/dg_l = c_q,l tau_l + 2 c_n,l g_l per tensor."""
         q = torch.stack([(gi.reshape(-1) * ti).sum() for gi, ti in zip(gs, self.tau_blocks)])
         n = torch.stack([(gi * gi).sum() for gi in gs])
-        s, cq, cn = captured(q, n, q.new_tensor(self.tau_norm ** 2))
+        s, cq, cn = projection_cosine(q, n, q.new_tensor(self.tau_norm ** 2))
         vs = [ti.view_as(gi) * a + gi * (2 * b) for gi, ti, a, b in zip(gs, self.tau_blocks, cq, cn)]
         return float(s), vs
 
@@ -191,14 +191,14 @@ class CosineMatchBatch:
     (tested). Large models go in chunks of at most ``max_floats`` gradient numbers (B x P), so
     the stacked gradients stay bounded.
 
-    With ``graphs`` (off by default until its GPU test passes, see below) and the points on
-    a GPU (one scale, one chunk), the evaluation is captured once as a CUDA graph and replayed for
-    every later point: the same kernels without their launch cost, which dominates these one-image
-    double backprops (benchmarks/RESULTS.md: 5.6x to 6.8x an evaluation, a ConvNet 3SFC round from
-    5.6x to 1.8x a FedAvg round on an H200). The batch lives while the same objectives search
-    together, so one capture serves all their evaluations. Every tensor the graph reads must live as
-    long as the graph (it reads their addresses). tests/test_cuda_graphs.py compares it with the eager
-    path; ``graphs`` stays off until that test has passed on a GPU."""
+    With ``graphs`` and the points on a GPU (one scale, one chunk), the evaluation is captured once
+    as a CUDA graph and replayed for every later point: the same kernels without their launch cost,
+    which dominates these one-image double backprops (benchmarks/RESULTS.md: 5.6x to 6.8x an
+    evaluation, a ConvNet 3SFC round from 5.6x to 1.8x a FedAvg round on an H200). The batch lives
+    while the same objectives search together, so one capture serves all their evaluations. Every
+    tensor the graph reads must live as long as the graph (it reads their addresses). ``graphs`` is
+    off by default: it is turned on only where tests/test_cuda_graphs.py (graph against eager path)
+    passes on the GPU in use."""
 
     max_floats = 2 ** 26        # gradient numbers per chunk (B x P) on a CPU; 4x that on a GPU
     graphs = False              # replay a captured CUDA graph where the points are on a GPU
@@ -267,14 +267,14 @@ class CosineMatchBatch:
                              dy.clone(), self.lambd)
 
     def _per_tensor(self, fs: list[CosineMatch], G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """sqrt(E) per objective (:func:`captured`) and df/dg, block by block."""
+        """sqrt(E) per objective (:func:`projection_cosine`) and df/dg, block by block."""
         sizes = fs[0].sizes
         Gb = G.split(sizes, dim=1)
         q = torch.stack([torch.stack([(gb[k] * tb).sum() for gb, tb in zip(Gb, f.tau_blocks)])
                          for k, f in enumerate(fs)])                                   # (B, L)
         n = torch.stack([(gb * gb).sum(1) for gb in Gb], 1)                            # (B, L)
         tsq = torch.tensor([f.tau_norm ** 2 for f in fs], dtype=G.dtype, device=G.device)
-        s, cq, cn = captured(q, n, tsq)
+        s, cq, cn = projection_cosine(q, n, tsq)
         V = torch.cat([gb * (2 * cn[:, j:j + 1]) for j, gb in enumerate(Gb)], 1)
         counts = torch.tensor(sizes, device=G.device)
         for k, f in enumerate(fs):  # V[k] += (c_q,l spread over block l) * tau_k

@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from .synth import batch_results, captured
+from .synth import batch_results, projection_cosine
 
 
 def linear_relu_chain(model: nn.Module) -> list[nn.Linear] | None:
@@ -43,9 +43,16 @@ def linear_relu_chain(model: nn.Module) -> list[nn.Linear] | None:
     return lins
 
 
+def _total(terms: list[torch.Tensor], zero: torch.Tensor) -> torch.Tensor:
+    """zero + terms[0] + terms[1] + ..., added in that order (g.tau or g.g from its per-tensor terms)."""
+    for v in terms:
+        zero += v
+    return zero
+
+
 class MLPCosineMatch:
     """f(z) = 1 - |cos(g(x, y), tau)| + lambda (||x|| + ||y||) and df/dz for a Linear/ReLU chain
-    (with ``per_tensor``, |cos| is sqrt(E) of :func:`.synth.captured`: one (g.tau, g.g) per tensor).
+    (with ``per_tensor``, |cos| is sqrt(E) of :func:`.synth.projection_cosine`: one (g.tau, g.g) per tensor).
 
     Same interface as :class:`.synth.CosineMatch` (``split``, ``tau_norm``, call -> (f, |cos|, df/dz)).
     """
@@ -92,35 +99,27 @@ class MLPCosineMatch:
         D[-1] = (p * s - y) / M
         for i in range(L - 1, 0, -1):
             D[i - 1] = (D[i] @ self.layers[i][0]) * mask[i - 1]
-        # g.tau and g.g without forming g
-        DT, Ka, Kd, Ds = [], [], [], []
-        gt = z.new_zeros(())
-        gg = z.new_zeros(())
+        # q = g_l.tau_l and n = g_l.g_l per tensor l, in parameter order (W_1, b_1, W_2, ...), without forming g
+        DT, Ka, Kd, Ds, q, nn_ = [], [], [], [], [], []
         for i, (_, b, T, t) in enumerate(self.layers):
             DT.append(D[i] @ T)
             Ka.append(A[i] @ A[i].T)
             Kd.append(D[i] @ D[i].T)
-            gt += (DT[i] * A[i]).sum()
-            gg += (Ka[i] * Kd[i]).sum()
+            q.append((DT[i] * A[i]).sum())
+            nn_.append((Ka[i] * Kd[i]).sum())
             Ds.append(None if b is None else D[i].sum(0))
             if b is not None:
-                gt += Ds[i] @ t
-                gg += Ds[i] @ Ds[i]
-        if self.per_tensor:  # (q, n) per tensor, in parameter order (W_1, b_1, W_2, ...)
-            q, nn_ = [], []
-            for i, (_, b, T, t) in enumerate(self.layers):
-                q.append((DT[i] * A[i]).sum())
-                nn_.append((Ka[i] * Kd[i]).sum())
-                if b is not None:
-                    q.append(Ds[i] @ t)
-                    nn_.append(Ds[i] @ Ds[i])
-            sE, cq, cn = captured(torch.stack(q), torch.stack(nn_), z.new_tensor(self.tau_norm ** 2))
+                q.append(Ds[i] @ t)
+                nn_.append(Ds[i] @ Ds[i])
+        if self.per_tensor:
+            sE, cq, cn = projection_cosine(torch.stack(q), torch.stack(nn_), z.new_tensor(self.tau_norm ** 2))
             cos, cq, cn = float(sE), cq.tolist(), cn.tolist()
             coef, j = [], 0
             for _, b, _, _ in self.layers:  # (df/dq, df/dn) of the weight, then of the bias
                 coef.append((cq[j], cn[j], *((cq[j + 1], cn[j + 1]) if b is not None else (0.0, 0.0))))
                 j += 1 if b is None else 2
         else:
+            gt, gg = _total(q, z.new_zeros(())), _total(nn_, z.new_zeros(()))  # g.tau, g.g
             gt_, n = float(gt), math.sqrt(max(float(gg), 0.0))
             D_ = n * self.tau_norm + 1e-12
             cos = gt_ / D_
@@ -203,34 +202,26 @@ class MLPCosineMatchBatch:
         D[-1] = (p * s - y) / M
         for i in range(L - 1, 0, -1):
             D[i - 1] = (D[i] @ self.layers[i][0]) * mask[i - 1]
-        DT, Ka, Kd, Ds = [], [], [], []
-        gt = Z.new_zeros(B)
-        gg = Z.new_zeros(B)
+        DT, Ka, Kd, Ds, q, nn_ = [], [], [], [], [], []
         for i, (_, b, T, t) in enumerate(self.layers):
             DT.append(torch.bmm(D[i], T))
             Ka.append(A[i] @ A[i].transpose(1, 2))
             Kd.append(D[i] @ D[i].transpose(1, 2))
-            gt += (DT[i] * A[i]).sum((1, 2))
-            gg += (Ka[i] * Kd[i]).sum((1, 2))
+            q.append((DT[i] * A[i]).sum((1, 2)))
+            nn_.append((Ka[i] * Kd[i]).sum((1, 2)))
             Ds.append(None if b is None else D[i].sum(1, keepdim=True))      # (B, 1, out)
             if b is not None:
-                gt += (Ds[i] * t).sum((1, 2))
-                gg += (Ds[i] * Ds[i]).sum((1, 2))
+                q.append((Ds[i] * t).sum((1, 2)))
+                nn_.append((Ds[i] * Ds[i]).sum((1, 2)))
         if self.per_tensor:
-            q, nn_ = [], []
-            for i, (_, b, T, t) in enumerate(self.layers):
-                q.append((DT[i] * A[i]).sum((1, 2)))
-                nn_.append((Ka[i] * Kd[i]).sum((1, 2)))
-                if b is not None:
-                    q.append((Ds[i] * t).sum((1, 2)))
-                    nn_.append((Ds[i] * Ds[i]).sum((1, 2)))
-            cos, cq, cn = captured(torch.stack(q, 1), torch.stack(nn_, 1), self.tau_norm ** 2)
+            cos, cq, cn = projection_cosine(torch.stack(q, 1), torch.stack(nn_, 1), self.tau_norm ** 2)
             cq, cn = cq.view(B, -1, 1, 1), cn.view(B, -1, 1, 1)
             coef, j = [], 0
             for _, b, _, _ in self.layers:
                 coef.append((cq[:, j], cn[:, j], *((cq[:, j + 1], cn[:, j + 1]) if b is not None else (0.0, 0.0))))
                 j += 1 if b is None else 2
         else:
+            gt, gg = _total(q, Z.new_zeros(B)), _total(nn_, Z.new_zeros(B))
             n = gg.clamp_min(0).sqrt()
             Dn = n * self.tau_norm + 1e-12
             cos = gt / Dn

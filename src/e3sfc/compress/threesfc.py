@@ -6,7 +6,7 @@ Encoder: find x (M, *input_shape), y (M, C) minimising
 with g(x, y) = grad_w L(w_t; x, y) (double backprop), by L-BFGS (lr 1,
 ``max_iter`` per step, history 100, no line search) for ``steps`` steps,
 keeping the best iterate seen (lowest objective; NaN never chosen).
-Speed: three changes that keep the algorithm (timings in benchmarks/RESULTS.md):
+Speed: the algorithm as above, made cheap in three ways (timings in benchmarks/RESULTS.md):
 - the L-BFGS is torch's, rule for rule, with the two-loop recursion in matrix
   form (:mod:`.lbfgs`): a constant number of tensor operations per iteration;
 - the objective's gradient is one backward pass of g with grad_outputs
@@ -49,7 +49,7 @@ least-squares scale a_l = <g_l, tau_l> / ||g_l||^2 per parameter tensor l instea
 the decoded update sum_l a_l g_l is the projection of tau onto the span of the blocks g_l. The
 search maximises the fraction of ||tau||^2 that projection captures, E = sum_l <g_l, tau_l>^2 /
 (||g_l||^2 ||tau||^2) (objective 1 - sqrt(E), which is 1 - |cos| for one block;
-:func:`.synth.captured`), and ||e||^2 = ||tau||^2 (1 - E) with the scales as sent. A block without
+:func:`.synth.projection_cosine`), and ||e||^2 = ||tau||^2 (1 - E) with the scales as sent. A block without
 gradient (||g_l||^2 below 1e-12 of the largest, e.g. a bias that a normalisation layer cancels)
 gets scale 0. Wire: the scale field becomes (L,) float32 (L parameter tensors; 8-bit: s is
 (2 + L,) = (s_x, s_y, a_1..a_L)), 4 (L - 1) bytes more data and, for float features, 4 more header

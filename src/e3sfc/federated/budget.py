@@ -124,12 +124,12 @@ class BudgetScheduler:
         """The (M_up, M_down) within ``limit`` that maximises E_up x E_down (module docstring)."""
         last_up, last_down = self.last or 1, self.last_down or self.last or 1
         e_up, e_down = per_sample(c_up, last_up), per_sample(c_down, last_down)
-        best, best_val = even, captured(e_up, even[0]) * captured(e_down, even[1])
+        best, best_val = even, share_captured(e_up, even[0]) * share_captured(e_down, even[1])
         for up in range(1, self.max_samples + 1):
             if cost(up, 1) > limit:
                 break
             down = self._largest(lambda k: cost(up, k), limit)
-            val = captured(e_up, up) * captured(e_down, down)
+            val = share_captured(e_up, up) * share_captured(e_down, down)
             if val > best_val * (1 + 1e-9):
                 best, best_val = (up, down), val
         return best
@@ -155,6 +155,6 @@ def per_sample(cos: float, m: int) -> float:
     return 1 - (1 - c2) ** (1 / max(m, 1))
 
 
-def captured(e: float, m: int) -> float:
+def share_captured(e: float, m: int) -> float:
     """E(M) = 1 - (1 - e)^M: the fraction M samples capture."""
     return 1 - (1 - e) ** m

@@ -69,9 +69,6 @@ class ClientStore:
     def __len__(self) -> int:
         return len(self.live) + len(self.cold)
 
-    def ids(self) -> list[int]:
-        return sorted([*self.live, *self.cold])
-
     def get(self, k: int):
         """Client k's runtime, its tensors in memory (read back from disk if spilled)."""
         if k in self.live:
