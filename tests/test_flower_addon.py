@@ -111,7 +111,8 @@ class Federation:
         self.arrays = ArrayRecord(Net().state_dict())
 
     def messages(self, t, nodes=None):
-        return list(self.strategy.configure_train(t, self.arrays, ConfigRecord({"lr": 0.1}), _Grid(nodes or self.nodes)))
+        grid = _Grid(nodes or self.nodes)
+        return list(self.strategy.configure_train(t, self.arrays, ConfigRecord({"lr": 0.1}), grid))
 
     def replies(self, msgs, spy=None):
         return [self.mod(m, self.ctx[m.metadata.dst_node_id],
