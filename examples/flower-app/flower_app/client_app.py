@@ -6,7 +6,7 @@ from flwr.clientapp import ClientApp
 from e3sfc.flower.addon import compression_mod
 from flower_app.task import INPUT_SHAPE, NUM_CLASSES, Net, load_data, test, train
 
-app = ClientApp(mods=[compression_mod(Net, INPUT_SHAPE, NUM_CLASSES, "3sfc", samples=4, feature_bits=8)])
+app = ClientApp(mods=[compression_mod(Net, INPUT_SHAPE, NUM_CLASSES)])  # settings: the run config's e3sfc-* keys
 
 
 @app.train()

@@ -16,7 +16,7 @@ def main(grid: Grid, context: Context) -> None:
     cfg = {"num-server-rounds": 8, "fraction-train": 1.0, "lr": 0.1, "num-partitions": 4, **context.run_config}
     strategy = FedAvg(fraction_train=cfg["fraction-train"], fraction_evaluate=1.0,
                       min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=cfg["num-partitions"])
-    strategy = CompressedStrategy(strategy, Net, INPUT_SHAPE, NUM_CLASSES, "3sfc", samples=4, feature_bits=8)
+    strategy = CompressedStrategy(strategy, Net, INPUT_SHAPE, NUM_CLASSES, run_config=context.run_config)
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(Net().state_dict()),
                             train_config=ConfigRecord({"lr": cfg["lr"]}), num_rounds=cfg["num-server-rounds"])
     RESULT["result"] = result
