@@ -108,6 +108,51 @@ def test_resume_drops_rows_written_after_the_checkpoint(tmp_path):
     assert state["round"] == 3 and len(read_jsonl(tmp_path / "metrics.jsonl")) == 3
 
 
+def test_metrics_rows_are_appended_and_a_resume_drops_the_later_ones(tmp_path):
+    """metrics.jsonl grows by one appended row per evaluation (the same file throughout, never
+    rewritten); a resume rewrites it once with its checkpoint's rows, then appends again."""
+    from e3sfc.io import read_jsonl
+    cfg = RunConfig(**{**SMALL, "rounds": 4, "checkpoint_every": 2})
+    path, seen = tmp_path / "metrics.jsonl", []
+    sim = Simulation(cfg, out_dir=tmp_path)
+    save = sim.checkpointer.save
+    sim.checkpointer.save = lambda t: save(t) if t == 2 else None  # as if killed after round 3's row
+    sim.run(stop_after=3, progress=lambda t, row: seen.append((path.stat().st_ino, len(read_jsonl(path)))))
+    assert seen == [(seen[0][0], 1), (seen[0][0], 2), (seen[0][0], 3)]
+    resumed = Simulation.resume(tmp_path)
+    assert resumed.round == 2 and len(resumed.metrics) == 2
+    resumed.run()
+    assert [r["round"] for r in read_jsonl(path)] == [1, 2, 3, 4]
+    assert read_jsonl(path) == resumed.metrics
+
+
+def test_ledger_running_totals_match_a_rescan():
+    from e3sfc.metrics import DOWN, UP, Ledger
+    led = Ledger()
+    for t, k, d, n in [(1, 0, UP, 5), (1, 1, UP, 7), (1, 0, DOWN, 3), (2, 0, UP, 11), (3, 2, DOWN, 13)]:
+        led.add(t, k, d, n)
+    assert (led.total(UP), led.total(DOWN)) == (23, 16)
+    assert (led.total(UP, upto=1), led.total(DOWN, upto=2)) == (12, 3)
+    again = Ledger()
+    again.add(9, 9, UP, 100)
+    again.load_state_dict(led.state_dict())
+    assert (again.total(UP), again.total(DOWN)) == (23, 16) and list(again.rows()) == list(led.rows())
+
+
+def test_appended_rows_follow_the_umask(tmp_path):
+    import os
+
+    from e3sfc.io import append_jsonl, read_jsonl
+    old = os.umask(0o077)
+    try:
+        append_jsonl(tmp_path / "m.jsonl", [{"a": 1}])
+        append_jsonl(tmp_path / "m.jsonl", [{"b": 2}, {"c": 3}])
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.jsonl").stat().st_mode & 0o777 == 0o600
+    assert read_jsonl(tmp_path / "m.jsonl") == [{"a": 1}, {"b": 2}, {"c": 3}]
+
+
 def test_identity_round_matches_manual_fedavg():
     cfg = RunConfig(**{**SMALL, "rounds": 1, "lr_decay": 1.0})
     sim = Simulation(cfg)

@@ -1,4 +1,5 @@
-"""Atomic file writes: a killed process never leaves a half-written file."""
+"""Atomic file writes: a killed process never leaves a half-written file (or, appending, a
+half-written line)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,19 @@ def write_json(path: str | Path, obj: Any) -> None:
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     rows = list(rows)
     atomic_write(path, lambda f: f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    """Append rows to a JSON-lines file (created with a plain ``open``'s permissions) in one ``write``
+    call, then fsync: a killed process leaves whole lines, and the file is not rewritten."""
+    data = memoryview("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -16,6 +16,7 @@ class Ledger:
     def __init__(self) -> None:
         # round -> direction -> client -> bytes
         self._rows: dict[int, dict[str, dict[int, int]]] = defaultdict(lambda: {UP: {}, DOWN: {}})
+        self._totals = {UP: 0, DOWN: 0}  # running sums: total() is read every round
 
     def add(self, round: int, client: int, direction: str, nbytes: int) -> None:
         if direction not in (UP, DOWN):
@@ -24,6 +25,7 @@ class Ledger:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}")
         d = self._rows[round][direction]
         d[client] = d.get(client, 0) + int(nbytes)
+        self._totals[direction] += int(nbytes)
 
     def round_bytes(self, round: int, direction: str) -> int:
         return sum(self._rows[round][direction].values()) if round in self._rows else 0
@@ -32,6 +34,9 @@ class Ledger:
         return dict(self._rows[round][direction]) if round in self._rows else {}
 
     def total(self, direction: str, upto: int | None = None) -> int:
+        """Bytes sent in ``direction`` in every round (up to round ``upto`` inclusive, where given)."""
+        if upto is None:
+            return self._totals[direction]
         return sum(
             sum(r[direction].values()) for t, r in self._rows.items() if upto is None or t <= upto
         )
@@ -54,6 +59,7 @@ class Ledger:
 
     def load_state_dict(self, rows: list[dict]) -> None:
         self._rows.clear()
+        self._totals = {UP: 0, DOWN: 0}
         for row in rows:
             for direction in (UP, DOWN):
                 for k, v in row[direction].items():

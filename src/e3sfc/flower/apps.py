@@ -45,9 +45,10 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..data import load_dataset, partition
 from ..federated.client import ClientUpdate
+from ..federated.loop import RoundLoop
 from ..federated.params import get_flat
 from ..federated.runtime import MODEL_INIT, ClientRuntime, TrainIns, derive_seed
-from ..federated.simulator import Simulation
+from ..federated.simulator import check_memory
 from ..models import build_model, synthetic_shape
 
 log = logging.getLogger(__name__)
@@ -181,12 +182,15 @@ class FewerNodes(RuntimeError):
     """Fewer Flower nodes than clients connected."""
 
 
-class FlowerSimulation(Simulation):
-    """The in-process simulator's records and server runtime, with clients reached through a Flower Grid."""
+class FlowerSimulation(RoundLoop):
+    """The shared round loop (server runtime, records, checkpoints), with clients reached through a Flower
+    Grid: none of the in-process clients' set-up (their shards, runtimes and working models)."""
 
     def __init__(self, cfg: RunConfig, grid: Grid, out_dir: str | Path | None, wait_s: float = 900.0,
                  settle_s: float = 15.0):
         super().__init__(cfg, out_dir=out_dir)
+        # as in-process: a local federation's clients (residuals, searches) share this machine
+        check_memory(cfg, self.num_params, self.feature_shape, self.data.num_classes)
         self.grid = grid
         self.node_of = self._discover(wait_s, settle_s)
 
