@@ -250,7 +250,6 @@ class ThreeSFC(Compressor):
         return torch.cat([x.reshape(-1), y.reshape(-1)])
 
 
-
 def _scaled(g: torch.Tensor, alphas: np.ndarray, sizes: list[int]) -> torch.Tensor:
     """sum_l alpha_l g_l: each parameter tensor's block of g times its own scale."""
     return torch.cat([float(a) * gl for a, gl in zip(alphas, g.split(sizes))])
