@@ -209,5 +209,5 @@ def test_bad_values_are_one_clear_error():
         RunConfig(method="e3sfc", downlink_samples=-1)
     with pytest.raises(ConfigError, match="--downlink-samples: 3 is not allowed; expected 0 unless --downlink"):
         RunConfig(method="3sfc", downlink_samples=3)
-    with pytest.raises(ConfigError, match="scales must be one of one, tensor"):
+    with pytest.raises(ConfigError, match="3sfc: scales: .block. is not allowed; expected one of one, tensor"):
         make_compressor("3sfc", scales="block")

@@ -511,10 +511,10 @@ def test_searches_run_together_match_each_alone_float64(model, shape):
 
 def test_options_are_the_methods_own():
     """A method takes only its own options, named as the run settings; anything else is one clear error."""
-    assert make_compressor("topk", ratio=0.1, topk_scope="global").scope == "global"
+    assert make_compressor("topk", ratio=0.1, topk_scope="global").topk_scope == "global"
     with pytest.raises(ConfigError, match="topk: unknown option.*samples.*allowed: ratio, topk_scope"):
         make_compressor("topk", samples=2)
-    with pytest.raises(ConfigError, match="qsgd: levels must be in 1..65535"):
+    with pytest.raises(ConfigError, match="qsgd: levels: 0 is not allowed; expected an integer in 1..65535"):
         make_compressor("qsgd", levels=0)
     assert get_compressor_class("e3sfc").downlink == "3sfc" and get_compressor_class("topk").downlink == "dense"
     assert get_compressor_class("3sfc").sized_by_samples and not get_compressor_class("stc").sized_by_samples

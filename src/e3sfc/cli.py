@@ -15,11 +15,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
-from .config import RunConfig
+from .config import RunConfig, method_settings, takers
 from .errors import ConfigError, DataError, PayloadError
 
 log = logging.getLogger("e3sfc")
 
+# `e3sfc run --help` of the run-level settings; each method's own knobs carry their help in their
+# declaration (compress/*.py: OPTIONS) and are listed in groups by the methods that take them
 HELP = {
     "protocol": "e3sfc (the project's training protocol) or authors (the authors' code, row by row: lr decay, "
                 "client 80/20 split, [0, 1] inputs, int(K f), ...; see configs/authors.toml and docs/deviations.md)",
@@ -45,31 +47,14 @@ HELP = {
     "max_len": "text: tokens kept per document (the rest cut; shorter ones padded)",
     "min_freq": "text: a word enters the vocabulary after this many occurrences in the training split",
     "vocab_size": "text: cap on the vocabulary, the two specials included (0 = no cap)",
-    "samples": "3SFC/FedSynth: synthetic samples M per payload",
-    "steps": "3SFC: L-BFGS steps s",
-    "max_iter": "3SFC: L-BFGS iterations per step",
-    "lambd": "3SFC: weight of the ||x|| + ||y|| regulariser",
-    "patience": "3SFC: stop the search after this many evaluations without improvement (0 = never)",
     "downlink_patience": "E-3SFC: the same for the server's downlink search (default 0: its one search a round "
                          "reaches every client, so it runs all evaluations)",
     "state_memory": "simulator: MB of client state (error-feedback residuals, replicas) kept in memory; the least "
                     "recently used clients beyond it are spilled to <out>/spill (0 = no limit)",
     "batch_search": "simulator: run a round's 3SFC searches together, their objective evaluations batched; "
                     "auto: on for any model on a GPU and for mlp, convnet, convnet-fast, lenet, regnet on a CPU",
-    "feature_bits": "3sfc/e3sfc: precision of the synthetic features on the wire: 32 (float32, the published "
-                    "algorithm), 16 (float16) or 8 (8-bit with one scale per field); M = 2 at 16 and M = 4 at 8 "
-                    "cost what M = 1 costs at 32",
-    "scales": "3sfc/e3sfc: one (a single scale alpha, the published algorithm) or tensor (one least-squares "
-              "scale per parameter tensor; the search maximises the energy of the target they capture)",
-    "warm_start": "3sfc/e3sfc: start each search from that party's last synthetic features instead of fresh "
-                  "noise (clients and the server each keep theirs; checkpointed)",
     "ef": "error feedback for the biased methods (--no-ef for the ablation)",
     "ratio": "topk/stc: kept fraction in (0, 1], or match:METHOD for equal uplink bytes",
-    "topk_scope": "topk/stc: tensor (per tensor) or global",
-    "levels": "qsgd: quantisation levels s",
-    "unroll": "fedsynth: unrolled SGD steps",
-    "synth_iters": "fedsynth: Adam iterations",
-    "synth_lr": "fedsynth: Adam learning rate",
     "downlink": "auto (the method's own: 3sfc for e3sfc, else dense), dense (full model), or a method that "
                 "compresses the server's aggregate with a server residual: 3sfc, topk, stc, sign, qsgd, fedsynth",
     "downlink_ratio": "topk/stc downlink: kept fraction or match:METHOD (default: the uplink's --ratio)",
@@ -97,21 +82,30 @@ HELP = {
 }
 
 
-# `e3sfc run --help`: the run settings in groups, in this order
+# `e3sfc run --help`: the run settings in groups, in this order (the methods' knobs follow "compression",
+# in groups of their own: method_groups)
 GROUPS = {
     "what to run": ("protocol", "method", "dataset", "emnist_split", "model"),
     "data": ("clients", "fraction", "partition", "alpha", "holdout", "train_subset", "test_subset", "data_dir",
              "max_len", "min_freq", "vocab_size"),
     "local training": ("rounds", "weighted", "local_epochs", "batch_size", "lr", "lr_decay"),
-    "compression": ("samples", "steps", "max_iter", "lambd", "patience", "batch_search", "feature_bits",
-                    "warm_start", "scales", "ef", "ratio", "topk_scope", "levels", "unroll", "synth_iters",
-                    "synth_lr"),
+    "compression": ("ratio", "ef", "batch_search"),
     "downlink and budget (E-3SFC)": ("downlink", "downlink_ratio", "downlink_samples", "downlink_patience", "init",
                                      "schedule", "budget_bytes", "target_cosine", "max_samples", "decay_rate"),
     "robustness": ("norm_clip", "adversary", "adversaries", "round_timeout"),
     "run control": ("engine", "seed", "device", "threads", "eval_every", "checkpoint_every", "state_memory",
                     "tensorboard", "out"),
 }
+
+
+def method_groups() -> dict[str, tuple[str, ...]]:
+    """The methods' declared settings in help groups, one for each set of methods that take them
+    (``options of 3sfc, e3sfc``), in the order of :func:`~e3sfc.config.method_settings`."""
+    groups: dict[str, tuple[str, ...]] = {}
+    for name in method_settings():
+        title = "options of " + ", ".join(takers(name))
+        groups[title] = (*groups.get(title, ()), name)
+    return groups
 
 
 def _metavar(name: str) -> str | None:
@@ -139,15 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one federated training")
     run.add_argument("--config", help="TOML file with settings (flags override it)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
-    boxes = {title: run.add_argument_group(title) for title in GROUPS}
-    where = {name: title for title, names in GROUPS.items() for name in names}
+    titles = list(GROUPS)
+    titles[titles.index("compression") + 1:1] = method_groups()
+    groups = {**GROUPS, **method_groups()}
+    boxes = {title: run.add_argument_group(title) for title in titles}
+    where = {name: title for title, names in groups.items() for name in names}
+    options = method_settings()
     for f in fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         box = boxes[where.get(f.name, "run control")]
         boolean = str(f.type) in ("bool", "bool | None")
         default = ("auto" if boolean else "unset") if f.default in (None, "") else \
             str(f.default).lower() if boolean else f.default
-        helptext = f"{HELP.get(f.name, '')} (default: {default})"  # flags default to None: config files layer
+        about = options[f.name].help if f.name in options else HELP.get(f.name, "")
+        helptext = f"{about} (default: {default})"  # flags default to None: config files layer
         if boolean:
             box.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         else:

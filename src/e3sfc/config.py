@@ -1,9 +1,17 @@
 """The run configuration: one frozen, validated dataclass.
 
-Every field can come from a TOML file (``--config``) and be overridden by a
-command-line flag of the same name (``--local-epochs`` sets ``local_epochs``).
-Validation raises :class:`~e3sfc.errors.ConfigError` whose message names the
-flag, the value and what is allowed.
+Every field can come from a TOML file (``--config``) or a Flower run config
+(:meth:`RunConfig.from_run_config`) and be overridden by a command-line flag of
+the same name (``--local-epochs`` sets ``local_epochs``). Validation raises
+:class:`~e3sfc.errors.ConfigError` whose message names the flag, the value and
+what is allowed.
+
+The run-level settings are declared here. The compression methods' own knobs
+(``samples``, ``feature_bits``, ``levels``, ...) are declared in each method's
+file (``OPTIONS``, a tuple of :class:`~e3sfc.compress.base.Option`); they become
+fields of :class:`RunConfig` (:func:`method_settings`, :func:`_with_method_settings`),
+are validated from their declared bounds, and the CLI builds its flags and help
+from the same declarations (docs/design.md §2.1).
 """
 
 from __future__ import annotations
@@ -13,9 +21,10 @@ import math
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .compress import available_methods, get_compressor_class, parse_ratio
+from .compress.base import Option
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -28,7 +37,45 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-@dataclass(frozen=True)
+def method_settings() -> dict[str, Option]:
+    """The registered methods' declared run settings (``Option.setting``), by name, in the order of the
+    registry and of each method's declaration. A setting several methods take (``samples``) is one
+    declaration object that each of them lists."""
+    out: dict[str, Option] = {}
+    for m in available_methods():
+        for o in get_compressor_class(m).options:
+            if o.setting and out.setdefault(o.name, o) != o:
+                raise TypeError(f"method {m!r} declares the setting {o.name!r} unlike another method; a shared "
+                                "setting must be one Option that each method lists")
+    return out
+
+
+def takers(name: str) -> tuple[str, ...]:
+    """The registered methods that take the option ``name``."""
+    return tuple(m for m in available_methods() if name in get_compressor_class(m).option_names())
+
+
+def _with_method_settings(after: str):
+    """Class decorator: add each of :func:`method_settings` as a field (its declared type and default)
+    right after the field ``after``, then make the class a frozen dataclass."""
+    def wrap(cls):
+        own = dict(cls.__dict__["__annotations__"])
+        clash = sorted(set(own) & set(method_settings()))
+        if clash:
+            raise TypeError(f"method setting(s) {', '.join(clash)} clash with run settings of the same name")
+        annotations = {}
+        for name, kind in own.items():
+            annotations[name] = kind
+            if name == after:
+                for o in method_settings().values():
+                    annotations[o.name] = o.type.__name__
+                    setattr(cls, o.name, o.default)
+        cls.__annotations__ = annotations
+        return dataclass(frozen=True)(cls)
+    return wrap
+
+
+@_with_method_settings(after="batch_search")
 class RunConfig:
     # what to run
     protocol: str = "e3sfc"
@@ -56,25 +103,13 @@ class RunConfig:
     max_len: int = 128
     min_freq: int = 1
     vocab_size: int = 0
-    # compression (each method reads its own knobs; docs/design.md §1.1, §1.4)
-    samples: int = 1
-    steps: int = 10
-    max_iter: int = 20
-    lambd: float = 0.0
-    patience: int = 20
-    downlink_patience: int = 0
-    batch_search: bool | None = None  # None: automatic (resolved_batch_search)
-    feature_bits: int = 32
-    warm_start: bool = False
-    scales: str = "one"
+    # compression (docs/design.md §1.1, §1.4): the run's own settings; the methods' knobs (samples, steps,
+    # feature_bits, levels, ...) follow batch_search, added from each method's declared OPTIONS
+    ratio: str = "0.01"               # topk/stc: a fraction, or match:METHOD (resolved by build_compressor)
     ef: bool = True
-    ratio: str = "0.01"
-    topk_scope: str = "tensor"
-    levels: int = 16
-    unroll: int = 2
-    synth_iters: int = 50
-    synth_lr: float = 0.05
+    batch_search: bool | None = None  # None: automatic (resolved_batch_search)
     # double-way compression and budget (docs/design.md §1.2, §1.3)
+    downlink_patience: int = 0        # the server's search's patience (3sfc's patience for the uplink)
     downlink: str = "auto"
     downlink_ratio: str = ""
     downlink_samples: int = 0
@@ -155,6 +190,12 @@ class RunConfig:
         return cls.from_dict(values)
 
     @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> "RunConfig":
+        """A Flower run config (flat keys as the CLI flags, kebab-case: ``samples``, ``feature-bits``;
+        ``""`` leaves a setting unset) -> RunConfig, every key a run setting (an unknown one is an error)."""
+        return cls.from_dict({k: v for k, v in run_config.items() if v != ""})
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
         known = {f.name: f for f in fields(cls)}
         clean: dict[str, Any] = {}
@@ -166,6 +207,22 @@ class RunConfig:
                 )
             clean[name] = _coerce(name, value, known[name].type)
         return cls(**clean)
+
+
+def options_from_run_config(method: str, run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """``method``'s options found in a Flower run config (keys as the CLI flags, kebab-case:
+    ``feature-bits``; ``""`` = unset), coerced to their declared types and checked against their
+    declared bounds; keys that are not the method's options (the app's own) are left out. For
+    ``make_compressor(method, **options)``, e.g. in an app that uses :mod:`e3sfc.flower.addon`."""
+    out: dict[str, Any] = {}
+    for o in get_compressor_class(method).options:
+        for key in (o.name.replace("_", "-"), o.name):
+            if key in run_config and run_config[key] != "":
+                value = _coerce(o.name, run_config[key], o.type.__name__)
+                _require(o.accepts(value), o.name, value, o.allowed())
+                out[o.name] = value
+                break
+    return out
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -224,22 +281,17 @@ def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{_flag(name)}: {value!r} is not allowed; expected {allowed}")
 
 
-# method knobs that only some methods take: one set away from its default with no method in the run
-# that takes it is an error, not a silent no-op (steps, samples and the like are shared by the
-# synthesis methods and commonly kept in one config for every method, so they are not checked)
-METHOD_KNOBS = ("feature_bits", "warm_start", "scales", "levels", "topk_scope", "unroll", "synth_iters", "synth_lr")
-
-
 def _check_knobs_used(c: "RunConfig") -> None:
+    """A method knob set away from its default with no method in the run that takes it is an error, not a
+    silent no-op (except those declared ``check_unused=False``: steps, samples and the like are shared by
+    the synthesis methods and commonly kept in one config for every method)."""
     used = [get_compressor_class(c.method)]
     if c.resolved_downlink != "dense":
         used.append(get_compressor_class(c.resolved_downlink))
-    defaults = {f.name: f.default for f in fields(RunConfig)}
-    for knob in METHOD_KNOBS:
-        if getattr(c, knob) != defaults[knob] and not any(knob in cls.option_names() for cls in used):
-            takers = [m for m in available_methods() if knob in get_compressor_class(m).option_names()]
+    for knob, o in method_settings().items():
+        if o.check_unused and getattr(c, knob) != o.default and not any(knob in cls.option_names() for cls in used):
             _require(False, knob, getattr(c, knob), f"the default with --method {c.method} and --downlink "
-                     f"{c.resolved_downlink} (it is a knob of {', '.join(takers)})")
+                     f"{c.resolved_downlink} (it is a knob of {', '.join(takers(knob))})")
     if c.downlink_samples and not (c.resolved_downlink != "dense" and used[-1].sized_by_samples):
         sized = [m for m in available_methods() if get_compressor_class(m).sized_by_samples]
         _require(False, "downlink_samples", c.downlink_samples, f"0 unless --downlink is a method sized by samples "
@@ -255,7 +307,12 @@ def downlink_choices() -> tuple[str, ...]:
 
 
 def choices() -> dict[str, tuple[str, ...]]:
-    """The settings that take one of a fixed set of values, and those values."""
+    """The settings that take one of a fixed set of values, and those values (as text)."""
+    return {**_run_choices(), **{name: tuple(map(str, o.choices)) for name, o in method_settings().items()
+                                 if o.choices}}
+
+
+def _run_choices() -> dict[str, tuple[str, ...]]:
     from .data import available_datasets, EMNIST_SPLITS
     from .models import available_models
 
@@ -267,9 +324,6 @@ def choices() -> dict[str, tuple[str, ...]]:
         "partition": ("dirichlet", "iid"),
         "device": ("cpu", "cuda"),
         "emnist_split": tuple(EMNIST_SPLITS),
-        "topk_scope": ("tensor", "global"),
-        "scales": ("one", "tensor"),
-        "feature_bits": ("32", "16", "8"),
         "downlink": downlink_choices(),
         "init": ("auto", "seed", "broadcast"),
         "schedule": ("constant", "decay", "adaptive"),
@@ -279,9 +333,7 @@ def choices() -> dict[str, tuple[str, ...]]:
 
 
 def _validate(c: RunConfig) -> None:
-    for name, allowed in choices().items():
-        if name == "feature_bits":
-            continue  # a number: checked below
+    for name, allowed in _run_choices().items():
         value = getattr(c, name)
         _require(value in allowed, name, value, "one of " + ", ".join(allowed))
     _require(c.clients >= 1, "clients", c.clients, "an integer >= 1")
@@ -307,19 +359,11 @@ def _validate(c: RunConfig) -> None:
     _require(c.max_len >= 1, "max_len", c.max_len, "an integer >= 1 (tokens kept per document)")
     _require(c.min_freq >= 1, "min_freq", c.min_freq, "an integer >= 1")
     _require(c.vocab_size == 0 or c.vocab_size >= 3, "vocab_size", c.vocab_size, "0 (no cap) or an integer >= 3")
-    _require(c.samples >= 1, "samples", c.samples, "an integer >= 1")
-    _require(c.steps >= 0, "steps", c.steps, "an integer >= 0")
-    _require(c.max_iter >= 1, "max_iter", c.max_iter, "an integer >= 1")
-    _require(math.isfinite(c.lambd) and c.lambd >= 0, "lambd", c.lambd, "a number >= 0")
-    _require(c.patience >= 0, "patience", c.patience, "an integer >= 0 (0 = no early stop)")
-    _require(c.feature_bits in (32, 16, 8), "feature_bits", c.feature_bits, "one of 32, 16, 8")
+    for name, o in method_settings().items():  # each method knob within its declared bounds
+        _require(o.accepts(getattr(c, name)), name, getattr(c, name), o.allowed())
     _require(c.downlink_patience >= 0, "downlink_patience", c.downlink_patience, "an integer >= 0 (0 = no early stop)")
     _require(c.downlink_samples >= 0, "downlink_samples", c.downlink_samples,
              "an integer >= 0 (0 = the uplink's M)")
-    _require(1 <= c.levels <= 65535, "levels", c.levels, "an integer in 1..65535")
-    _require(c.unroll >= 1, "unroll", c.unroll, "an integer >= 1")
-    _require(c.synth_iters >= 0, "synth_iters", c.synth_iters, "an integer >= 0")
-    _require(math.isfinite(c.synth_lr) and c.synth_lr > 0, "synth_lr", c.synth_lr, "a number > 0")
     parse_ratio(c.ratio)
     if c.downlink_ratio:
         parse_ratio(c.downlink_ratio, "--downlink-ratio")

@@ -8,7 +8,8 @@ separate component (:mod:`e3sfc.compress.ef`); ``biased`` says whether it applie
 
 from __future__ import annotations
 
-import inspect
+import math
+import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Generator
@@ -64,30 +65,121 @@ class Context:
         return [tuple(p.shape) for p in self.model.parameters()]
 
 
+@dataclass(frozen=True)
+class Option:
+    """One option of a compression method, declared once at the top of the method's file.
+
+    From the declarations come the method's constructor (:meth:`Compressor.__init__` checks the
+    values and sets them as attributes of the same name), and, for a ``setting`` (the default), the
+    run setting of that name: the ``RunConfig`` field and its validation, the TOML key, the CLI flag
+    ``--name-with-dashes`` with its help, and the Flower run-config key (``e3sfc.config``). Two methods
+    that share a setting (``samples``) share the declaration object.
+
+    Bounds: ``low``/``high`` (inclusive; ``low_open``: strictly above ``low``) or ``choices``; a float
+    must also be finite. ``note`` is added to what the error message says is allowed. A setting left at
+    its default is never checked against the run's methods; set to another value in a run whose methods
+    do not take it, it is an error unless ``check_unused`` is False (for the knobs commonly kept in one
+    config for every method: ``samples``, ``steps``, ...). ``setting=False``: the method's constructor
+    takes it, but the run passes it from other settings (``ratio`` from ``--ratio``) or it is for code only.
+    """
+
+    name: str
+    type: type                      # int, float, str or bool
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple = ()
+    note: str = ""
+    check_unused: bool = True
+    setting: bool = True
+
+    def allowed(self) -> str:
+        """What is allowed, as the error messages say it: ``an integer >= 1``, ``one of 32, 16, 8``, ..."""
+        if self.choices:
+            text = "one of " + ", ".join(map(str, self.choices))
+        elif self.type is bool:
+            text = "true or false"
+        elif self.type is str:
+            text = "a string"
+        else:
+            kind = "an integer" if self.type is int else "a number"
+            lo, hi = _num(self.low), _num(self.high)
+            if self.low is not None and self.high is not None:
+                text = f"{kind} in {lo}..{hi}" if self.type is int else \
+                    f"{kind} in {'(' if self.low_open else '['}{lo}, {hi}]"
+            elif self.low is not None:
+                text = f"{kind} {'>' if self.low_open else '>='} {lo}"
+            elif self.high is not None:
+                text = f"{kind} <= {hi}"
+            else:
+                text = kind
+        return f"{text} ({self.note})" if self.note else text
+
+    def accepts(self, value: Any) -> bool:
+        """Whether ``value`` has this option's type and lies within its bounds."""
+        if self.type is bool:
+            return isinstance(value, bool)
+        if self.type is int and not (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
+            return False
+        if self.type is float and not (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                                       and math.isfinite(value)):
+            return False
+        if self.type is str and not isinstance(value, str):
+            return False
+        if self.choices:
+            return value in self.choices
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+
+def _num(v: float | None) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+# an option several methods take is one declaration that each lists
+SAMPLES = Option("samples", int, 1, "synthetic samples M per payload", low=1, check_unused=False)
+
+
 class Compressor(ABC):
     """One compression method. Subclasses register themselves with :func:`register`.
 
-    A method's options are its constructor's keyword arguments, named as the run settings
-    (``--ratio`` -> ``ratio``); :meth:`from_options` refuses any other. What the method
-    declares about itself, so that no code outside its file tests its name:
-    ``downlink`` (its natural server-to-client compression: ``dense`` or a method name),
-    ``init`` (``broadcast``: w_1 is shipped; ``seed``: every party builds it),
-    ``sized_by_samples`` (the payload grows with ``samples``, so the budget scheduler can
-    size it) and ``as_downlink`` (whether ``--downlink`` may name it)."""
+    A method's options are declared in ``options`` (a tuple of :class:`Option`, at the top of its
+    file), named as the run settings (``--ratio`` -> ``ratio``); the constructor takes them as
+    keywords, checks them against their declarations and sets each as an attribute of its name;
+    :meth:`from_options` refuses any other. What the method declares about itself, so that no code
+    outside its file tests its name: ``downlink`` (its natural server-to-client compression: ``dense``
+    or a method name), ``init`` (``broadcast``: w_1 is shipped; ``seed``: every party builds it),
+    ``sized_by_samples`` (the payload grows with ``samples``, so the budget scheduler can size it) and
+    ``as_downlink`` (whether ``--downlink`` may name it)."""
 
     name: ClassVar[str]
     method_id: ClassVar[int]
+    options: ClassVar[tuple[Option, ...]] = ()
     biased: ClassVar[bool] = True  # error feedback applies (switch off with --no-ef)
     downlink: ClassVar[str] = "dense"
     init: ClassVar[str] = "broadcast"
     sized_by_samples: ClassVar[bool] = False
     as_downlink: ClassVar[bool] = True
 
+    def __init__(self, **values: Any):
+        """Each declared option: its value from ``values`` or its default, checked (a ValueError names
+        the option, the value and what is allowed), set as ``self.<name>``."""
+        declared = {o.name: o for o in self.options}
+        unknown = sorted(set(values) - set(declared))
+        if unknown:
+            raise TypeError(f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(declared) or 'none'}")
+        for o in self.options:
+            value = values.get(o.name, o.default)
+            if not o.accepts(value):
+                raise ValueError(f"{o.name}: {value!r} is not allowed; expected {o.allowed()}")
+            setattr(self, o.name, value)
+
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
-        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        return tuple(p.name for p in inspect.signature(cls.__init__).parameters.values()
-                     if p.kind in named and p.name != "self")
+        return tuple(o.name for o in cls.options)
 
     @classmethod
     def from_options(cls, **options: Any) -> "Compressor":

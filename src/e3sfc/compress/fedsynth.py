@@ -6,7 +6,7 @@ that ``unroll`` plain-SGD steps from w_t on (x, y) land near w_t + tau:
     min ||U(x, y, eta) - tau||^2 / ||tau||^2,
     U = w_k - w_t, w_{j+1} = w_j - eta * grad_w L(w_j; x, y)
 through a differentiable unroll (torch.func.functional_call, create_graph),
-optimised with Adam for ``iters`` iterations, keeping the best iterate.
+optimised with Adam for ``synth_iters`` iterations, keeping the best iterate.
 Decoder: the same unroll (first order) from w_t.
 
 Wire format: float32 x (M, *input_shape), y (M, C), eta ().
@@ -23,8 +23,17 @@ from torch.func import functional_call
 
 from ..wire import FieldSpec, Payload
 from . import register
-from .base import Compressor, Context
+from .base import SAMPLES, Compressor, Context, Option
 from .synth import soft_ce
+
+# the options (base.Option; each a run setting, --synth-iters, unless setting=False)
+OPTIONS = (
+    SAMPLES,  # synthetic samples M per payload (base.py: 3SFC's too)
+    Option("unroll", int, 2, "unrolled SGD steps", low=1),
+    Option("synth_iters", int, 50, "Adam iterations", low=0),
+    Option("synth_lr", float, 0.05, "Adam learning rate", low=0, low_open=True),
+    Option("init_eta", float, 0.01, "the learned step size's start", setting=False),
+)
 
 
 @register
@@ -34,21 +43,19 @@ class FedSynth(Compressor):
     biased = True
 
     sized_by_samples = True
-
-    def __init__(self, samples: int = 1, unroll: int = 2, synth_iters: int = 50, synth_lr: float = 0.05,
-                 init_eta: float = 0.01):
-        if samples < 1 or unroll < 1 or synth_iters < 0:
-            raise ValueError(f"need samples >= 1, unroll >= 1, synth_iters >= 0; got {samples}, {unroll}, "
-                             f"{synth_iters}")
-        self.samples, self.unroll_steps, self.iters, self.lr = samples, unroll, synth_iters, synth_lr
-        self.init_eta = init_eta
+    options = OPTIONS
+    samples: int
+    unroll: int
+    synth_iters: int
+    synth_lr: float
+    init_eta: float
 
     def fields(self, ctx: Context) -> list[FieldSpec]:
         f4 = np.dtype("<f4")
         m = ctx.samples or self.samples
         return [FieldSpec(f4, (m, *ctx.input_shape)), FieldSpec(f4, (m, ctx.num_classes)), FieldSpec(f4, ())]
 
-    def unroll(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eta: torch.Tensor,
+    def unrolled(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eta: torch.Tensor,
                create_graph: bool) -> torch.Tensor:
         """U(x, y, eta) = w_k - w_t (P,)."""
         names = [n for n, _ in ctx.model.named_parameters()]
@@ -61,7 +68,7 @@ class FedSynth(Compressor):
             off += n
         start = [p.detach() for p in params]
         with torch.enable_grad():
-            for _ in range(self.unroll_steps):
+            for _ in range(self.unroll):
                 loss = soft_ce(lambda inp: functional_call(ctx.model, dict(zip(names, params)), (inp,)), x, y)
                 grads = torch.autograd.grad(loss, params, create_graph=create_graph)
                 params = [p - eta * g for p, g in zip(params, grads)]
@@ -77,9 +84,9 @@ class FedSynth(Compressor):
         tau = target.detach()
         tn2 = float(tau.dot(tau)) or 1.0
         best = (math.inf, x.detach().clone(), y.detach().clone(), eta.detach().clone())
-        opt = torch.optim.Adam([x, y, eta], lr=self.lr)
-        for _ in range(self.iters):
-            u = self.unroll(ctx, x, y, eta, create_graph=True)
+        opt = torch.optim.Adam([x, y, eta], lr=self.synth_lr)
+        for _ in range(self.synth_iters):
+            u = self.unrolled(ctx, x, y, eta, create_graph=True)
             loss = (u - tau).pow(2).sum() / tn2
             val = float(loss.detach())
             if val < best[0]:
@@ -88,7 +95,7 @@ class FedSynth(Compressor):
             x.grad, y.grad, eta.grad = gx, gy, ge
             opt.step()
         _, bx, by, beta = best
-        decoded = self.unroll(ctx, bx, by, beta, create_graph=False).detach()
+        decoded = self.unrolled(ctx, bx, by, beta, create_graph=False).detach()
         cos = float(torch.nn.functional.cosine_similarity(decoded, tau, dim=0))
         eta = beta.cpu().numpy().astype(np.float32)
         return Payload.of(self.method_id, bx.float(), by.float(), eta), {"cosine": cos}
@@ -97,4 +104,4 @@ class FedSynth(Compressor):
         dt = ctx.weights.dtype
         x, y = payload.tensor(0, ctx.device).to(dt), payload.tensor(1, ctx.device).to(dt)
         eta = payload.tensor(2, ctx.device).to(dt)
-        return self.unroll(ctx, x, y, eta, create_graph=False).detach()
+        return self.unrolled(ctx, x, y, eta, create_graph=False).detach()

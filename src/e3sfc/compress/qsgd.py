@@ -19,7 +19,12 @@ import torch
 from ..wire import FieldSpec, Payload
 from . import register
 from ._bits import nbytes, pack_bits, pack_uint, unpack_bits, unpack_uint
-from .base import Compressor, Context
+from .base import Compressor, Context, Option
+
+# the options (base.Option; each a run setting: --levels)
+OPTIONS = (
+    Option("levels", int, 16, "quantisation levels s", low=1, high=2**16 - 1),
+)
 
 
 @register
@@ -27,12 +32,12 @@ class QSGD(Compressor):
     name = "qsgd"
     method_id = 5
     biased = False
+    options = OPTIONS
+    levels: int
 
-    def __init__(self, levels: int = 16):
-        if not 1 <= levels <= 2**16 - 1:
-            raise ValueError(f"levels must be in 1..65535, got {levels}")
-        self.levels = levels
-        self.width = max(1, math.ceil(math.log2(levels + 1)))
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.width = max(1, math.ceil(math.log2(self.levels + 1)))
 
     def fields(self, ctx: Context) -> list[FieldSpec]:
         p = ctx.num_params

@@ -32,7 +32,7 @@ class STC(TopK):
                 FieldSpec(np.dtype("<f4"), ())]
 
     def compress(self, target: torch.Tensor, ctx: Context) -> tuple[Payload, dict[str, float]]:
-        idx = topk_indices(target, ctx.param_shapes, self.ratio, self.scope)
+        idx = topk_indices(target, ctx.param_shapes, self.ratio, self.topk_scope)
         kept = target[idx]
         mu = float(kept.abs().mean())
         return Payload.of(self.method_id, idx.to(torch.int32), pack_bits(kept >= 0), np.float32(mu)), {}

@@ -70,10 +70,38 @@ import torch
 
 from ..wire import FieldSpec, Payload
 from . import register
-from .base import Compressor, Context, Steps, run_steps
+from .base import SAMPLES, Compressor, Context, Option, Steps, run_steps
 from .lbfgs import FlatLBFGS
 from .search import cosine_match, run_together, start
 from .synth import block_scales, ls_scale, synth_grad
+
+FEATURE_BITS = (32, 16, 8)
+SCALES = ("one", "tensor")
+
+# the options (base.Option; each a run setting, --max-iter, unless setting=False)
+OPTIONS = (
+    SAMPLES,  # synthetic samples M per payload (base.py: FedSynth's too)
+    Option("steps", int, 10, "L-BFGS steps s", low=0, check_unused=False),
+    Option("max_iter", int, 20, "L-BFGS iterations per step", low=1, check_unused=False),
+    Option("lambd", float, 0.0, "weight of the ||x|| + ||y|| regulariser", low=0, check_unused=False),
+    Option("patience", int, 20, "stop the search after this many evaluations without improvement (0 = never)",
+           low=0, note="0 = no early stop", check_unused=False),
+    Option("feature_bits", int, 32, "precision of the synthetic features on the wire: 32 (float32, the published "
+           "algorithm), 16 (float16) or 8 (8-bit with one scale per field); M = 2 at 16 and M = 4 at 8 cost what "
+           "M = 1 costs at 32", choices=FEATURE_BITS),
+    Option("warm_start", bool, False, "start each search from that party's last synthetic features instead of "
+           "fresh noise (clients and the server each keep theirs; checkpointed)"),
+    Option("scales", str, "one", "one (a single scale alpha, the published algorithm) or tensor (one "
+           "least-squares scale per parameter tensor; the search maximises the energy of the target they "
+           "capture)", choices=SCALES),
+    # passed by the run from other settings (--batch-search resolved, --protocol), or for code only
+    Option("batch_search", bool, False, "run a round's searches together (compress_many)", setting=False),
+    Option("select", str, "every", "which iterate is kept: every evaluation's best, or (the authors') each "
+           "step's end", choices=("every", "step"), setting=False),
+    Option("history", int, 100, "L-BFGS history size", low=1, setting=False),
+    Option("tol", float, 1e-4, "early stop: smallest improvement that counts", low=0, setting=False),
+    Option("lock_cos", float, 0.05, "early stop: |cos| the search must reach first", low=0, setting=False),
+)
 
 
 @register
@@ -83,23 +111,7 @@ class ThreeSFC(Compressor):
     biased = True
 
     sized_by_samples = True
-
-    def __init__(self, samples: int = 1, steps: int = 10, max_iter: int = 20, lambd: float = 0.0,
-                 history: int = 100, patience: int = 20, tol: float = 1e-4, lock_cos: float = 0.05,
-                 batch_search: bool = False, feature_bits: int = 32, warm_start: bool = False, scales: str = "one",
-                 select: str = "every"):
-        if samples < 1:
-            raise ValueError(f"samples must be >= 1, got {samples}")
-        if feature_bits not in FEATURE_BITS:
-            raise ValueError(f"feature_bits must be one of {', '.join(map(str, FEATURE_BITS))}, got {feature_bits}")
-        if scales not in SCALES:
-            raise ValueError(f"scales must be one of {', '.join(SCALES)}, got {scales!r}")
-        if select not in ("every", "step"):
-            raise ValueError(f"select must be every or step, got {select!r}")
-        self.feature_bits, self.scales, self.select = feature_bits, scales, select
-        self.samples, self.steps, self.max_iter, self.lambd, self.history = samples, steps, max_iter, lambd, history
-        self.patience, self.tol, self.lock_cos = patience, tol, lock_cos
-        self.batch_search, self.warm_start = batch_search, warm_start
+    options = OPTIONS   # set as attributes: self.samples, self.steps, ...
 
     @property
     def batch_limit(self) -> int | None:
@@ -236,10 +248,6 @@ class ThreeSFC(Compressor):
             return None
         x, y, _ = self.features(payload, ctx)
         return torch.cat([x.reshape(-1), y.reshape(-1)])
-
-
-FEATURE_BITS = (32, 16, 8)
-SCALES = ("one", "tensor")
 
 
 def _scaled(g: torch.Tensor, alphas: np.ndarray, sizes: list[int]) -> torch.Tensor:

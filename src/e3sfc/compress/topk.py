@@ -17,7 +17,15 @@ import torch
 
 from ..wire import FieldSpec, Payload
 from . import register
-from .base import Compressor, Context
+from .base import Compressor, Context, Option
+
+# the options (base.Option; each a run setting, --topk-scope, unless setting=False)
+OPTIONS = (
+    Option("ratio", float, 0.01, "kept fraction", low=0, low_open=True, high=1,
+           setting=False),  # the run setting --ratio is the run's (config.py): it may say match:METHOD
+    Option("topk_scope", str, "tensor", "tensor (k per tensor) or global (K over the whole update)",
+           choices=("tensor", "global")),
+)
 
 
 def topk_counts(shapes: list[tuple[int, ...]], ratio: float, scope: str) -> list[int]:
@@ -47,23 +55,19 @@ class TopK(Compressor):
     name = "topk"
     method_id = 2
     biased = True
-
-    def __init__(self, ratio: float = 0.01, topk_scope: str = "tensor"):
-        if not 0 < ratio <= 1:
-            raise ValueError(f"ratio must be in (0, 1], got {ratio}")
-        if topk_scope not in ("tensor", "global"):
-            raise ValueError(f"topk_scope must be 'tensor' or 'global', got {topk_scope!r}")
-        self.ratio, self.scope = ratio, topk_scope
+    options = OPTIONS
+    ratio: float
+    topk_scope: str
 
     def k(self, ctx: Context) -> int:
-        return sum(topk_counts(ctx.param_shapes, self.ratio, self.scope))
+        return sum(topk_counts(ctx.param_shapes, self.ratio, self.topk_scope))
 
     def fields(self, ctx: Context) -> list[FieldSpec]:
         k = self.k(ctx)
         return [FieldSpec(np.dtype("<i4"), (k,)), FieldSpec(np.dtype("<f4"), (k,))]
 
     def compress(self, target: torch.Tensor, ctx: Context) -> tuple[Payload, dict[str, float]]:
-        idx = topk_indices(target, ctx.param_shapes, self.ratio, self.scope)
+        idx = topk_indices(target, ctx.param_shapes, self.ratio, self.topk_scope)
         vals = target[idx].to(torch.float32)
         return Payload.of(self.method_id, idx.to(torch.int32), vals), {}
 
