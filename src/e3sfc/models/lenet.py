@@ -4,18 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from ._util import flat_features
+from ._util import flat_features, two_conv_pool
 
 
 class LeNet5(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], num_classes: int):
         super().__init__()
-        c = input_shape[0]
-        self.features = nn.Sequential(
-            nn.Conv2d(c, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),  # (B, 6, H/2, W/2)
-            nn.Conv2d(6, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),  # (B, 16, H/4, W/4)
-            nn.Flatten(),
-        )
+        self.features = two_conv_pool(input_shape[0], 6, 16)
         n = flat_features(self.features, input_shape)
         self.classifier = nn.Sequential(
             nn.Linear(n, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes)

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from ._util import flat_features
+from ._util import flat_features, two_conv_pool
 
 
 class MnistNet(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], num_classes: int):
         super().__init__()
-        c = input_shape[0]
-        self.features = nn.Sequential(
-            nn.Conv2d(c, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),   # (B, 32, H/2, W/2)
-            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),  # (B, 64, H/4, W/4)
-            nn.Flatten(),
-        )
+        self.features = two_conv_pool(input_shape[0], 32, 64)
         n = flat_features(self.features, input_shape)
         self.classifier = nn.Sequential(nn.Linear(n, 512), nn.ReLU(), nn.Linear(512, num_classes))
 
