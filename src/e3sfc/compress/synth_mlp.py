@@ -50,6 +50,55 @@ def _total(terms: list[torch.Tensor], zero: torch.Tensor) -> torch.Tensor:
     return zero
 
 
+def _addmm(a: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return a @ W.T if b is None else torch.addmm(b, a, W.T)
+
+
+def _matmul_add(a: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return a @ W.T if b is None else a @ W.T + b
+
+
+def _forward(layers, x: torch.Tensor, y: torch.Tensor, linear) -> tuple:
+    """The forward pass of (x, y) (M, d) or batched (B, M, d) through ``layers`` and the loss gradients
+    at each layer's output: A[l] is the input of layer l, mask[l] where its ReLU passes, p the softmax,
+    s the label sums and D[l] = dL/dH[l] (mean over the M samples). ``linear(a, W, b)`` is the affine
+    map (the single objective's addmm, the batch's matmul + b: each path keeps its own rounding)."""
+    L, M = len(layers), x.shape[-2]
+    A, H = [x], []
+    for i, (W, b, _, _) in enumerate(layers):
+        h = linear(A[-1], W, b)
+        H.append(h)
+        if i < L - 1:
+            A.append(h.clamp_min(0))
+    mask = [h > 0 for h in H[:-1]]
+    p = torch.softmax(H[-1], dim=-1)
+    s = y.sum(-1, keepdim=True)
+    D: list[torch.Tensor] = [None] * L  # type: ignore[list-item]
+    D[-1] = (p * s - y) / M
+    for i in range(L - 1, 0, -1):
+        D[i - 1] = (D[i] @ layers[i][0]) * mask[i - 1]
+    return A, mask, p, s, D
+
+
+def _reverse(layers, aD: list, aA: list, mask: list, p: torch.Tensor, s: torch.Tensor) -> tuple:
+    """The adjoints of x and y, given those of each layer's D[l] (``aD``) and input A[l] (``aA``) from
+    the objective: back through D[l-1] = (D[l] W_l) * mask[l-1], D[L-1] = (softmax(H) s - y) / M and the
+    forward pass. Single (M, .) or batched (B, M, .) tensors; ``aD`` and ``aA`` are consumed."""
+    L, M = len(layers), p.shape[-2]
+    for i in range(1, L):
+        aD[i] = aD[i] + (aD[i - 1] * mask[i - 1]) @ layers[i][0].T
+    u = aD[-1]
+    up = (u * p).sum(-1, keepdim=True)
+    dy = (up - u) / M
+    ap = u * (s / M)
+    ah = p * (ap - (ap * p).sum(-1, keepdim=True))
+    for i in range(L - 1, -1, -1):
+        aA[i] = aA[i] + ah @ layers[i][0]
+        if i > 0:
+            ah = aA[i] * mask[i - 1]
+    return aA[0], dy
+
+
 class MLPCosineMatch:
     """f(z) = 1 - |cos(g(x, y), tau)| + lambda (||x|| + ||y||) and df/dz for a Linear/ReLU chain
     (with ``per_tensor``, |cos| is sqrt(E) of :func:`.synth.projection_cosine`: one (g.tau, g.g) per tensor).
@@ -81,24 +130,10 @@ class MLPCosineMatch:
 
     @torch.no_grad()
     def __call__(self, z: torch.Tensor) -> tuple[float, float, torch.Tensor]:
-        M, L = self.m, len(self.layers)
+        M = self.m
         x = z[:self.nx].view(M, -1)
         y = z[self.nx:].view(self.y_shape)
-        # forward: A[l] is the input of layer l, H[l] its output (pre-activation)
-        A, H = [x], []
-        for i, (W, b, _, _) in enumerate(self.layers):
-            h = A[-1] @ W.T if b is None else torch.addmm(b, A[-1], W.T)
-            H.append(h)
-            if i < L - 1:
-                A.append(h.clamp_min(0))
-        mask = [h > 0 for h in H[:-1]]
-        p = torch.softmax(H[-1], dim=1)
-        s = y.sum(1, keepdim=True)
-        # loss gradients at each layer's output (mean over the M samples)
-        D: list[torch.Tensor] = [None] * L  # type: ignore[list-item]
-        D[-1] = (p * s - y) / M
-        for i in range(L - 1, 0, -1):
-            D[i - 1] = (D[i] @ self.layers[i][0]) * mask[i - 1]
+        A, mask, p, s, D = _forward(self.layers, x, y, _addmm)
         # q = g_l.tau_l and n = g_l.g_l per tensor l, in parameter order (W_1, b_1, W_2, ...), without forming g
         DT, Ka, Kd, Ds, q, nn_ = [], [], [], [], [], []
         for i, (_, b, T, t) in enumerate(self.layers):
@@ -136,21 +171,7 @@ class MLPCosineMatch:
                 ad.add_(t * cbq + Ds[i] * (2 * cbn))
             aD.append(ad)
             aA.append(DT[i].mul(cwq).add_(Kd[i] @ A[i], alpha=2 * cwn))
-        # through D[i-1] = (D[i] W_i) * mask[i-1], first layer upwards
-        for i in range(1, L):
-            aD[i].add_((aD[i - 1] * mask[i - 1]) @ self.layers[i][0].T)
-        # through D[L-1] = (softmax(H) s - y) / M
-        u = aD[-1]
-        up = (u * p).sum(1, keepdim=True)
-        dy = (up - u) / M
-        ap = u * (s / M)
-        ah = p * (ap - (ap * p).sum(1, keepdim=True))
-        # through the forward pass
-        for i in range(L - 1, -1, -1):
-            aA[i].add_(ah @ self.layers[i][0])
-            if i > 0:
-                ah = aA[i] * mask[i - 1]
-        dx = aA[0]
+        dx, dy = _reverse(self.layers, aD, aA, mask, p, s)
         obj = 1.0 - abs(cos)
         if self.lambd:
             xn, yn = float(x.norm()), float(y.norm())
@@ -185,23 +206,11 @@ class MLPCosineMatchBatch:
     @torch.no_grad()
     def __call__(self, zs: list[torch.Tensor]) -> list[tuple[float, float, torch.Tensor]]:
         """(f(z), |cos|, df/dz) for each objective at its point, in order."""
-        B, M, L = self.n, self.m, len(self.layers)
+        B, M = self.n, self.m
         Z = torch.stack(zs)
         x = Z[:, :self.nx].reshape(B, M, -1)
         y = Z[:, self.nx:].reshape(B, *self.y_shape)
-        A, H = [x], []
-        for i, (W, b, _, _) in enumerate(self.layers):
-            h = A[-1] @ W.T if b is None else A[-1] @ W.T + b
-            H.append(h)
-            if i < L - 1:
-                A.append(h.clamp_min(0))
-        mask = [h > 0 for h in H[:-1]]
-        p = torch.softmax(H[-1], dim=2)
-        s = y.sum(2, keepdim=True)
-        D: list[torch.Tensor] = [None] * L  # type: ignore[list-item]
-        D[-1] = (p * s - y) / M
-        for i in range(L - 1, 0, -1):
-            D[i - 1] = (D[i] @ self.layers[i][0]) * mask[i - 1]
+        A, mask, p, s, D = _forward(self.layers, x, y, _matmul_add)
         DT, Ka, Kd, Ds, q, nn_ = [], [], [], [], [], []
         for i, (_, b, T, t) in enumerate(self.layers):
             DT.append(torch.bmm(D[i], T))
@@ -238,16 +247,6 @@ class MLPCosineMatchBatch:
                 ad = ad + (t * cbq + Ds[i] * (2 * cbn))
             aD.append(ad)
             aA.append(DT[i] * cwq + (Kd[i] @ A[i]) * (2 * cwn))
-        for i in range(1, L):
-            aD[i] = aD[i] + (aD[i - 1] * mask[i - 1]) @ self.layers[i][0].T
-        u = aD[-1]
-        up = (u * p).sum(2, keepdim=True)
-        dy = (up - u) / M
-        ap = u * (s / M)
-        ah = p * (ap - (ap * p).sum(2, keepdim=True))
-        for i in range(L - 1, -1, -1):
-            aA[i] = aA[i] + ah @ self.layers[i][0]
-            if i > 0:
-                ah = aA[i] * mask[i - 1]
-        return batch_results(cos, x.reshape(B, -1), y.reshape(B, -1), aA[0].reshape(B, -1), dy.reshape(B, -1),
+        dx, dy = _reverse(self.layers, aD, aA, mask, p, s)
+        return batch_results(cos, x.reshape(B, -1), y.reshape(B, -1), dx.reshape(B, -1), dy.reshape(B, -1),
                              self.lambd)
