@@ -159,7 +159,7 @@ class RunConfig:
     @property
     def resolved_batch_search(self) -> bool:
         """Whether a round's 3SFC searches run together (``--batch-search``); unset: automatic, on where
-        the batched objective was measured faster (benchmarks/RESULTS.md): any model on a GPU, and on a
+        the batched objective is faster (benchmarks/RESULTS.md): any model on a GPU, and on a
         CPU the MLP (closed form) and the small convolutional models (``FAST_SEARCH_CPU``). Off for the
         Flower engine, whose clients search apart."""
         if self.batch_search is not None:

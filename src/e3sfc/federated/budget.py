@@ -28,9 +28,6 @@ down)``. The shape s_t and the split are where the schedules differ:
   the driver measures it, else the clients' mean compression cosine; the
   downlink's is the broadcast's cosine. Round 1, and a round after one without
   both measurements, splits like ``constant``.
-  (An earlier rule shaped the spend over time instead, s_t = clip(target /
-  c_{t-1}, 1/2, 2): it lost 3.2 points to ``constant`` in the reference setting
-  and was replaced.)
 ``--downlink-samples N`` fixes the broadcast's M; the schedules then choose the
 uplink's alone. Without a budget: ``constant`` sends ``samples``; ``decay``
 round(samples gamma^(t-1)); ``adaptive`` moves M by one sample a round towards
