@@ -347,3 +347,42 @@ def test_replies_to_a_round_not_configured_are_refused(caplog):
     assert "replies to a round this strategy did not configure" in caplog.text
     fresh, _ = _pair("sign")
     assert fresh.aggregate_train(1, replies) == (None, None)
+
+
+def test_replicas_follow_the_initial_model_the_strategy_starts_from():
+    """The strategy starts from arrays that are not model_fn()'s weights (the usual case): the server
+    compresses its broadcasts at those, and every node's replica equals the server's model each round
+    (the digest the wrapper sends matches); a node whose replica is spoiled errs, then gets it dense."""
+    strategy, mod = _pair("3sfc", downlink="3sfc", downlink_options=OPTS)
+    fed = Federation(strategy, mod, nodes=(1, 2), n=60)
+    other = Net()
+    with torch.no_grad():
+        for q in other.parameters():
+            q.mul_(-0.5)
+    fed.arrays = ArrayRecord(other.state_dict())
+    for t in (1, 2, 3):
+        w_t = _flat(fed.arrays)
+        spies = {k: {} for k in (1, 2)}
+        msgs = fed.messages(t)
+        replies = [mod(m, fed.ctx[m.metadata.dst_node_id], _trainer(m.metadata.dst_node_id, 60,
+                                                                   spy=spies[m.metadata.dst_node_id])) for m in msgs]
+        assert all(torch.equal(spies[k]["w"], w_t) for k in (1, 2)), t  # every node trains from w_t
+        fed.arrays, _ = strategy.aggregate_train(t, replies)
+        assert torch.equal(_flat(fed.arrays), strategy.server.weights)
+    # spoil node 2's replica: its next catch-up does not reach the server's model
+    rt = _state(fed.ctx[2])
+    rt.replica = rt.replica + 1e-3
+    from e3sfc.flower.addon import save_state
+    save_state(fed.ctx[2], rt)
+    msgs = fed.messages(4)
+    m2 = next(m for m in msgs if m.metadata.dst_node_id == 2)
+    with pytest.raises(StaleReplica, match="node 2: its model of round 4 differs from the server's"):
+        mod(m2, fed.ctx[2], _trainer(2, 60))
+    m1 = next(m for m in msgs if m.metadata.dst_node_id == 1)
+    r1 = mod(m1, fed.ctx[1], _trainer(1, 60))
+    fed.arrays, _ = strategy.aggregate_train(4, [r1, Message(flwr.app.Error(code=0, reason="stale"), reply_to=m2)])
+    m2 = next(m for m in fed.messages(5) if m.metadata.dst_node_id == 2)
+    assert "e3sfc-down" not in m2.content  # dense again
+    spy = {}
+    mod(m2, fed.ctx[2], _trainer(2, 60, spy=spy))
+    assert torch.equal(spy["w"], strategy.server.weights)

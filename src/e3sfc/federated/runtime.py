@@ -219,6 +219,7 @@ class ServerRuntime:
         self.model.eval()
         self.input_shape, self.num_classes = tuple(input_shape), num_classes
         self.weights = weights
+        set_flat(self.model, weights)
         self.sizes = sizes                            # partition sizes: the bound on a reply's num_samples
         self.asked: list[int] = []                    # this round's participants
         ctx0 = self.context(0, None)

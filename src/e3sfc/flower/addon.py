@@ -27,7 +27,8 @@ A training round t:
   ``e3sfc-down``), as the runtime's downlink plans it; a node met for the first time, too far
   behind or whose last reply failed gets the model dense.
 - The mod checks the settings (a mismatch is an error reply whose reason the wrapper turns into a
-  stop of the run), catches the node up (its replica must then equal w_t), lets the app train on
+  stop of the run), catches the node up (its replica must then equal w_t: the wrapper sends a digest
+  of w_t, and a node whose model differs errs and gets the model dense next time), lets the app train on
   w_t as it always does, forms the EF target from the app's update Delta = w_k - w_t over the
   model's parameters (``named_parameters`` order), compresses it and replies with the payload
   (ConfigRecord ``e3sfc``, field ``payload``) in place of the parameters. Buffers stay in the
@@ -50,6 +51,7 @@ messages as sent and as they would be dense. Evaluation messages stay dense.
 
 from __future__ import annotations
 
+import hashlib
 import io as _io
 import logging
 from collections.abc import Callable, Iterable
@@ -68,7 +70,7 @@ from ..errors import ConfigError
 from ..federated.client import ClientUpdate
 from ..federated.downlink import TrainIns
 from ..federated.params import get_flat, set_flat
-from ..federated.runtime import ClientRuntime, ServerRuntime
+from ..federated.runtime import ClientRuntime, ServerRuntime, StaleReplica
 from ..federated.server import bounded
 from ..metrics import DOWN
 
@@ -78,6 +80,7 @@ RECORD = "e3sfc"                 # ConfigRecord of the reply that carries the pa
 STATE = "e3sfc"                  # ConfigRecord in the node's state: its runtime state (torch.save, weights_only)
 DOWN_RECORD = "e3sfc-down"       # ConfigRecord of a train message: the broadcasts to replay
 METHOD_KEY = "e3sfc-method"      # config entry the wrapper adds, checked by the mod
+MODEL_KEY = "e3sfc-model"        # config entry under a compressed downlink: a digest of w_t, checked by the mod
 PREFIX = "e3sfc-"                # run-config keys of the add-on's settings
 MISMATCH = "e3sfc settings differ"  # in a node's error reply: the wrapper stops the run
 
@@ -182,6 +185,11 @@ def save_state(context: Context, rt: ClientRuntime) -> None:
     context.state[STATE] = ConfigRecord({"state": buf.getvalue()})
 
 
+def digest(w: torch.Tensor) -> str:
+    """A short digest of a flat model (its float32 bytes): the mod checks its replica against the server's."""
+    return hashlib.blake2b(w.detach().cpu().numpy().tobytes(), digest_size=16).hexdigest()
+
+
 def _sample_count(value: Any) -> Any:
     """A reply's sample count as a number the server step checks: an integral float becomes an int;
     anything else is passed on as it is (the server step refuses it)."""
@@ -239,6 +247,9 @@ def compression_mod(model_fn: Callable[[], nn.Module], input_shape: tuple[int, .
         out: dict[str, Any] = {}
 
         def train(w: torch.Tensor, round: int) -> tuple[torch.Tensor, int]:
+            if MODEL_KEY in config and digest(w) != config[MODEL_KEY]:
+                raise StaleReplica(f"node {node}: its model of round {t} differs from the server's; the server "
+                                   "sends the model dense next time")
             if DOWN_RECORD in msg.content:  # the app trains from w_t as from any model it is sent
                 msg.content[key] = codec.unflat(w, codec.template(sent))
                 del msg.content[DOWN_RECORD]
@@ -320,6 +331,8 @@ class CompressedStrategy(Strategy):
             server.weights = w
             set_flat(server.model, w)
         config[METHOD_KEY], config["server-round"] = codec.spec, t
+        if server.downlink.compressed:
+            config[MODEL_KEY] = digest(server.weights)
         messages = list(self.strategy.configure_train(t, arrays, config, grid))
         self.round, self.sent = t, arrays
         server.asked = [self._client(m.metadata.dst_node_id) for m in messages]
