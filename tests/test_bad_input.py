@@ -50,6 +50,22 @@ def test_impossible_sizes_are_refused_before_allocating(argv, needle, tmp_path, 
     assert not out.exists()  # nothing left behind
 
 
+@pytest.mark.parametrize("argv,needle", [
+    (["--method", "topk", "--value-bits", "7"], "--value-bits: 7 is not allowed; expected one of 32, 16, 8"),
+    (["--method", "fedavg", "--index-coding", "golomb"],
+     "--index-coding: 'golomb' is not allowed; expected the default"),
+    (["--method", "topk", "--index-coding", "rle"],
+     "--index-coding: 'rle' is not allowed; expected one of int32, golomb"),
+    (["--method", "stc", "--value-bits", "8"],
+     "--value-bits: 8 is not allowed; expected the default with --method stc"),
+])
+def test_bad_sparse_coding_settings(argv, needle, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", *FAST, "--out", str(out), *argv]) == 2
+    assert needle in _err(capsys)
+    assert not out.exists()
+
+
 def test_binary_toml(tmp_path, capsys):
     p = tmp_path / "c.toml"
     p.write_bytes(b"\x00\xff\xfe\x89PNG")

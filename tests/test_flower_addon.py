@@ -181,6 +181,25 @@ def test_residual_carries_over_to_the_next_round():
     torch.testing.assert_close(decoded + second, first + delta, rtol=0, atol=1e-5)
 
 
+def test_golomb_topk_payloads_of_varying_size_are_admitted_and_aggregated():
+    """Coded positions: each reply at most the announced size (the admission check is <=) and aggregated;
+    one a byte over is refused."""
+    strategy, mod = _pair("topk", ratio=0.05, index_coding="golomb", value_bits=16)
+    fed = Federation(strategy, mod, nodes=(1, 2, 3))
+    sizes: list[int] = []
+    _, _, metrics = fed.round(1, tamper=lambda replies: sizes.extend(len(r.content[RECORD]["payload"])
+                                                                     for r in replies))
+    server = strategy.server
+    most = server.compressor.payload_bytes(server.context(1, None))
+    assert max(sizes) <= most and metrics["e3sfc-refused"] == 0
+
+    def pad(replies):
+        replies[0].content[RECORD] = ConfigRecord({"payload": replies[0].content[RECORD]["payload"] + b"\0" * most})
+
+    _, _, metrics = fed.round(2, tamper=pad)
+    assert metrics["e3sfc-refused"] == 1
+
+
 def test_a_broken_payload_is_dropped_and_the_rest_aggregated():
     strategy, mod = _pair("3sfc")
     fed = Federation(strategy, mod, nodes=(1, 2))

@@ -21,10 +21,11 @@ from e3sfc.errors import ConfigError
 KNOBS = {"samples": 1, "steps": 10, "max_iter": 20, "lambd": 0.0, "patience": 20, "feature_bits": 32,
          "warm_start": False, "scales": "one", "topk_scope": "tensor", "levels": 16, "unroll": 2, "synth_iters": 50,
          "synth_lr": 0.05}
+ADDED = {"index_coding": "int32", "value_bits": 32}  # knobs added since (the sparsifiers' coding)
 
 
 def test_method_settings_are_the_declared_options_with_the_same_defaults():
-    assert {n: o.default for n, o in method_settings().items()} == KNOBS
+    assert {n: o.default for n, o in method_settings().items()} == {**KNOBS, **ADDED}
     d = RunConfig().to_dict()
     assert {k: d[k] for k in KNOBS} == KNOBS and all(type(d[k]) is type(v) for k, v in KNOBS.items())
     for m in available_methods():  # every declared default builds the method
@@ -61,7 +62,7 @@ def test_help_groups_the_method_options_and_shows_each_default_once():
         assert helps[name].count("(default: ") == 1 and helps[name].startswith(o.help)
     titles = [g.title for g in run._action_groups]
     assert titles.index("compression") + 1 == titles.index(next(iter(method_groups())))
-    assert method_groups()["options of topk, stc"] == ("topk_scope",)
+    assert method_groups()["options of topk, stc"] == ("topk_scope", "index_coding")
     assert "samples" in method_groups()["options of fedsynth, 3sfc, e3sfc"]
 
 

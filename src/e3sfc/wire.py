@@ -13,8 +13,9 @@ Header size = 5 + sum over fields of (2 + 4 * ndim) bytes. Every byte figure in
 the ledger is ``len(encode(payload))``, so headers are counted.
 
 ``decode`` rejects a wrong magic/version/method, a truncated or oversized
-buffer, unknown dtypes, shapes other than the expected ones and non-finite
-floats, always with a :class:`~e3sfc.errors.PayloadError` naming the problem.
+buffer, unknown dtypes, shapes other than the expected ones (larger than the
+expected maximum for a ``variable`` field: a coded field whose length only the
+header says) and non-finite floats, always with a :class:`~e3sfc.errors.PayloadError` naming the problem.
 """
 
 from __future__ import annotations
@@ -68,8 +69,19 @@ class Payload:
 
 @dataclass(frozen=True)
 class FieldSpec:
+    """One field's dtype and shape; ``variable``: the shape is the most the field may have (each
+    dimension may be smaller, the header says how large), and sizes computed from it are maxima."""
+
     dtype: np.dtype
     shape: tuple[int, ...]
+    variable: bool = False
+
+    def admits(self, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
+        if str(np.dtype(dtype)) != str(np.dtype(self.dtype)) or len(shape) != len(self.shape):
+            return False
+        if self.variable:
+            return all(a <= b for a, b in zip(shape, self.shape))
+        return tuple(shape) == tuple(self.shape)
 
 
 def header_size(shapes: Sequence[Sequence[int]]) -> int:
@@ -77,7 +89,7 @@ def header_size(shapes: Sequence[Sequence[int]]) -> int:
 
 
 def encoded_size(specs: Sequence[FieldSpec]) -> int:
-    """Exact ``len(encode(p))`` for a payload with these fields."""
+    """Exact ``len(encode(p))`` for a payload with these fields (with ``variable`` ones: the most it can be)."""
     return header_size([s.shape for s in specs]) + sum(math.prod(s.shape) * s.dtype.itemsize for s in specs)
 
 
@@ -138,9 +150,10 @@ def decode(
         off += 4 * ndim
         heads.append((DTYPES[code], tuple(shape)))
     if expect is not None:
-        got = [(str(d), s) for d, s in heads]
-        want = [(str(np.dtype(s.dtype)), tuple(s.shape)) for s in expect]
-        if got != want:
+        if len(heads) != len(expect) or not all(e.admits(d, s) for e, (d, s) in zip(expect, heads)):
+            got = [(str(d), s) for d, s in heads]
+            want = [(str(np.dtype(s.dtype)), tuple(s.shape)) + (("at most",) if s.variable else ())
+                    for s in expect]
             raise PayloadError(f"payload has fields {got}; expected {want}")
     need = off + sum(math.prod(s) * d.itemsize for d, s in heads)  # Python ints: no wrap-around
     if n < need:

@@ -80,12 +80,16 @@ def build_compressor(method: str, options: dict[str, Any], ratio: str, ctx: Cont
 
 
 def match_bytes(method: str, budget: int, ctx: Context, opts: dict[str, Any], flag: str = "--ratio") -> Compressor:
-    """The compressor with the largest ``ratio`` whose payload fits in ``budget`` bytes."""
+    """The compressor with the largest ``ratio`` whose payload fits in ``budget`` bytes; for a method whose
+    size depends on the positions (``fixed_size`` False: golomb-coded), one with the byte budget
+    ``max_bytes`` that picks, on each payload, the largest K whose exact encoded size fits."""
     lo = make_compressor(method, ratio=1.0 / ctx.num_params, **opts)
     if lo.payload_bytes(ctx) > budget:
         raise ConfigError(
             f"{flag}: {method} cannot fit in {budget} bytes (its smallest payload is {lo.payload_bytes(ctx)})"
         )
+    if not lo.fixed_size:  # coded positions: the size depends on them, so K is chosen on each real payload
+        return make_compressor(method, ratio=1.0 / ctx.num_params, max_bytes=budget, **opts)
     a, b = 1.0 / ctx.num_params, 1.0
     if make_compressor(method, ratio=b, **opts).payload_bytes(ctx) <= budget:
         return make_compressor(method, ratio=b, **opts)

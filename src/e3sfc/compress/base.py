@@ -141,6 +141,8 @@ def _num(v: float | None) -> str:
 
 # an option several methods take is one declaration that each lists
 SAMPLES = Option("samples", int, 1, "synthetic samples M per payload", low=1, check_unused=False)
+VALUE_BITS = Option("value_bits", int, 32, "precision of the values sent: 32 (float32), 16 (float16) or 8 "
+                    "(symmetric 8-bit with one float32 scale per block of values)", choices=(32, 16, 8))
 
 
 class Compressor(ABC):
@@ -219,15 +221,24 @@ class Compressor(ABC):
     def fields(self, ctx: Context) -> list[FieldSpec]:
         """The exact wire fields this method's payload has at ``ctx``."""
 
+    @property
+    def fixed_size(self) -> bool:
+        """Whether every payload at a context has exactly :meth:`payload_bytes` bytes; False (coded
+        positions): it has at most that many, its fields' lengths in its header, and the ledger counts
+        what each one has (the server admits ``len <= payload_bytes``; the budget scheduler plans with
+        the maximum, a safe bound)."""
+        return True
+
     def payload_bytes(self, ctx: Context) -> int:
-        """Exact encoded size of one payload (header included)."""
+        """Exact encoded size of one payload (header included); the most it can be unless :attr:`fixed_size`."""
         return wire.encoded_size(self.fields(ctx))
 
     def encode(self, payload: Payload) -> bytes:
         return wire.encode(payload)
 
     def decode(self, data: bytes, ctx: Context) -> Payload:
-        return wire.decode(data, method=self.method_id, expect=self.fields(ctx))
+        return wire.decode(data, method=self.method_id, expect=self.fields(ctx),
+                           max_bytes=None if self.fixed_size else self.payload_bytes(ctx))
 
     def decode_update(self, data: bytes, ctx: Context) -> torch.Tensor:
         """Bytes from the network -> the update (P,): finite, of this context's size, or a PayloadError

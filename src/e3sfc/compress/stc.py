@@ -3,9 +3,10 @@
 Top-k of the EF target by magnitude (scope as ``topk``), then the kept values
 become mu * sign with mu = mean |kept value|.
 
-Wire format: int32 indices (K,), packed sign bits (ceil(K/8),) uint8 (1 = positive),
-float32 mu (). The paper Golomb-codes the positions; we send plain int32 indices.
-Size: 4 K + ceil(K/8) + 4 bytes of data + 19 bytes of header.
+Wire format: the positions as ``topk`` sends them (``index_coding`` int32: int32 indices (K,);
+golomb, as in the paper: the Golomb-Rice code of their gaps, b u1 () and the code u1 (n,), n at
+most its bound; under a byte budget K u4 () first), then packed sign bits (ceil(K/8),) uint8
+(1 = positive) and float32 mu (). int32 size: 4 K + ceil(K/8) + 4 bytes of data + 19 bytes of header.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..wire import FieldSpec, Payload
+from ..errors import PayloadError
+from ..wire import FieldSpec
 from . import register
 from ._bits import nbytes, pack_bits, unpack_bits
-from .base import Context
-from .topk import TopK, _checked_indices, topk_indices
+from .base import VALUE_BITS, Context
+from .topk import F4, OPTIONS, U1, TopK
 
 
 @register
@@ -25,22 +27,17 @@ class STC(TopK):
     name = "stc"
     method_id = 3
     biased = True
+    options = tuple(o for o in OPTIONS if o is not VALUE_BITS)  # the values are mu * sign
 
-    def fields(self, ctx: Context) -> list[FieldSpec]:
-        k = self.k(ctx)
-        return [FieldSpec(np.dtype("<i4"), (k,)), FieldSpec(np.dtype("u1"), (nbytes(k),)),
-                FieldSpec(np.dtype("<f4"), ())]
+    def _value_fields(self, k: int, variable: bool) -> list[FieldSpec]:
+        return [FieldSpec(U1, (nbytes(k),), variable), FieldSpec(F4, ())]
 
-    def compress(self, target: torch.Tensor, ctx: Context) -> tuple[Payload, dict[str, float]]:
-        idx = topk_indices(target, ctx.param_shapes, self.ratio, self.topk_scope)
-        kept = target[idx]
-        mu = float(kept.abs().mean())
-        return Payload.of(self.method_id, idx.to(torch.int32), pack_bits(kept >= 0), np.float32(mu)), {}
+    def _value_arrays(self, vals: torch.Tensor) -> list:
+        return [pack_bits(vals >= 0), np.float32(float(vals.abs().mean()))]
 
-    def decompress(self, payload: Payload, ctx: Context) -> torch.Tensor:
-        idx = _checked_indices(payload, ctx)
-        signs = torch.from_numpy(unpack_bits(payload.fields[1], idx.numel()).astype(np.float32)) * 2 - 1
-        out = torch.zeros(ctx.num_params, dtype=ctx.weights.dtype, device=ctx.device)
-        out[idx] = float(payload.fields[2]) * signs.to(ctx.device, out.dtype)
-        return out
+    def _values(self, rest: tuple[np.ndarray, ...], k: int, ctx: Context) -> torch.Tensor:
+        if rest[0].shape != (nbytes(k),):
+            raise PayloadError(f"payload has {rest[0].shape[0]} sign bytes for {k} positions")
+        signs = torch.from_numpy(unpack_bits(rest[0], k).astype(np.float32)) * 2 - 1
+        return float(rest[1]) * signs.to(ctx.device, ctx.weights.dtype)
 

@@ -70,6 +70,8 @@ import torch
 
 from ..wire import FieldSpec, Payload
 from . import register
+from ._bits import dequantize8 as _dequantize8
+from ._bits import quantize8 as _quantize8
 from .base import SAMPLES, Compressor, Context, Option, Steps, run_steps
 from .lbfgs import FlatLBFGS
 from .search import cosine_match, run_together, start
@@ -253,18 +255,6 @@ class ThreeSFC(Compressor):
 def _scaled(g: torch.Tensor, alphas: np.ndarray, sizes: list[int]) -> torch.Tensor:
     """sum_l alpha_l g_l: each parameter tensor's block of g times its own scale."""
     return torch.cat([float(a) * gl for a, gl in zip(alphas, g.split(sizes))])
-
-
-def _quantize8(v: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Symmetric 8-bit: q = round(v / s) in -127..127 with s = max|v| / 127 (float32), sent as q + 128."""
-    top = float(v.abs().max()) if v.numel() else 0.0
-    s = float(np.float32(top / 127.0)) if top > 0 and math.isfinite(top) else 1.0
-    q = torch.clamp(torch.round(v.double() / s), -127, 127).to(torch.int16) + 128
-    return q.to(torch.uint8), s
-
-
-def _dequantize8(q: torch.Tensor, s: float, dtype: torch.dtype) -> torch.Tensor:
-    return (q.to(torch.int16) - 128).to(dtype) * s
 
 
 @register

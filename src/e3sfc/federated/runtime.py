@@ -352,7 +352,8 @@ class ServerRuntime:
         updates, the admitted replies, the refused ones by client with the reason, and the bytes each
         client sent."""
         ctx = self.context(t, M)
-        admitted, refused, received = admit(updates, set(self.asked), self.compressor.payload_bytes(ctx), self.sizes)
+        admitted, refused, received = admit(updates, set(self.asked), self.compressor.payload_bytes(ctx), self.sizes,
+                                            exact=self.compressor.fixed_size)
         for k, n in received.items():
             if n:  # bytes that arrived (a reply whose payload was no bytes at all adds none)
                 self.ledger.add(t, k, UP, n)

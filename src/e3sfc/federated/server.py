@@ -5,8 +5,8 @@ w_{t+1} = w_t + sum_k a_k * clip(decoded_k) with a_k = 1/|S| (uniform) or n_k / 
 
 - :func:`admit` checks each reply's envelope before anything is allocated from it: the
   client id must be one the server asked this round, one reply per client, the payload
-  must be bytes of exactly the method's size, ``num_samples`` a positive integer no
-  larger than that client's partition, stats finite numbers (a cosine in [-1, 1]);
+  must be bytes of exactly the method's size (at most it, for a method of variable size),
+  ``num_samples`` a positive integer no larger than that client's partition, stats finite numbers (a cosine in [-1, 1]);
 - :func:`screen` decodes each admitted payload (the wire decoder checks magic,
   method, shapes and finiteness) and rejects an update whose values or norm are not
   finite;
@@ -75,11 +75,13 @@ def admit(
     asked: set[int],
     payload_bytes: int,
     sizes: dict[int, int] | None = None,
+    exact: bool = True,
 ) -> tuple[list[ClientUpdate], dict[int, str], dict[int, int]]:
     """Check every reply's envelope before use. Returns the admitted updates (in the order
     given, stats cleaned), the rejected ones by client id with the reason, and the bytes each
     asked client sent (its first reply's payload length, for the ledger). A reply whose id is
-    not one of ``asked``, or a second reply for an id, is dropped and logged."""
+    not one of ``asked``, or a second reply for an id, is dropped and logged. ``exact`` False (a method
+    whose payloads vary in size, ``Compressor.fixed_size``): ``payload_bytes`` is the most allowed."""
     admitted: list[ClientUpdate] = []
     rejected: dict[int, str] = {}
     received: dict[int, int] = {}
@@ -95,8 +97,9 @@ def admit(
         received[cid] = len(blob) if isinstance(blob, (bytes, bytearray)) else 0
         if not isinstance(blob, (bytes, bytearray)):
             reason = f"payload is {type(blob).__name__}, not bytes"
-        elif len(blob) != payload_bytes:
-            reason = f"payload is {len(blob)} bytes; this round's payload is exactly {payload_bytes}"
+        elif len(blob) > payload_bytes or (exact and len(blob) != payload_bytes):
+            reason = f"payload is {len(blob)} bytes; this round's payload is {'exactly' if exact else 'at most'} " \
+                     f"{payload_bytes}"
         elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
             reason = f"num_samples {n!r} is not a positive integer"
         elif sizes is not None and n > sizes.get(cid, 0):
