@@ -141,6 +141,8 @@ def _num(v: float | None) -> str:
 
 # an option several methods take is one declaration that each lists
 SAMPLES = Option("samples", int, 1, "synthetic samples M per payload", low=1, check_unused=False)
+VALUE_BITS = Option("value_bits", int, 32, "precision of the values sent: 32 (float32), 16 (float16) or 8 "
+                    "(symmetric 8-bit with one float32 scale per block of values)", choices=(32, 16, 8))
 
 
 class Compressor(ABC):
@@ -210,6 +212,15 @@ class Compressor(ABC):
     def carry(self, payload: Payload, ctx: Context) -> torch.Tensor | None:
         """What the sending party keeps for its next compression (``ctx.start`` then); None: nothing."""
         return None
+
+    def check_carry(self, value: Any, ctx: Context) -> None:
+        """A ValueError unless ``value`` (not None; from a checkpoint, before it is used) is something
+        :meth:`carry` could have kept at ``ctx``. By default a method keeps nothing."""
+        raise ValueError(f"a warm start is {getattr(value, 'shape', type(value).__name__)}; {self.name} keeps none")
+
+    def check_context(self, ctx: Context) -> None:
+        """A ConfigError (naming the flag) where this method's options cannot work on ``ctx``'s model;
+        :func:`~e3sfc.compress.build_compressor` asks once, when a run builds the compressor."""
 
     @abstractmethod
     def decompress(self, payload: Payload, ctx: Context) -> torch.Tensor:

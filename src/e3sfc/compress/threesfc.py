@@ -249,6 +249,14 @@ class ThreeSFC(Compressor):
         x, y, _ = self.features(payload, ctx)
         return torch.cat([x.reshape(-1), y.reshape(-1)])
 
+    def check_carry(self, value, ctx: Context) -> None:
+        """A warm start is M_s whole samples of features (x and y of each, flat)."""
+        per_sample = math.prod(ctx.input_shape) + ctx.num_classes
+        if not (isinstance(value, torch.Tensor) and value.dim() == 1 and value.is_floating_point() and value.numel()
+                and value.numel() % per_sample == 0):
+            raise ValueError(f"a warm start is {getattr(value, 'shape', type(value).__name__)}; expected a whole "
+                             f"number of samples of {per_sample} numbers")
+
 
 def _scaled(g: torch.Tensor, alphas: np.ndarray, sizes: list[int]) -> torch.Tensor:
     """sum_l alpha_l g_l: each parameter tensor's block of g times its own scale."""
