@@ -28,7 +28,9 @@ def _ctx():
 EXTRA = {"3sfc-fp16": ("3sfc", {"feature_bits": 16, "samples": 2}),
          "3sfc-int8": ("3sfc", {"feature_bits": 8, "samples": 4}),
          "3sfc-tensor-scales": ("3sfc", {"scales": "tensor", "samples": 2}),
-         "3sfc-int8-tensor-scales": ("3sfc", {"feature_bits": 8, "samples": 4, "scales": "tensor"})}
+         "3sfc-int8-tensor-scales": ("3sfc", {"feature_bits": 8, "samples": 4, "scales": "tensor"}),
+         "powersgd-fp16": ("powersgd", {"value_bits": 16}),
+         "powersgd-int8": ("powersgd", {"value_bits": 8, "rank": 1})}
 # (options with formats of their own)
 CASES_METHODS = [*available_methods(), *EXTRA]
 
