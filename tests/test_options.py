@@ -21,10 +21,11 @@ from e3sfc.errors import ConfigError
 KNOBS = {"samples": 1, "steps": 10, "max_iter": 20, "lambd": 0.0, "patience": 20, "feature_bits": 32,
          "warm_start": False, "scales": "one", "topk_scope": "tensor", "levels": 16, "unroll": 2, "synth_iters": 50,
          "synth_lr": 0.05}
+ADDED = {"rank": 2, "value_bits": 32}  # knobs of methods added since (powersgd)
 
 
 def test_method_settings_are_the_declared_options_with_the_same_defaults():
-    assert {n: o.default for n, o in method_settings().items()} == KNOBS
+    assert {n: o.default for n, o in method_settings().items()} == {**KNOBS, **ADDED}
     d = RunConfig().to_dict()
     assert {k: d[k] for k in KNOBS} == KNOBS and all(type(d[k]) is type(v) for k, v in KNOBS.items())
     for m in available_methods():  # every declared default builds the method

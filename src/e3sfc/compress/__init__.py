@@ -101,7 +101,8 @@ def match_bytes(method: str, budget: int, ctx: Context, opts: dict[str, Any], fl
 
 
 # import the methods so that they register (one file per method)
-from . import fedavg, fedsynth, powersgd, qsgd, sign, stc, threesfc, topk  # noqa: E402,F401
+from . import fedavg, fedsynth, qsgd, sign, stc, threesfc, topk  # noqa: E402,F401
+from . import powersgd  # noqa: E402,F401  (after the others: its settings follow theirs in RunConfig, the CLI, TOML)
 
 __all__ = [
     "Compressor", "Context", "ErrorFeedback", "register", "available_methods",
