@@ -49,7 +49,7 @@ class Context:
     client: int = -1                     # -1: the server
     generator: torch.Generator | None = None
     samples: int | None = None           # this round's synthetic-sample count M_t (budget scheduler)
-    start: torch.Tensor | None = None    # where a search may start: this party's last features (warm start)
+    start: torch.Tensor | None = None    # this party's last carry (warm start: 3SFC features, PowerSGD Q)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
