@@ -21,7 +21,7 @@ DOWNLINKS = [d for d in downlink_choices() if d not in ("auto", "dense")]
 
 
 def test_every_method_but_the_dense_and_e3sfc_names_can_be_a_downlink():
-    assert set(DOWNLINKS) == {"3sfc", "topk", "stc", "sign", "qsgd", "fedsynth"}
+    assert set(DOWNLINKS) == {"3sfc", "topk", "stc", "sign", "qsgd", "fedsynth", "powersgd"}
 
 
 @pytest.mark.parametrize("down", DOWNLINKS)

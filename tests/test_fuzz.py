@@ -34,7 +34,9 @@ EXTRA = {"3sfc-fp16": ("3sfc", {"feature_bits": 16, "samples": 2}),
          "topk-fp16": ("topk", {"value_bits": 16}),
          "topk-golomb-budget": ("topk", {"index_coding": "golomb", "max_bytes": 400}),
          "stc-golomb": ("stc", {"index_coding": "golomb"}),
-         "stc-golomb-budget": ("stc", {"index_coding": "golomb", "max_bytes": 300})}
+         "stc-golomb-budget": ("stc", {"index_coding": "golomb", "max_bytes": 300}),
+         "powersgd-fp16": ("powersgd", {"value_bits": 16}),
+         "powersgd-int8": ("powersgd", {"value_bits": 8, "rank": 1})}
 # (options with formats of their own)
 CASES_METHODS = [*available_methods(), *EXTRA]
 

@@ -21,7 +21,7 @@ from e3sfc.errors import ConfigError
 KNOBS = {"samples": 1, "steps": 10, "max_iter": 20, "lambd": 0.0, "patience": 20, "feature_bits": 32,
          "warm_start": False, "scales": "one", "topk_scope": "tensor", "levels": 16, "unroll": 2, "synth_iters": 50,
          "synth_lr": 0.05}
-ADDED = {"index_coding": "int32", "value_bits": 32}  # knobs added since (the sparsifiers' coding)
+ADDED = {"index_coding": "int32", "rank": 2, "value_bits": 32}  # knobs added since (the sparsifiers' coding, powersgd)
 
 
 def test_method_settings_are_the_declared_options_with_the_same_defaults():

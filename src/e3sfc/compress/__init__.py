@@ -69,7 +69,9 @@ def build_compressor(method: str, options: dict[str, Any], ratio: str, ctx: Cont
     opts = {k: v for k, v in options.items() if k in names and k != "ratio"}
     r = parse_ratio(ratio, flag)
     if not has_ratio(method):
-        return make_compressor(method, **opts)
+        comp = make_compressor(method, **opts)
+        comp.check_context(ctx)
+        return comp
     if isinstance(r, float):
         return make_compressor(method, ratio=r, **opts)
     if r == method:
@@ -104,6 +106,7 @@ def match_bytes(method: str, budget: int, ctx: Context, opts: dict[str, Any], fl
 
 # import the methods so that they register (one file per method)
 from . import fedavg, fedsynth, qsgd, sign, stc, threesfc, topk  # noqa: E402,F401
+from . import powersgd  # noqa: E402,F401  (after the others: its settings follow theirs in RunConfig, the CLI, TOML)
 
 __all__ = [
     "Compressor", "Context", "ErrorFeedback", "register", "available_methods",

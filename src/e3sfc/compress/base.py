@@ -49,7 +49,7 @@ class Context:
     client: int = -1                     # -1: the server
     generator: torch.Generator | None = None
     samples: int | None = None           # this round's synthetic-sample count M_t (budget scheduler)
-    start: torch.Tensor | None = None    # where a search may start: this party's last features (warm start)
+    start: torch.Tensor | None = None    # this party's last carry (warm start: 3SFC features, PowerSGD Q)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -212,6 +212,15 @@ class Compressor(ABC):
     def carry(self, payload: Payload, ctx: Context) -> torch.Tensor | None:
         """What the sending party keeps for its next compression (``ctx.start`` then); None: nothing."""
         return None
+
+    def check_carry(self, value: Any, ctx: Context) -> None:
+        """A ValueError unless ``value`` (not None; from a checkpoint, before it is used) is something
+        :meth:`carry` could have kept at ``ctx``. By default a method keeps nothing."""
+        raise ValueError(f"a warm start is {getattr(value, 'shape', type(value).__name__)}; {self.name} keeps none")
+
+    def check_context(self, ctx: Context) -> None:
+        """A ConfigError (naming the flag) where this method's options cannot work on ``ctx``'s model;
+        :func:`~e3sfc.compress.build_compressor` asks once, when a run builds the compressor."""
 
     @abstractmethod
     def decompress(self, payload: Payload, ctx: Context) -> torch.Tensor:

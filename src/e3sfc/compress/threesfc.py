@@ -70,8 +70,7 @@ import torch
 
 from ..wire import FieldSpec, Payload
 from . import register
-from ._bits import dequantize8 as _dequantize8
-from ._bits import quantize8 as _quantize8
+from ._bits import dequantize8, quantize8
 from .base import SAMPLES, Compressor, Context, Option, Steps, run_steps
 from .lbfgs import FlatLBFGS
 from .search import cosine_match, run_together, start
@@ -222,9 +221,9 @@ class ThreeSFC(Compressor):
             big = torch.finfo(torch.float16).max  # no inf on the wire
             hx, hy = x.clamp(-big, big).half(), y.clamp(-big, big).half()
             return hx, hy, hx.to(dt), hy.to(dt)
-        (qx, sx), (qy, sy) = _quantize8(x), _quantize8(y)
-        return ((qx.reshape(-1).cpu(), sx), (qy.cpu(), sy), _dequantize8(qx, sx, dt).reshape(x.shape),
-                _dequantize8(qy, sy, dt))
+        (qx, sx), (qy, sy) = quantize8(x), quantize8(y)
+        return ((qx.reshape(-1).cpu(), sx), (qy.cpu(), sy), dequantize8(qx, sx, dt).reshape(x.shape),
+                dequantize8(qy, sy, dt))
 
     def features(self, payload: Payload, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """(x, y, the scale(s) alpha) as the decoder sees them."""
@@ -232,8 +231,8 @@ class ThreeSFC(Compressor):
         if self.feature_bits == 8:
             sx, sy = (float(v) for v in payload.fields[2][:2])
             m = payload.fields[1].shape[0]
-            x = _dequantize8(payload.tensor(0, ctx.device), sx, dt).reshape(m, *ctx.input_shape)
-            y = _dequantize8(payload.tensor(1, ctx.device), sy, dt)
+            x = dequantize8(payload.tensor(0, ctx.device), sx, dt).reshape(m, *ctx.input_shape)
+            y = dequantize8(payload.tensor(1, ctx.device), sy, dt)
             return x, y, payload.fields[2][2:]
         return payload.tensor(0, ctx.device).to(dt), payload.tensor(1, ctx.device).to(dt), payload.fields[2]
 
@@ -250,6 +249,14 @@ class ThreeSFC(Compressor):
             return None
         x, y, _ = self.features(payload, ctx)
         return torch.cat([x.reshape(-1), y.reshape(-1)])
+
+    def check_carry(self, value, ctx: Context) -> None:
+        """A warm start is M_s whole samples of features (x and y of each, flat)."""
+        per_sample = math.prod(ctx.input_shape) + ctx.num_classes
+        if not (isinstance(value, torch.Tensor) and value.dim() == 1 and value.is_floating_point() and value.numel()
+                and value.numel() % per_sample == 0):
+            raise ValueError(f"a warm start is {getattr(value, 'shape', type(value).__name__)}; expected a whole "
+                             f"number of samples of {per_sample} numbers")
 
 
 def _scaled(g: torch.Tensor, alphas: np.ndarray, sizes: list[int]) -> torch.Tensor:

@@ -16,10 +16,10 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .. import io
+from ..compress import Compressor, Context
 from ..config import RunConfig
 from ..errors import ConfigError
 from .store import ClientStore
@@ -104,8 +104,11 @@ def read_checkpoint(run_dir: str | Path):
                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
 
 
-def check_state(state, cfg: RunConfig, num_params: int, feature_shape, num_classes: int) -> None:
-    """Shapes and ranges of a checkpoint against the run of ``cfg``, before any of it is used."""
+def check_state(state, cfg: RunConfig, num_params: int, uplink: Compressor, downlink: Compressor | None,
+                ctx: Context) -> None:
+    """Shapes and ranges of a checkpoint against the run of ``cfg``, before any of it is used; the warm
+    starts by the compressor that keeps them (the clients' by ``uplink``, the server's by ``downlink``,
+    None for the dense downlink) at ``ctx`` (the run's model)."""
     if not isinstance(state, dict) or not isinstance(state.get("server"), dict):
         raise ValueError("not an e3sfc checkpoint")
     defaults = RunConfig().to_dict()  # settings added since the checkpoint was written: their defaults
@@ -126,13 +129,14 @@ def check_state(state, cfg: RunConfig, num_params: int, feature_shape, num_class
             if name in ("replica", "residual") and n != num_params:
                 raise ValueError(f"client {k}'s spilled {name} has {n} numbers; this run's model has "
                                  f"{num_params:,} parameters")
-    starts = [down.get("start"), *(c.get("start") for c in state["clients"].values())]
-    per_sample = int(np.prod(feature_shape)) + num_classes
-    for v in (v for v in starts if v is not None):  # warm starts: M_s whole samples of features
-        if not (isinstance(v, torch.Tensor) and v.dim() == 1 and v.is_floating_point() and v.numel()
-                and v.numel() % per_sample == 0):
-            raise ValueError(f"a warm start is {getattr(v, 'shape', type(v).__name__)}; expected a whole "
-                             f"number of samples of {per_sample} numbers")
+            if name == "start":  # a spilled warm start: its length, as the method would check it
+                uplink.check_carry(torch.zeros(int(n)), ctx)
+        if c.get("start") is not None:  # warm starts: what the method's carry could have kept
+            uplink.check_carry(c["start"], ctx)
+    if down.get("start") is not None:
+        if downlink is None:
+            raise ValueError("it holds a downlink warm start; this run's downlink is dense")
+        downlink.check_carry(down["start"], ctx)
     for v in tensors:
         if not isinstance(v, torch.Tensor) or tuple(v.shape) != shape or v.dtype != torch.float32:
             raise ValueError(f"a model-sized tensor is {getattr(v, 'shape', type(v).__name__)}; "

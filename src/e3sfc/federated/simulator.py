@@ -169,7 +169,8 @@ class Simulation(RoundLoop):
         state = read_checkpoint(run_dir)
         sim = cls(cfg, data=data, out_dir=run_dir)
         try:
-            check_state(state, cfg, sim.num_params, sim.feature_shape, sim.data.num_classes)
+            check_state(state, cfg, sim.num_params, sim.server.compressor, sim.server.downlink.compressor,
+                        sim.server.context(0, None))
             sim.round = sim.checkpointer.load_state_dict(state)
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OSError) as exc:
             raise ConfigError(f"--resume: {run_dir / CHECKPOINT} does not belong to the run in "
