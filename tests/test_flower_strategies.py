@@ -1,7 +1,7 @@
 """The add-on works with any strategy (issue 29, item 4): FedAvg, FedAdam, FedYogi and FedProx from
 flwr.serverapp.strategy, each wrapped in CompressedStrategy (3SFC, 16 samples, 8-bit features: 1,223
-bytes a payload against 220,840 dense, 180x fewer), one way and both ways, learn the example app's digits task to within 5 points of the same strategy uncompressed after
-20 rounds.
+bytes a payload against 220,840 dense, 180x fewer), one way and both ways, learn the example app's
+digits task to within 5 points of the same strategy uncompressed after 20 rounds.
 
 Measured (torch seeds 0 and 1; uncompressed / one way / both ways): FedAvg 0.869, 0.872 / 0.834, 0.844
 / 0.824, 0.821; FedAdam 0.814, 0.796 / 0.814, 0.781 / 0.796, 0.771; FedYogi 0.856, 0.864 / 0.829, 0.819
