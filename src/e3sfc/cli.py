@@ -75,7 +75,8 @@ HELP = {
     "device": "cpu or cuda",
     "threads": "torch CPU threads (0 = torch default)",
     "eval_every": "evaluate on the test split every N rounds (and at the end)",
-    "checkpoint_every": "write a checkpoint every N rounds (0 = only at the end)",
+    "checkpoint_every": "write a checkpoint every N rounds (0 = only at the end); Ctrl-C or SIGTERM always "
+                        "finishes the round in progress and writes one (a second Ctrl-C stops at once)",
     "tensorboard": "also log every metric to TensorBoard event files in <run folder>/tensorboard (needs the "
                    "tensorboard extra)",
     "out": "run folder (default runs/<method>-<dataset>-<model>-<time>)",
@@ -392,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from .federated.loop import Interrupted
     try:
         commands = {"run": cmd_run, "fetch": cmd_fetch, "plot": cmd_plot, "compare": cmd_compare,
                     "plot-partition": cmd_plot_partition}
@@ -399,8 +401,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, PayloadError) as exc:
         print(f"e3sfc: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(f"e3sfc: {stop}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("e3sfc: interrupted; resume with e3sfc run --resume RUN_DIR", file=sys.stderr)
+        print("e3sfc: interrupted", file=sys.stderr)
         return 130
 
 

@@ -130,7 +130,7 @@ class RunConfig:
     device: str = "cpu"
     threads: int = 0
     eval_every: int = 1
-    checkpoint_every: int = 0
+    checkpoint_every: int = 10
     state_memory: float = 0.0        # MB of client tensors kept in memory; 0: no limit (federated/store.py)
     tensorboard: bool = False
     out: str | None = None

@@ -8,7 +8,10 @@ round reaches the clients (:meth:`RoundLoop.run_round`): in this process
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +28,38 @@ from .evaluate import evaluate
 from .params import get_flat, set_flat
 from .recorder import RunRecorder
 from .runtime import MODEL_INIT, ServerRuntime, derive_seed
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM stopped a run with a run folder after a round, checkpointed there."""
+
+    def __init__(self, folder: Path, round: int):
+        super().__init__(f"interrupted after round {round}; checkpoint written: resume with "
+                         f"e3sfc run --resume {folder}")
+        self.folder, self.round = folder, round
+
+
+@contextmanager
+def stop_after_round():
+    """While inside: the first SIGINT or SIGTERM asks the loop to stop after the round in progress (the
+    returned dict's ``stop`` turns True); a second one stops at once (KeyboardInterrupt). Where signals
+    cannot be caught (not the main thread) nothing changes."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 class RoundLoop:
@@ -94,16 +129,20 @@ class RoundLoop:
             import importlib.util
             if importlib.util.find_spec("tensorboard") is None:  # say so before anything is written
                 raise ConfigError("--tensorboard: needs the tensorboard package (pip install 'e3sfc[tensorboard]')")
-        with locked_run_dir(self.out_dir):
+        with locked_run_dir(self.out_dir), stop_after_round() as signalled:
             if self.round == 0:
                 check_reusable(self.out_dir)
             self.recorder.open(resumed=self.round > 0)
-            return self._rounds(progress, stop_after)
+            return self._rounds(progress, stop_after, signalled)
 
-    def _rounds(self, progress, stop_after) -> dict:
+    def _rounds(self, progress, stop_after, signalled: dict | None = None) -> dict:
         cfg, out = self.cfg, self.out_dir
         last = cfg.rounds if stop_after is None else min(stop_after, cfg.rounds)
         for t in range(self.round + 1, last + 1):
+            if signalled is not None and signalled["stop"]:  # Ctrl-C during the last round: it finished
+                self.recorder.close()
+                self.checkpointer.save(self.round)
+                raise Interrupted(out, self.round)
             t0 = time.perf_counter()
             client_acc = self.client_accuracy()
             stats = self.run_round(t)

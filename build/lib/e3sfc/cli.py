@@ -1,0 +1,408 @@
+"""Command line: ``e3sfc run | fetch | plot | compare | plot-partition``.
+
+Errors in input (unknown names, impossible numbers, bad files) print one line
+naming the flag, the value and what is allowed, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Sequence
+
+from .config import RunConfig, method_settings, takers
+from .errors import ConfigError, DataError, PayloadError
+
+log = logging.getLogger("e3sfc")
+
+# `e3sfc run --help` of the run-level settings; each method's own knobs carry their help in their
+# declaration (compress/*.py: OPTIONS) and are listed in groups by the methods that take them
+HELP = {
+    "protocol": "e3sfc (the project's training protocol) or authors (the authors' code, row by row: lr decay, "
+                "client 80/20 split, [0, 1] inputs, int(K f), ...; see configs/authors.toml and docs/deviations.md)",
+    "method": "compression method (fedavg, ...)",
+    "dataset": "mnist, fmnist, emnist, cifar10, cifar100, digits; text: agnews, imdb, sogou",
+    "emnist_split": "EMNIST split (balanced, byclass, bymerge, digits, letters, mnist)",
+    "model": "mlp, mnistnet, convnet (the authors'), convnet-fast, lenet, resnet18, vgg11, regnet; text: textbag, "
+             "transformer",
+    "clients": "number of clients K",
+    "fraction": "fraction of clients sampled per round, in (0, 1]",
+    "partition": "dirichlet (label skew) or iid",
+    "alpha": "Dirichlet concentration (smaller = more skewed)",
+    "rounds": "communication rounds T",
+    "weighted": "weight the mean by client sample counts (default: uniform)",
+    "local_epochs": "local SGD epochs per round",
+    "batch_size": "local batch size",
+    "lr": "client SGD learning rate",
+    "lr_decay": "multiply a client's lr by this each time it trains (1 = off)",
+    "holdout": "hold out this fraction of train as the test set (authors' protocol); 0 = official test split",
+    "train_subset": "use a seeded random subset of this many training samples (0 = all)",
+    "test_subset": "use a seeded random subset of this many test samples (0 = all)",
+    "data_dir": "folder holding the dataset files",
+    "max_len": "text: tokens kept per document (the rest cut; shorter ones padded)",
+    "min_freq": "text: a word enters the vocabulary after this many occurrences in the training split",
+    "vocab_size": "text: cap on the vocabulary, the two specials included (0 = no cap)",
+    "downlink_patience": "E-3SFC: the same for the server's downlink search (default 0: its one search a round "
+                         "reaches every client, so it runs all evaluations)",
+    "state_memory": "simulator: MB of client state (error-feedback residuals, replicas) kept in memory; the least "
+                    "recently used clients beyond it are spilled to <out>/spill (0 = no limit)",
+    "batch_search": "simulator: run a round's 3SFC searches together, their objective evaluations batched; "
+                    "auto: on for any model on a GPU and for mlp, convnet, convnet-fast, lenet, regnet on a CPU",
+    "ef": "error feedback for the biased methods (--no-ef for the ablation)",
+    "ratio": "topk/stc: kept fraction in (0, 1], or match:METHOD for equal uplink bytes",
+    "downlink": "auto (the method's own: 3sfc for e3sfc, else dense), dense (full model), or a method that "
+                "compresses the server's aggregate with a server residual: 3sfc, topk, stc, sign, qsgd, fedsynth",
+    "downlink_ratio": "topk/stc downlink: kept fraction or match:METHOD (default: the uplink's --ratio)",
+    "downlink_samples": "3sfc/fedsynth downlink: synthetic samples M of each broadcast (default 0: the uplink's M_t)",
+    "init": "auto, seed (every party builds w_1 from the seed: nothing sent) or broadcast (w_1 shipped, counted)",
+    "schedule": "budget schedule for the synthetic samples M_t: constant, decay or adaptive",
+    "budget_bytes": "total bytes (up + down) for the whole run; 0 = no budget",
+    "target_cosine": "adaptive schedule: raise M_t below this mean cosine, lower it above",
+    "max_samples": "largest M_t a schedule may choose",
+    "decay_rate": "decay schedule: gamma, the per-round factor of the budget share",
+    "norm_clip": "robust aggregation: scale each decoded update down to at most this multiple of the round's "
+                 "median update norm (0 = off; default 3)",
+    "adversary": "fault injection: what the hostile clients send (nan, huge, scale, garbage, wrong-shape, drop)",
+    "adversaries": "fault injection: how many of the K clients are hostile (a seeded choice)",
+    "round_timeout": "Flower: seconds the server waits for a round's replies before it goes on without the rest",
+    "engine": "inprocess (this process) or flower (Flower's simulation engine, one virtual node per client)",
+    "seed": "the run's seed; all randomness derives from it",
+    "device": "cpu or cuda",
+    "threads": "torch CPU threads (0 = torch default)",
+    "eval_every": "evaluate on the test split every N rounds (and at the end)",
+    "checkpoint_every": "write a checkpoint every N rounds (0 = only at the end)",
+    "tensorboard": "also log every metric to TensorBoard event files in <run folder>/tensorboard (needs the "
+                   "tensorboard extra)",
+    "out": "run folder (default runs/<method>-<dataset>-<model>-<time>)",
+}
+
+
+# `e3sfc run --help`: the run settings in groups, in this order (the methods' knobs follow "compression",
+# in groups of their own: method_groups)
+GROUPS = {
+    "what to run": ("protocol", "method", "dataset", "emnist_split", "model"),
+    "data": ("clients", "fraction", "partition", "alpha", "holdout", "train_subset", "test_subset", "data_dir",
+             "max_len", "min_freq", "vocab_size"),
+    "local training": ("rounds", "weighted", "local_epochs", "batch_size", "lr", "lr_decay"),
+    "compression": ("ratio", "ef", "batch_search"),
+    "downlink and budget (E-3SFC)": ("downlink", "downlink_ratio", "downlink_samples", "downlink_patience", "init",
+                                     "schedule", "budget_bytes", "target_cosine", "max_samples", "decay_rate"),
+    "robustness": ("norm_clip", "adversary", "adversaries", "round_timeout"),
+    "run control": ("engine", "seed", "device", "threads", "eval_every", "checkpoint_every", "state_memory",
+                    "tensorboard", "out"),
+}
+
+
+def method_groups() -> dict[str, tuple[str, ...]]:
+    """The methods' declared settings in help groups, one for each set of methods that take them
+    (``options of 3sfc, e3sfc``), in the order of :func:`~e3sfc.config.method_settings`."""
+    groups: dict[str, tuple[str, ...]] = {}
+    for name in method_settings():
+        title = "options of " + ", ".join(takers(name))
+        groups[title] = (*groups.get(title, ()), name)
+    return groups
+
+
+def _metavar(name: str) -> str | None:
+    """``{a,b,c}`` for the settings with a fixed set of values."""
+    from .config import choices
+    c = choices().get(name)
+    return "{" + ",".join(c) + "}" if c else None
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, status 2
+        self.exit(2, f"e3sfc: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="e3sfc", description="Communication-efficient FL by synthesizing features (3SFC / E-3SFC).")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument("--version", action="version", version=f"e3sfc {_version()}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    run = sub.add_parser("run", help="run one federated training")
+    run.add_argument("--config", help="TOML file with settings (flags override it)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    titles = list(GROUPS)
+    titles[titles.index("compression") + 1:1] = method_groups()
+    groups = {**GROUPS, **method_groups()}
+    boxes = {title: run.add_argument_group(title) for title in titles}
+    where = {name: title for title, names in groups.items() for name in names}
+    options = method_settings()
+    for f in fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        box = boxes[where.get(f.name, "run control")]
+        boolean = str(f.type) in ("bool", "bool | None")
+        default = ("auto" if boolean else "unset") if f.default in (None, "") else \
+            str(f.default).lower() if boolean else f.default
+        about = options[f.name].help if f.name in options else HELP.get(f.name, "")
+        helptext = f"{about} (default: {default})"  # flags default to None: config files layer
+        if boolean:
+            box.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        else:
+            box.add_argument(flag, dest=f.name, default=None, help=helptext, metavar=_metavar(f.name))
+    fetch = sub.add_parser("fetch", help="find or download a dataset (SHA-256 checked) and report where it is")
+    fetch.add_argument("dataset", help="mnist, fmnist, emnist, cifar10, cifar100, digits, agnews, imdb, sogou")
+    fetch.add_argument("--data-dir", default=None, help="folder to look in and download into")
+    fetch.add_argument("--emnist-split", default="balanced")
+    plot = sub.add_parser("plot", help="plot runs: a metric against rounds and against megabytes sent")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--out", required=True, help="image file (.png, .pdf, .svg)")
+    plot.add_argument("--metric", default="accuracy",
+                      help="accuracy, loss, cosine (mean per-client compression cosine), downlink_cosine, "
+                      "aggregate_cosine (mean decoded update against the mean true update), "
+                      "aggregate_downlink_cosine (what the clients applied against the mean true update)")
+    cmp_ = sub.add_parser("compare", help="compare runs in a table (terminal and markdown)")
+    cmp_.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    cmp_.add_argument("--target", default=None, help="accuracy target for rounds / megabytes to reach it")
+    cmp_.add_argument("--markdown", default=None, metavar="FILE", help="also write the table to FILE")
+    part = sub.add_parser("plot-partition", help="plot the label distribution of a partition")
+    part.add_argument("--out", required=True)
+    for name in ("dataset", "clients", "partition", "alpha", "seed", "data_dir", "emnist_split", "train_subset"):
+        part.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=HELP.get(name))
+    return p
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .report import load_run, plot_runs
+
+    out = plot_runs([load_run(r) for r in args.runs], args.out, args.metric)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import compare_rows, load_run, markdown_table
+
+    target = None
+    if args.target is not None:
+        try:
+            target = float(args.target)
+        except ValueError:
+            target = -1.0
+        if not 0 < target <= 1:
+            raise ConfigError(f"--target: {args.target!r} is not allowed; expected an accuracy in (0, 1]")
+    table = markdown_table(compare_rows([load_run(r) for r in args.runs], target), target)
+    print(table)
+    if args.markdown:
+        from .io import atomic_write
+        atomic_write(args.markdown, lambda f: f.write(table + "\n"))
+    return 0
+
+
+def cmd_plot_partition(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .data import load_dataset, partition
+    from .report import plot_partition
+
+    overrides = {k: getattr(args, k) for k in ("dataset", "clients", "partition", "alpha", "seed", "data_dir",
+                                                "emnist_split", "train_subset")}
+    cfg = RunConfig.from_sources(None, **overrides)
+    data = load_dataset(cfg.dataset, cfg.data_dir, emnist_split=cfg.emnist_split, train_subset=cfg.train_subset,
+                        seed=cfg.seed)
+    labels = data.train_y.numpy()
+    parts = partition(labels, cfg.clients, cfg.partition, cfg.alpha, cfg.seed)
+    counts = np.stack([np.bincount(labels[p], minlength=data.num_classes) for p in parts])
+    what = f"Dirichlet alpha={cfg.alpha:g}" if cfg.partition == "dirichlet" else "IID"
+    out = plot_partition(counts, args.out, f"{cfg.dataset}: {cfg.clients} clients, {what}, seed {cfg.seed}")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .data import load_dataset, locate
+
+    where = locate(args.dataset, args.data_dir, emnist_split=args.emnist_split)
+    d = load_dataset(args.dataset, args.data_dir, emnist_split=args.emnist_split)
+    print(f"{args.dataset}: {len(d.train_y):,} train / {len(d.test_y):,} test samples, "
+          f"input {d.input_shape}, {d.num_classes} classes\n  files in {where}")
+    return 0
+
+
+def _check_threads(n: int) -> None:
+    """A new run may not ask for more threads than this machine has CPUs (more would oversubscribe,
+    and far more crashes torch)."""
+    cpus = os.cpu_count() or 1
+    if n > cpus:
+        raise ConfigError(f"--threads: {n} is not allowed; expected an integer in 0..{cpus} (this machine's CPU "
+                          "count; 0 = torch default)")
+
+
+def _set_threads(n: int) -> None:
+    """Pin torch's intra-op threads (0 = torch's default). A resumed run keeps its own count, capped at
+    this machine's CPU count (then, with another count, its numbers may differ from an unbroken run)."""
+    if n:
+        import torch
+
+        cpus = os.cpu_count() or 1
+        if n > cpus:
+            log.warning("--threads %d is more than this machine's %d CPUs; using %d (the run's numbers may then "
+                        "differ from a run with %d threads)", n, cpus, cpus, n)
+            n = cpus
+        torch.set_num_threads(n)
+
+
+def _default_out(cfg: RunConfig) -> str:
+    return str(Path("runs") / f"{cfg.method}-{cfg.dataset}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _progress(total: int, start: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None, None
+    bar = tqdm(total=total, initial=start, unit="round", disable=None, leave=False, dynamic_ncols=True)
+
+    def update(t: int, row: dict) -> None:
+        if row:
+            bar.set_postfix(acc=f"{row['accuracy']:.4f}", refresh=False)
+        bar.update(1)
+
+    return update, bar
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .federated import Simulation
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
+    if args.resume:
+        given = [k for k, v in overrides.items() if v is not None]
+        if given or args.config:
+            what = given[0].replace("_", "-") if given else "config"
+            raise ConfigError(f"--resume: takes no other settings (got --{what}); the run's config.json is used")
+        _set_threads(Simulation.resume_config(args.resume).threads)  # before any data or model is built
+        sim = Simulation.resume(args.resume)
+        out = Path(args.resume)
+    else:
+        cfg = RunConfig.from_sources(args.config, **overrides)
+        _check_threads(cfg.threads)
+        _set_threads(cfg.threads)
+        out = Path(cfg.out or _default_out(cfg))
+        created = not out.exists()
+        _check_out(out)
+        cfg = cfg.replace(out=str(out))
+        try:
+            if cfg.engine == "flower":
+                return _run_flower(cfg, out)
+            sim = Simulation(cfg, out_dir=out)
+        except (ConfigError, DataError):
+            if created and not any(out.iterdir()):
+                out.rmdir()  # leave nothing behind for a run that could not start
+            raise
+    update, bar = _progress(sim.cfg.rounds, sim.round)
+    try:
+        summary = sim.run(progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    _print_summary(summary, out)
+    return 0
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a folder we can create and write, and hold no checkpointed run."""
+    from .federated.simulator import check_reusable
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {str(out)!r} is a file; expected a folder for the run")
+    check_reusable(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot create a run folder at {str(out)!r} ({exc.strerror or exc}); "
+                          "expected a writable folder path") from None
+
+
+def _ratio(dense: int, ours: int) -> str:
+    return f"{dense / ours:,.1f}x" if ours else "inf x"
+
+
+def _run_flower(cfg: RunConfig, out: Path) -> int:
+    import json
+
+    try:
+        from .flower import run_flower_simulation
+    except ImportError as exc:
+        raise ConfigError(f"--engine: 'flower' needs Flower: {exc}") from None
+    from .flower.apps import STOPPED_FILE
+    (out / STOPPED_FILE).unlink(missing_ok=True)
+    update, bar = _progress(cfg.rounds, 0)
+    try:
+        run_flower_simulation(cfg, out, progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    if (out / STOPPED_FILE).is_file() and not (out / "summary.json").is_file():
+        raise ConfigError((out / STOPPED_FILE).read_text().strip())
+    if not (out / "summary.json").is_file():
+        raise ConfigError(f"--engine flower: the Flower run did not finish; see the log above and {out}")
+    _print_summary(json.loads((out / "summary.json").read_text()), out)
+    return 0
+
+
+def _print_summary(s: dict, out: Path) -> None:
+    r = max(s["rounds"], 1)
+    dense = s["dense_bytes_per_transfer"]
+    total = s["total_uplink_bytes"] + s["total_downlink_bytes"]
+    lines = [
+        f"e3sfc run: {s['method']} on {s['dataset']} / {s['model']} ({s['num_params']:,} parameters)",
+        f"  rounds            {s['rounds']}",
+        f"  final accuracy    {s['final_accuracy']:.4f}   (best {s['best_accuracy']:.4f})",
+        f"  uplink total      {_fmt_bytes(s['total_uplink_bytes'])}",
+        f"  downlink total    {_fmt_bytes(s['total_downlink_bytes'])}",
+        f"  dense model       {_fmt_bytes(dense)} per transfer",
+        f"  vs FedAvg         {_ratio(s['fedavg_uplink_bytes'], s['total_uplink_bytes'])} fewer bytes up, "
+        f"{_ratio(s['fedavg_downlink_bytes'], s['total_downlink_bytes'])} down, "
+        f"{_ratio(s['fedavg_uplink_bytes'] + s['fedavg_downlink_bytes'], total)} in all",
+        f"  wall time         {s['wall_seconds']:.1f} s ({s['wall_seconds'] / r:.3f} s/round)",
+        f"  run folder        {out}",
+    ]
+    print("\n".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        commands = {"run": cmd_run, "fetch": cmd_fetch, "plot": cmd_plot, "compare": cmd_compare,
+                    "plot-partition": cmd_plot_partition}
+        return commands[args.command](args)
+    except (ConfigError, DataError, PayloadError) as exc:
+        print(f"e3sfc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("e3sfc: interrupted; resume with e3sfc run --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""``3sfc``: single-shot compression by synthesizing features (Zhou et al., ICCV 2023;
+docs/design.md §1.1).
+
+Encoder: find x (M, *input_shape), y (M, C) minimising
+    1 - |cos(g(x, y), tau)| + lambda (||x||_2 + ||y||_2)            (paper Eq. 6)
+with g(x, y) = grad_w L(w_t; x, y) (double backprop), by L-BFGS (lr 1,
+``max_iter`` per step, history 100, no line search) for ``steps`` steps,
+keeping the best iterate seen (lowest objective; NaN never chosen).
+Speed: the algorithm as above, made cheap in three ways (timings in benchmarks/RESULTS.md):
+- the L-BFGS is torch's, rule for rule, with the two-loop recursion in matrix
+  form (:mod:`.lbfgs`): a constant number of tensor operations per iteration;
+- the objective's gradient is one backward pass of g with grad_outputs
+  df/dg (:class:`.synth.CosineMatch`); for Linear/ReLU chains (the MLP) the
+  objective in closed form without forming g (:mod:`.synth_mlp`);
+- early stop (``patience``, default 20): once the search has locked on
+  (best |cos| >= ``lock_cos`` = 0.05), it ends after ``patience`` objective
+  evaluations in a row that improved the best objective by less than ``tol``;
+  before lock-on it runs on, since some searches sit near cos = 0 for a while
+  before they climb. ``patience = 0`` runs all evaluations (the reference
+  behaviour). 20 rather than 10 because late-training targets need the longer
+  wait to reach about the full search's cosine (docs/findings.md, "Defaults").
+Then
+alpha = <g*, tau> / ||g*||^2 and the residual is tau - alpha g*, so that
+||e||^2 = (1 - cos^2) ||tau||^2.
+
+Decoder: alpha * g(x, y) at w_t.
+
+Wire format (``feature_bits`` 32, the default and the published algorithm): three float32
+fields x (M, *input_shape), y (M, C), alpha (). Size: 4 (M d + M C + 1) bytes of data,
+d = prod(input_shape), plus a header of 5 + (2 + 4 (1 + len(input_shape))) + (2 + 8) + 2 bytes.
+For text models input_shape is the model's synthetic sample (``textbag``: (V,), weights over the
+vocabulary; ``transformer``: (4, V), soft tokens; :mod:`e3sfc.models.text`).
+MLP on 28x28, C = 10, M = 1: 3,180 + 35 = 3,215 bytes (dense: 796,851).
+
+Low-precision features (ours, ``feature_bits`` 16 or 8): precision traded for
+samples. The search runs in full precision; then x and y are rounded to the wire's precision
+(float16 saturates at +-65504 rather than overflow)
+and alpha, the cosine and the client's residual are computed from the rounded features, so
+the decoder sees exactly what the encoder used and the EF identity stays exact.
+- 16: x and y as float16 (same fields and shapes, dtype float16): 2 (M d + M C) + 4 bytes
+  of data, the same header. M = 2 costs 3,215 bytes on the MLP, what M = 1 costs in float32.
+- 8: x and y as symmetric 8-bit integers with one scale each (q = round(v / s), s = max|v| / 127,
+  sent as q + 128 in uint8), x flattened: fields xq (M d,) uint8, yq (M, C) uint8 and
+  s (3,) float32 = (s_x, s_y, alpha). Size: M d + M C + 12 bytes of data plus a header of
+  5 + 6 + 10 + 6 = 27 bytes. M = 4 costs 3,136 + 40 + 12 + 27 = 3,215 bytes on the MLP.
+
+Per-tensor scales (ours, ``scales = "tensor"``; default ``"one"``, the published algorithm): one
+least-squares scale a_l = <g_l, tau_l> / ||g_l||^2 per parameter tensor l instead of one alpha, so
+the decoded update sum_l a_l g_l is the projection of tau onto the span of the blocks g_l. The
+search maximises the fraction of ||tau||^2 that projection captures, E = sum_l <g_l, tau_l>^2 /
+(||g_l||^2 ||tau||^2) (objective 1 - sqrt(E), which is 1 - |cos| for one block;
+:func:`.synth.projection_cosine`), and ||e||^2 = ||tau||^2 (1 - E) with the scales as sent. A block without
+gradient (||g_l||^2 below 1e-12 of the largest, e.g. a bias that a normalisation layer cancels)
+gets scale 0. Wire: the scale field becomes (L,) float32 (L parameter tensors; 8-bit: s is
+(2 + L,) = (s_x, s_y, a_1..a_L)), 4 (L - 1) bytes more data and, for float features, 4 more header
+bytes. MLP (L = 6), M = 4 at 8 bits: 3,235 bytes.
+
+Warm start (ours, ``warm_start``): a party's search starts from the better (lower objective) of
+fresh noise and the features it sent last time (kept per client, and by the server for its
+broadcasts; checkpointed). Nothing changes on the wire. Measured on top of e3sfc-plus (the suite's
+options group, two seeds): 11.7 points lost at Dirichlet 0.1 and 4.8 at 1.0, so it is off by default.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..wire import FieldSpec, Payload
+from . import register
+from ._bits import dequantize8, quantize8
+from .base import SAMPLES, Compressor, Context, Option, Steps, run_steps
+from .lbfgs import FlatLBFGS
+from .search import cosine_match, run_together, start
+from .synth import block_scales, ls_scale, synth_grad
+
+FEATURE_BITS = (32, 16, 8)
+SCALES = ("one", "tensor")
+
+# the options (base.Option; each a run setting, --max-iter, unless setting=False)
+OPTIONS = (
+    SAMPLES,  # synthetic samples M per payload (base.py: FedSynth's too)
+    Option("steps", int, 10, "L-BFGS steps s", low=0, check_unused=False),
+    Option("max_iter", int, 20, "L-BFGS iterations per step", low=1, check_unused=False),
+    Option("lambd", float, 0.0, "weight of the ||x|| + ||y|| regulariser", low=0, check_unused=False),
+    Option("patience", int, 20, "stop the search after this many evaluations without improvement (0 = never)",
+           low=0, note="0 = no early stop", check_unused=False),
+    Option("feature_bits", int, 32, "precision of the synthetic features on the wire: 32 (float32, the published "
+           "algorithm), 16 (float16) or 8 (8-bit with one scale per field); M = 2 at 16 and M = 4 at 8 cost what "
+           "M = 1 costs at 32", choices=FEATURE_BITS),
+    Option("warm_start", bool, False, "start each search from that party's last synthetic features instead of "
+           "fresh noise (clients and the server each keep theirs; checkpointed)"),
+    Option("scales", str, "one", "one (a single scale alpha, the published algorithm) or tensor (one "
+           "least-squares scale per parameter tensor; the search maximises the energy of the target they "
+           "capture)", choices=SCALES),
+    # passed by the run from other settings (--batch-search resolved, --protocol), or for code only
+    Option("batch_search", bool, False, "run a round's searches together (compress_many)", setting=False),
+    Option("select", str, "every", "which iterate is kept: every evaluation's best, or (the authors') each "
+           "step's end", choices=("every", "step"), setting=False),
+    Option("history", int, 100, "L-BFGS history size", low=1, setting=False),
+    Option("tol", float, 1e-4, "early stop: smallest improvement that counts", low=0, setting=False),
+    Option("lock_cos", float, 0.05, "early stop: |cos| the search must reach first", low=0, setting=False),
+)
+
+
+@register
+class ThreeSFC(Compressor):
+    name = "3sfc"
+    method_id = 1
+    biased = True
+
+    sized_by_samples = True
+    options = OPTIONS   # set as attributes: self.samples, self.steps, ...
+
+    @property
+    def batch_limit(self) -> int | None:
+        """With ``batch_search`` a round's searches run together (:meth:`compress_many`)."""
+        return None if self.batch_search else 1
+
+    def compress_many(self, targets: list[torch.Tensor], ctxs: list[Context]) -> list[tuple[Payload, dict]]:
+        """Several clients' compressions; with ``batch_search`` their searches run together, the
+        objective evaluations of each turn batched (:func:`.search.run_together`: the closed form for
+        MLPs, torch.func vmap for other models). Same math as one by one, float sums in another order."""
+        if not self.batch_search:
+            return super().compress_many(targets, ctxs)
+        done = run_together({i: start(self.compress_steps(t, c)) for i, (t, c) in enumerate(zip(targets, ctxs))})
+        return [done[i] for i in range(len(targets))]
+
+    def fields(self, ctx: Context, samples: int | None = None) -> list[FieldSpec]:
+        m = samples or ctx.samples or self.samples
+        f4 = np.dtype("<f4")
+        L = len(ctx.param_shapes)
+        if self.feature_bits == 8:
+            u1, d = np.dtype("u1"), math.prod(ctx.input_shape)
+            n = 3 if self.scales == "one" else 2 + L
+            return [FieldSpec(u1, (m * d,)), FieldSpec(u1, (m, ctx.num_classes)), FieldSpec(f4, (n,))]
+        ft = f4 if self.feature_bits == 32 else np.dtype("<f2")
+        return [FieldSpec(ft, (m, *ctx.input_shape)), FieldSpec(ft, (m, ctx.num_classes)),
+                FieldSpec(f4, () if self.scales == "one" else (L,))]
+
+    def synthesize(self, target: torch.Tensor, ctx: Context, samples: int | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """L-BFGS on z = (x, y); returns the best (x, y) and its |cos|."""
+        return run_steps(self.search(target, ctx, samples))
+
+    def search(self, target: torch.Tensor, ctx: Context, samples: int | None = None) -> Steps:
+        """:meth:`synthesize` with the objective's evaluations outside: yields (f, z), the objective
+        and the point to evaluate, takes f(z) = (value, |cos|, gradient) back through ``send`` and
+        returns the best (x, y) and its |cos|. :func:`~.base.run_steps` drives it one point at a time; a
+        driver may instead evaluate several searches' points together."""
+        m = samples or ctx.samples or self.samples
+        x_shape, y_shape = (m, *ctx.input_shape), (m, ctx.num_classes)
+        g = ctx.generator
+        x = torch.randn(x_shape, generator=g).to(ctx.device, ctx.weights.dtype)
+        y = torch.randn(y_shape, generator=g).to(ctx.device, ctx.weights.dtype)
+        z = torch.cat([x.reshape(-1), y.reshape(-1)])
+        f = cosine_match(ctx.model, target, tuple(x.shape), tuple(y.shape), self.lambd, self.scales == "tensor")
+        if f.tau_norm == 0.0 or self.steps == 0:
+            return x, y, 0.0
+        start = ctx.start if self.warm_start else None
+        if start is not None and start.numel() == z.numel():  # the better of fresh noise and last round's features
+            warm = start.detach().to(ctx.device, ctx.weights.dtype).reshape(-1).clone()
+            fresh_val = (yield f, z)[0]
+            if (yield f, warm)[0] < fresh_val:
+                z = warm
+        best_obj, best_z, best_cos, stale = math.inf, z.clone(), 0.0, 0
+        opt = FlatLBFGS(z, lr=1.0, max_iter=self.max_iter, history=self.history)
+        for _ in range(self.steps):
+            steps = opt.steps()
+            zk = next(steps)
+            while True:
+                val, cos, grad = yield f, zk
+                improved = val < best_obj - self.tol
+                if val < best_obj and self.select == "every":  # NaN never compares smaller
+                    best_obj, best_z, best_cos = val, zk.clone(), cos
+                stale = 0 if improved else stale + 1
+                if self.patience and stale >= self.patience and best_cos >= self.lock_cos:
+                    steps.close()  # converged: the early stop
+                    bx, by = f.split(best_z)
+                    return bx, by, best_cos
+                try:
+                    zk = steps.send((val, grad))
+                except StopIteration:
+                    break
+            if self.select == "step":  # the authors' rule: the point a step ends at, evaluated once more
+                val, cos, _ = yield f, opt.z
+                if 0 <= val < best_obj:
+                    best_obj, best_z, best_cos = val, opt.z.clone(), cos
+        bx, by = f.split(best_z)
+        return bx, by, best_cos
+
+    def compress(self, target: torch.Tensor, ctx: Context) -> tuple[Payload, dict[str, float]]:
+        return run_steps(self.compress_steps(target, ctx))
+
+    def compress_steps(self, target: torch.Tensor, ctx: Context) -> Steps:
+        x, y, _ = yield from self.search(target, ctx)
+        wire_x, wire_y, x, y = self._round(x, y, ctx)  # what goes on the wire, and what it decodes to
+        g = synth_grad(ctx.model, x, y)
+        if self.scales == "one":
+            alpha = ls_scale(g, target)
+            cos = abs(float(torch.nn.functional.cosine_similarity(g, target, dim=0))) if alpha else 0.0
+            alphas = np.float32(alpha)
+        else:  # the least-squares scale of each tensor's block: the projection onto their span
+            sizes = [math.prod(s) for s in ctx.param_shapes]
+            alphas = np.array(block_scales(g, target, sizes), np.float32)
+            dec = _scaled(g, alphas, sizes)
+            cos = abs(float(torch.nn.functional.cosine_similarity(dec, target, dim=0))) if dec.any() else 0.0
+        if self.feature_bits == 8:
+            scales = np.concatenate([np.array([wire_x[1], wire_y[1]], np.float32), np.atleast_1d(alphas)])
+            return Payload.of(self.method_id, wire_x[0], wire_y[0], scales), {"cosine": cos}
+        return Payload.of(self.method_id, wire_x, wire_y, alphas), {"cosine": cos}
+
+    def _round(self, x: torch.Tensor, y: torch.Tensor, ctx: Context):
+        """The features at the wire's precision: (wire x, wire y, x and y as the decoder sees them)."""
+        dt = ctx.weights.dtype
+        if self.feature_bits == 32:
+            return x.float(), y.float(), x, y
+        if self.feature_bits == 16:
+            big = torch.finfo(torch.float16).max  # no inf on the wire
+            hx, hy = x.clamp(-big, big).half(), y.clamp(-big, big).half()
+            return hx, hy, hx.to(dt), hy.to(dt)
+        (qx, sx), (qy, sy) = quantize8(x), quantize8(y)
+        return ((qx.reshape(-1).cpu(), sx), (qy.cpu(), sy), dequantize8(qx, sx, dt).reshape(x.shape),
+                dequantize8(qy, sy, dt))
+
+    def features(self, payload: Payload, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(x, y, the scale(s) alpha) as the decoder sees them."""
+        dt = ctx.weights.dtype
+        if self.feature_bits == 8:
+            sx, sy = (float(v) for v in payload.fields[2][:2])
+            m = payload.fields[1].shape[0]
+            x = dequantize8(payload.tensor(0, ctx.device), sx, dt).reshape(m, *ctx.input_shape)
+            y = dequantize8(payload.tensor(1, ctx.device), sy, dt)
+            return x, y, payload.fields[2][2:]
+        return payload.tensor(0, ctx.device).to(dt), payload.tensor(1, ctx.device).to(dt), payload.fields[2]
+
+    def decompress(self, payload: Payload, ctx: Context) -> torch.Tensor:
+        x, y, alphas = self.features(payload, ctx)
+        g = synth_grad(ctx.model, x, y)
+        if self.scales == "one":
+            return float(np.asarray(alphas).reshape(-1)[0]) * g
+        return _scaled(g, alphas, [math.prod(s) for s in ctx.param_shapes])
+
+    def carry(self, payload: Payload, ctx: Context) -> torch.Tensor | None:
+        """With ``warm_start``: the features just sent (as decoded), flat, where the next search starts."""
+        if not self.warm_start:
+            return None
+        x, y, _ = self.features(payload, ctx)
+        return torch.cat([x.reshape(-1), y.reshape(-1)])
+
+    def check_carry(self, value, ctx: Context) -> None:
+        """A warm start is M_s whole samples of features (x and y of each, flat)."""
+        per_sample = math.prod(ctx.input_shape) + ctx.num_classes
+        if not (isinstance(value, torch.Tensor) and value.dim() == 1 and value.is_floating_point() and value.numel()
+                and value.numel() % per_sample == 0):
+            raise ValueError(f"a warm start is {getattr(value, 'shape', type(value).__name__)}; expected a whole "
+                             f"number of samples of {per_sample} numbers")
+
+
+def _scaled(g: torch.Tensor, alphas: np.ndarray, sizes: list[int]) -> torch.Tensor:
+    """sum_l alpha_l g_l: each parameter tensor's block of g times its own scale."""
+    return torch.cat([float(a) * gl for a, gl in zip(alphas, g.split(sizes))])
+
+
+@register
+class E3SFC(ThreeSFC):
+    """``e3sfc`` (Zhou et al., TNNLS 2025): the 3SFC uplink of this file; the simulator
+    adds the double-way downlink (the server compresses its aggregate the same way)
+    and the budget scheduler (docs/design.md §1.2, §1.3). Same wire format as ``3sfc``. The server's
+    downlink search has its own early stop, ``downlink_patience`` (default 0: all
+    evaluations): one search a round reaches every client, and an early-stopped one cost
+    accuracy in the runs made to decide it (docs/findings.md, "Defaults")."""
+
+    name = "e3sfc"
+    method_id = 7
+    downlink = "3sfc"     # E-3SFC: the server compresses its aggregate the same way
+    init = "seed"         # every party builds w_1 from the shared seed
+    as_downlink = False   # as a downlink it is 3sfc

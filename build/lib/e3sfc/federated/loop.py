@@ -1,0 +1,131 @@
+"""The round loop every driver shares: the server side of a run (data, test set, model, server
+runtime), its records (:class:`~e3sfc.federated.recorder.RunRecorder`) and checkpoints
+(:class:`~e3sfc.federated.checkpoint.Checkpointer`), and the loop over rounds. A driver says how a
+round reaches the clients (:meth:`RoundLoop.run_round`): in this process
+(:class:`~e3sfc.federated.simulator.Simulation`) or through Flower
+(:class:`~e3sfc.flower.apps.FlowerSimulation`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .. import protocol
+from ..config import RunConfig
+from ..data import FedData, load_dataset, partition
+from ..errors import ConfigError
+from ..models import build_model, num_params, synthetic_shape
+from .checkpoint import Checkpointer, check_reusable, locked_run_dir
+from .evaluate import evaluate
+from .params import get_flat, set_flat
+from .recorder import RunRecorder
+from .runtime import MODEL_INIT, ServerRuntime, derive_seed
+
+
+class RoundLoop:
+    """One federated run driven from this process; subclasses implement ``run_round``."""
+
+    def __init__(self, cfg: RunConfig, data: FedData | None = None, out_dir: str | Path | None = None):
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device: 'cuda' is not available on this machine; expected cpu")
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        if data is None:
+            data = load_dataset(
+                cfg.dataset, cfg.data_dir, emnist_split=cfg.emnist_split, holdout=cfg.holdout,
+                train_subset=cfg.train_subset, test_subset=cfg.test_subset, seed=cfg.seed,
+                scaling=protocol.input_scaling(cfg), max_len=cfg.max_len, min_freq=cfg.min_freq,
+                vocab_size=cfg.vocab_size,
+            )
+        self.data = data
+        self.parts = partition(data.train_y.numpy(), cfg.clients, cfg.partition, cfg.alpha, cfg.seed)
+        self.splits = [protocol.split_shard(cfg, k, p) for k, p in enumerate(self.parts)]  # (train, evaluation)
+        tx, ty = data.train_x.to(self.device), data.train_y.to(self.device)
+        # the authors' client-side evaluation (see client_accuracy): each client's held-out share
+        self.client_eval = [(tx[torch.from_numpy(b).to(self.device)], ty[torch.from_numpy(b).to(self.device)])
+                            for _, b in self.splits if len(b)]
+        self.test_x, self.test_y = data.test_x.to(self.device), data.test_y.to(self.device)
+        model = build_model(cfg.model, data.input_shape, data.num_classes,
+                            derive_seed(cfg.seed, MODEL_INIT), vocab_size=data.vocab_size).to(self.device)
+        self.num_params = num_params(model)
+        self.feature_shape = synthetic_shape(model, data.input_shape)  # one synthetic sample (3SFC, FedSynth)
+        self.initial_weights = get_flat(model)        # w_1: every party can build it from the seed
+        self.model = model                            # the server's; holds w_t between calls
+        self.server = ServerRuntime(cfg, model, self.initial_weights.clone(), self.feature_shape, data.num_classes,
+                                    sizes={k: len(p) for k, p in enumerate(self.parts)})
+        self.ledger = self.server.ledger
+        self.round = 0
+        self.recorder = RunRecorder(cfg, self.server, self.num_params, self.out_dir)
+        self.metrics = self.recorder.metrics  # one metrics row per evaluated round
+        self.checkpointer = Checkpointer(cfg, self.out_dir, self.server, self.recorder, self.device)
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self.server.weights
+
+    @property
+    def schedule_log(self) -> list[int]:
+        return self.server.schedule_log
+
+    def run_round(self, t: int) -> dict[str, float]:
+        """Round t: the server's messages out, the clients' updates in, the server step; its stats."""
+        raise NotImplementedError
+
+    def client_accuracy(self) -> float | None:
+        """The authors' client-side evaluation: the mean, over the clients that hold out any samples, of
+        the accuracy of the model they receive this round (w_t) on their held-out 20%; None without."""
+        if not self.client_eval:
+            return None
+        set_flat(self.model, self.server.weights)
+        return float(np.mean([evaluate(self.model, x, y)[0] for x, y in self.client_eval]))
+
+    def run(self, progress: Callable[[int, dict], None] | None = None, stop_after: int | None = None) -> dict:
+        """Run to ``cfg.rounds`` (or stop after round ``stop_after``, for tests); returns the summary.
+        With a run folder: under its lock, a new run only where check_reusable allows one."""
+        if self.out_dir is None:
+            return self._rounds(progress, stop_after)
+        if self.cfg.tensorboard:
+            import importlib.util
+            if importlib.util.find_spec("tensorboard") is None:  # say so before anything is written
+                raise ConfigError("--tensorboard: needs the tensorboard package (pip install 'e3sfc[tensorboard]')")
+        with locked_run_dir(self.out_dir):
+            if self.round == 0:
+                check_reusable(self.out_dir)
+            self.recorder.open(resumed=self.round > 0)
+            return self._rounds(progress, stop_after)
+
+    def _rounds(self, progress, stop_after) -> dict:
+        cfg, out = self.cfg, self.out_dir
+        last = cfg.rounds if stop_after is None else min(stop_after, cfg.rounds)
+        for t in range(self.round + 1, last + 1):
+            t0 = time.perf_counter()
+            client_acc = self.client_accuracy()
+            stats = self.run_round(t)
+            if client_acc is not None:
+                stats["client_accuracy"] = client_acc
+            self.round = t
+            row: dict[str, Any] | None = None
+            if t % cfg.eval_every == 0 or t == cfg.rounds:
+                acc, loss = evaluate(self.model, self.test_x, self.test_y)
+                row = self.recorder.record(t, acc, loss, stats, time.perf_counter() - t0)
+            else:
+                self.recorder.elapsed += time.perf_counter() - t0
+            if out is not None and cfg.checkpoint_every and t % cfg.checkpoint_every == 0:
+                self.checkpointer.save(t)
+            if progress is not None:
+                progress(t, row or {})
+        summary = self.summary()
+        self.recorder.close()
+        if out is not None:
+            self.checkpointer.save(self.round)
+            self.recorder.finish(summary, done=self.round == cfg.rounds)
+        return summary
+
+    def summary(self) -> dict:
+        return self.recorder.summary(self.round)

@@ -1,0 +1,125 @@
+"""A run's records, for any driver (in-process or Flower): one metrics row per evaluated round,
+the elapsed time, TensorBoard scalars (``--tensorboard``), and at the end the ledger and the summary.
+
+Run folder files: ``config.json`` (at the start), ``metrics.jsonl`` (a row appended at each
+evaluation, never rewritten, except once when a run resumes: the rows written after its checkpoint
+are dropped), ``ledger.jsonl`` and ``summary.json`` (when a call to ``run`` ends; the summary only
+once the last round is done).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import io
+from ..config import RunConfig
+from ..metrics import DOWN, UP
+
+RUN_FILES = ("config.json", "metrics.jsonl", "ledger.jsonl", "summary.json")
+
+
+class RunRecorder:
+    """Metrics rows (kept in ``metrics`` and appended to ``out_dir/metrics.jsonl``), the run's elapsed
+    seconds and its summary; ``server`` is the run's :class:`~e3sfc.federated.runtime.ServerRuntime`
+    (its ledger, logs and compressor), ``out_dir`` None: nothing is written."""
+
+    def __init__(self, cfg: RunConfig, server, num_params: int, out_dir: Path | None):
+        self.cfg, self.server, self.num_params, self.out_dir = cfg, server, num_params, out_dir
+        self.metrics: list[dict] = []
+        self.elapsed = 0.0
+        self._tb = None
+
+    def open(self, resumed: bool) -> None:
+        """Start writing (under the run folder's lock): a new run removes what a run that never
+        checkpointed left and writes config.json; a resumed one rewrites metrics.jsonl, once, with its
+        checkpoint's rows (dropping those written after the checkpoint)."""
+        assert self.out_dir is not None
+        if not resumed:
+            for name in RUN_FILES:
+                (self.out_dir / name).unlink(missing_ok=True)
+            io.write_json(self.out_dir / "config.json", self.cfg.to_dict())
+        else:
+            io.write_jsonl(self.out_dir / "metrics.jsonl", self.metrics)
+
+    def record(self, t: int, accuracy: float, loss: float, stats: dict, seconds: float) -> dict[str, Any]:
+        """Round t's row (its test accuracy and loss, bytes, ``seconds`` more of run time, the round's
+        stats, NaN as None), kept and appended to metrics.jsonl."""
+        self.elapsed += seconds
+        ledger = self.server.ledger
+        row = {
+            "round": t, "accuracy": accuracy, "loss": loss,
+            "uplink_bytes": ledger.round_bytes(t, UP),
+            "downlink_bytes": ledger.round_bytes(t, DOWN),
+            "cum_uplink_bytes": ledger.total(UP),
+            "cum_downlink_bytes": ledger.total(DOWN),
+            "seconds": round(self.elapsed, 4),
+            **{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in stats.items()},
+        }
+        self.metrics.append(row)
+        if self.out_dir is not None:
+            io.append_jsonl(self.out_dir / "metrics.jsonl", [row])
+            self._tensorboard(row)
+        return row
+
+    def _tensorboard(self, row: dict) -> None:
+        """``--tensorboard``: the row's numbers as scalars in <run folder>/tensorboard."""
+        if not self.cfg.tensorboard:
+            return
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter  # run() checked that tensorboard is there
+            # a resumed run rewrites the rounds after its checkpoint: drop their old events
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=row["round"])
+        for k, v in row.items():
+            if k != "round" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                self._tb.add_scalar(k, v, row["round"])
+        self._tb.flush()
+
+    def close(self) -> None:
+        """Close the TensorBoard writer (a later ``run`` opens another)."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def finish(self, summary: dict, done: bool) -> None:
+        """Write ledger.jsonl and, once the run is ``done``, summary.json."""
+        assert self.out_dir is not None
+        io.write_jsonl(self.out_dir / "ledger.jsonl", self.server.ledger.rows())
+        if done:
+            io.write_json(self.out_dir / "summary.json", summary)
+
+    def summary(self, rounds: int) -> dict:
+        """The run's summary after ``rounds`` rounds."""
+        cfg, server = self.cfg, self.server
+        accs = [m["accuracy"] for m in self.metrics]
+        return {
+            "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model,
+            "rounds": rounds,
+            "final_accuracy": accs[-1] if accs else None,
+            "best_accuracy": max(accs) if accs else None,
+            "total_uplink_bytes": server.ledger.total(UP),
+            "total_downlink_bytes": server.ledger.total(DOWN),
+            "dense_bytes_per_transfer": server.dense_bytes,
+            # what FedAvg sends for the same participants: the dense update up, the model down
+            "fedavg_uplink_bytes": server.participations() * server.dense_bytes,
+            "fedavg_downlink_bytes": server.participations() * server.dense_bytes,
+            "downlink": cfg.resolved_downlink, "init": cfg.resolved_init,
+            "schedule": cfg.schedule if cfg.sized_by_samples else None,
+            "budget_bytes": cfg.budget_bytes or None,
+            "samples_per_round": list(server.schedule_log) if cfg.sized_by_samples else None,
+            "downlink_samples_per_round": list(server.down_log) if server.down_log else None,
+            "batch_search": cfg.resolved_batch_search if hasattr(server.compressor, "batch_search") else None,
+            "wall_seconds": round(self.elapsed, 4),
+            "seconds_per_round": round(self.elapsed / rounds, 4) if rounds else None,
+            "num_params": self.num_params,
+            "uplink_bytes_per_client_round": server.compressor.payload_bytes(server.context(0, None)),
+        }
+
+    def state_dict(self) -> dict:
+        return {"metrics": list(self.metrics), "elapsed": self.elapsed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.metrics[:] = state["metrics"]  # the same list: drivers hand it out as their ``metrics``
+        self.elapsed = float(state["elapsed"])

@@ -1,0 +1,209 @@
+"""The server step, shared by every driver: admit, decode, bound, aggregate.
+
+w_{t+1} = w_t + sum_k a_k * clip(decoded_k) with a_k = 1/|S| (uniform) or n_k / sum n
+(sample-weighted). Nothing a client sends is trusted:
+
+- :func:`admit` checks each reply's envelope before anything is allocated from it: the
+  client id must be one the server asked this round, one reply per client, the payload
+  must be bytes of exactly the method's size (at most it, for a method of variable size),
+  ``num_samples`` a positive integer no larger than that client's partition, stats finite numbers (a cosine in [-1, 1]);
+- :func:`screen` decodes each admitted payload (the wire decoder checks magic,
+  method, shapes and finiteness) and rejects an update whose values or norm are not
+  finite;
+- robust aggregation (``norm_clip``, default 3): an update whose norm exceeds
+  ``norm_clip`` times the round's (lower) median norm is scaled down to that bound
+  (:func:`bounded`), so one client can move the mean by at most ``norm_clip`` honest-sized
+  steps divided by the number of clients. Honest updates of a round have similar norms, so
+  they are rarely touched (a round where none is scaled is bit-identical to the unclipped mean);
+- where partition sizes are unknown (the Flower add-on), a claimed sample count is held to
+  ``norm_clip`` times the round's median claim (:func:`cap_samples`);
+- :func:`aggregate` averages the bounded updates (:func:`server_step` is screen + aggregate);
+  the Flower add-on hands the bounded updates to the wrapped strategy instead.
+
+Every rejection is logged with its reason and counted in the round's ``rejected``; a reply from a
+client the server did not ask, or a second reply of a client, is dropped and logged (not counted).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+from ..compress import Compressor, Context
+from ..errors import PayloadError
+from .client import ClientUpdate
+
+log = logging.getLogger(__name__)
+
+# a well-formed payload may still fail in a method's decoder; none of these may stop a round
+DECODE_ERRORS = (PayloadError, ValueError, RuntimeError, IndexError, TypeError, OverflowError)
+KEEP_DECODED_BYTES = 1 << 28  # decoded updates held between the two passes up to this size, else decoded again
+
+
+@dataclass
+class Aggregate:
+    delta: torch.Tensor            # (P,) mean decoded update
+    accepted: list[int]
+    rejected: dict[int, str]
+    clipped: list[int] = field(default_factory=list)
+
+
+def _clean_stats(stats: Any) -> dict[str, float]:
+    """A reply's stats, kept only where they are finite numbers (a cosine in [-1, 1])."""
+    out: dict[str, float] = {}
+    if not isinstance(stats, dict):
+        return out
+    for k, v in itertools.islice(stats.items(), 64):
+        if not isinstance(k, str) or not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        try:
+            v = float(v)
+        except OverflowError:  # an int too large for a float
+            continue
+        if math.isfinite(v) and (k != "cosine" or -1.0 <= v <= 1.0):
+            out[k] = v
+    return out
+
+
+def admit(
+    updates: list[Any],
+    asked: set[int],
+    payload_bytes: int,
+    sizes: dict[int, int] | None = None,
+    exact: bool = True,
+) -> tuple[list[ClientUpdate], dict[int, str], dict[int, int]]:
+    """Check every reply's envelope before use. Returns the admitted updates (in the order
+    given, stats cleaned), the rejected ones by client id with the reason, and the bytes each
+    asked client sent (its first reply's payload length, for the ledger). A reply whose id is
+    not one of ``asked``, or a second reply for an id, is dropped and logged. ``exact`` False (a method
+    whose payloads vary in size, ``Compressor.fixed_size``): ``payload_bytes`` is the most allowed."""
+    admitted: list[ClientUpdate] = []
+    rejected: dict[int, str] = {}
+    received: dict[int, int] = {}
+    for u in updates:
+        cid = getattr(u, "client", None)
+        if not isinstance(u, ClientUpdate) or isinstance(cid, bool) or not isinstance(cid, int) or cid not in asked:
+            log.warning("dropped a reply from a client the server did not ask this round (client %r)", cid)
+            continue
+        if cid in received:
+            log.warning("dropped a second reply of client %d this round", cid)
+            continue
+        blob, n = u.blob, u.num_samples
+        received[cid] = len(blob) if isinstance(blob, (bytes, bytearray)) else 0
+        if not isinstance(blob, (bytes, bytearray)):
+            reason = f"payload is {type(blob).__name__}, not bytes"
+        elif len(blob) > payload_bytes or (exact and len(blob) != payload_bytes):
+            reason = f"payload is {len(blob)} bytes; this round's payload is {'exactly' if exact else 'at most'} " \
+                     f"{payload_bytes}"
+        elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            reason = f"num_samples {n!r} is not a positive integer"
+        elif sizes is not None and n > sizes.get(cid, 0):
+            reason = f"num_samples {n} exceeds the client's partition ({sizes.get(cid, 0)} samples)"
+        else:
+            admitted.append(ClientUpdate(cid, bytes(blob), n, _clean_stats(u.stats)))
+            continue
+        log.warning("rejected the reply of client %d: %s", cid, reason)
+        rejected[cid] = reason
+    return admitted, rejected, received
+
+
+@dataclass
+class Screened:
+    """The admitted updates that decode to finite updates, with the norm bound each is held to."""
+
+    updates: list[ClientUpdate]
+    norms: list[float]
+    bound: float                                  # inf: no clipping
+    rejected: dict[int, str]
+    decoded: dict[int, torch.Tensor] = field(default_factory=dict)  # by position, where kept between passes
+
+    @property
+    def clipped(self) -> list[int]:
+        return [u.client for u, n in zip(self.updates, self.norms) if n > self.bound]
+
+
+def screen(ctx: Context, updates: list[ClientUpdate], compressor: Compressor, *, norm_clip: float = 0.0) -> Screened:
+    """Decode every (admitted) update at w_t (``ctx``), reject those that do not decode to a finite
+    update, and set the round's norm bound: ``norm_clip`` x the lower median norm (inf when off).
+    Decoded updates are kept for :func:`bounded` while they fit in ``KEEP_DECODED_BYTES``, else
+    decoded again there (decoding is deterministic), so the server holds a bounded number of
+    model-sized tensors however many clients report."""
+    rejected: dict[int, str] = {}
+    kept: list[ClientUpdate] = []
+    norms: list[float] = []
+    keep = len(updates) * ctx.num_params * 4 <= KEEP_DECODED_BYTES
+    decoded: dict[int, torch.Tensor] = {}
+    for u in updates:
+        try:
+            upd = compressor.decode_update(u.blob, ctx)
+            norm = float(torch.linalg.vector_norm(upd.double()))
+            if not math.isfinite(norm):
+                raise PayloadError("decoded update's norm is not finite")
+        except DECODE_ERRORS as exc:
+            log.warning("round %d: rejected update of client %d: %s", ctx.round, u.client, exc)
+            rejected[u.client] = str(exc) if isinstance(exc, PayloadError) else f"payload cannot be decoded ({exc})"
+            continue
+        if keep:
+            decoded[len(kept)] = upd
+        kept.append(u)
+        norms.append(norm)
+    bound = norm_clip * sorted(norms)[(len(norms) - 1) // 2] if norm_clip and norms else math.inf
+    return Screened(kept, norms, bound, rejected, decoded)
+
+
+def bounded(ctx: Context, s: Screened, compressor: Compressor) -> Iterator[tuple[ClientUpdate, torch.Tensor, float]]:
+    """Each screened update with its decoded update and the factor that bounds it: ``s.bound / norm``
+    where the norm exceeds the bound (logged), else 1."""
+    for i, (u, norm) in enumerate(zip(s.updates, s.norms)):
+        upd = s.decoded.pop(i) if i in s.decoded else compressor.decode_update(u.blob, ctx)
+        if norm > s.bound:
+            log.info("round %d: update of client %d scaled from norm %.4g to %.4g", ctx.round, u.client, norm, s.bound)
+        yield u, upd, (s.bound / norm if norm > s.bound else 1.0)
+
+
+def server_step(
+    ctx: Context,
+    updates: list[ClientUpdate],
+    compressor: Compressor,
+    *,
+    weighted: bool = False,
+    norm_clip: float = 0.0,
+) -> Aggregate:
+    """Decode every (admitted) update at w_t (``ctx``), bound its norm and average: :func:`screen`,
+    then each :func:`bounded` update added into one running sum."""
+    s = screen(ctx, updates, compressor, norm_clip=norm_clip)
+    return aggregate(ctx, s, compressor, weighted=weighted)
+
+
+def aggregate(ctx: Context, s: Screened, compressor: Compressor, *, weighted: bool = False) -> Aggregate:
+    """The (uniform or sample-weighted) mean of the screened updates, each held to the round's bound."""
+    delta = torch.zeros_like(ctx.weights)
+    total = 0.0
+    for (u, upd, _), norm in zip(bounded(ctx, s, compressor), s.norms):
+        a = float(u.num_samples) if weighted else 1.0
+        delta.add_(upd, alpha=a * s.bound / norm if norm > s.bound else a)
+        total += a
+    if total > 0:
+        delta.div_(total)
+    return Aggregate(delta, [u.client for u in s.updates], s.rejected, s.clipped)
+
+
+def cap_samples(updates: list[ClientUpdate], factor: float) -> list[int]:
+    """Where partition sizes are unknown (the Flower add-on), a reply's sample count is a claim: hold each
+    to ``factor`` x the round's lower median count, as update norms are held; returns the capped ids."""
+    if not factor or not updates:
+        return []
+    cap = int(factor * sorted(u.num_samples for u in updates)[(len(updates) - 1) // 2])
+    capped = []
+    for u in updates:
+        if u.num_samples > cap:
+            log.warning("client %d claims %d samples; held to %d (%g x the round's median)", u.client,
+                        u.num_samples, cap, factor)
+            u.num_samples = cap
+            capped.append(u.client)
+    return capped

@@ -1,0 +1,179 @@
+"""The in-process simulator: every client in this process, driven by the shared round loop
+(:mod:`e3sfc.federated.loop`), which keeps the run's records (:mod:`e3sfc.federated.recorder`) and
+checkpoints (:mod:`e3sfc.federated.checkpoint`).
+
+The round itself (sampling, catch-up downlink, client step, server step, E-3SFC
+downlink, budget) lives in :mod:`e3sfc.federated.runtime`, shared with the
+Flower driver. All randomness is derived from the run's seed and the round and
+client ids, so no generator state needs saving: a run resumed from a checkpoint
+replays exactly what an uninterrupted run does (tested across processes after a
+kill -9, given the same thread count, which the CLI sets from the run's config
+before anything is built).
+
+Run folders: :meth:`Simulation.run` holds an exclusive lock on ``RUN_DIR/.lock``
+while it writes (a second writer stops with a one-line error), removes temporary
+files a killed writer left, and starts a new run only in a folder without a
+checkpoint. Checkpoints hold tensors, numbers, strings and bytes only and are read
+with ``torch.load(weights_only=True)``: a checkpoint cannot run code, and one that
+is corrupt or belongs to another model or run is refused with one line.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import protocol
+from ..config import RunConfig
+from ..data import FedData
+from ..errors import ConfigError
+from .checkpoint import CHECKPOINT, check_reusable, check_state, locked_run_dir, read_checkpoint, read_config
+from .loop import RoundLoop
+from .params import get_flat
+from .recorder import RUN_FILES
+from .runtime import ClientRuntime
+from .store import ClientStore
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Simulation", "check_memory", "estimate_memory", "available_memory", "CHECKPOINT", "RUN_FILES",
+           "check_reusable", "locked_run_dir"]
+
+
+def estimate_memory(cfg: RunConfig, num_params: int, input_shape, num_classes: int) -> tuple[int, str]:
+    """Bytes a run allocates beyond its data and one model, at most, and the flag that drives them.
+
+    Error-feedback residuals (one model-sized vector per client that ever trains, biased
+    methods) and the 3SFC search (L-BFGS keeps 2 x 100 vectors of the synthetic set's size,
+    plus the set's gradient); a coarse upper bound for refusing runs that cannot fit."""
+    from ..compress import get_compressor_class
+
+    per_round = protocol.clients_per_round(cfg)  # as sample_clients draws them
+    holders = min(cfg.clients, per_round * cfg.rounds)
+    residuals = holders * num_params * 4 if cfg.ef and get_compressor_class(cfg.method).biased else 0
+    if cfg.state_memory:  # the store keeps at most that much after a round, plus the round's participants
+        residuals = min(residuals, int(cfg.state_memory * 2 ** 20) + per_round * num_params * 4)
+    search = 0
+    down = cfg.resolved_downlink
+    if cfg.sized_by_samples or (down != "dense" and get_compressor_class(down).sized_by_samples):
+        m = cfg.max_samples if cfg.schedule != "constant" or cfg.budget_bytes else cfg.samples
+        d = int(np.prod(input_shape)) + num_classes
+        search = m * d * 4 * (2 * 100 + 16)
+    parts = {"clients": residuals, "samples": search}
+    return residuals + search, max(parts, key=parts.get)
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (bytes), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(cfg: RunConfig, num_params: int, feature_shape, num_classes: int) -> None:
+    """Refuse (ConfigError naming the flag) a run that cannot fit in this machine's available memory."""
+    need, flag = estimate_memory(cfg, num_params, feature_shape, num_classes)
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise ConfigError(
+            f"--{flag}: this run needs about {need / 1e9:,.1f} GB for "
+            f"{'error-feedback residuals' if flag == 'clients' else 'the synthetic-set search'} "
+            f"(--clients {cfg.clients}, --samples {cfg.samples}, --max-samples {cfg.max_samples}, "
+            f"{num_params:,} parameters); this machine has {avail / 1e9:,.1f} GB available")
+
+
+class Simulation(RoundLoop):
+    """One federated run with every client in this process. ``run()`` drives it; state is checkpointable."""
+
+    resume_config = staticmethod(read_config)
+
+    def __init__(self, cfg: RunConfig, data: FedData | None = None, out_dir: str | Path | None = None):
+        super().__init__(cfg, data, out_dir)
+        check_memory(cfg, self.num_params, self.feature_shape, self.data.num_classes)
+        tx, ty = self.data.train_x.to(self.device), self.data.train_y.to(self.device)
+        self.client_data = [(tx[torch.from_numpy(a).to(self.device)], ty[torch.from_numpy(a).to(self.device)])
+                            for a, _ in self.splits]
+        # the clients' working models (one pair, reused by every in-process client)
+        self.client_model, self.train_model = copy.deepcopy(self.model), copy.deepcopy(self.model)
+        self.client_model.eval()
+        self.train_model.train()  # as built (the server's model is in eval mode)
+        spill = self.out_dir / "spill" if self.out_dir is not None and cfg.state_memory else None
+        self.store = ClientStore(self._new_client, int(cfg.state_memory * 2 ** 20), spill, self.device)
+        self.checkpointer.store = self.store
+
+    @property
+    def clients(self) -> dict[int, ClientRuntime]:
+        """The client runtimes in memory (``--state-memory`` may hold others on disk: see ``store``)."""
+        return dict(self.store.live)
+
+    def _new_client(self, k: int) -> ClientRuntime:
+        return ClientRuntime(self.cfg, k, self.feature_shape, self.data.num_classes, self.initial_weights,
+                             compressor=self.server.compressor, down=self.server.downlink.compressor)
+
+    def client(self, k: int) -> ClientRuntime:
+        """Client k's runtime, its state in memory (read back from disk if it was spilled)."""
+        return self.store.get(k)
+
+    def sync(self, t: int, k: int) -> torch.Tensor:
+        """Bring client k's replica to w_t now (counted as round t's downlink); returns it."""
+        return self.client(k).catch_up(self.server.sync_message(t, k, None), self.client_model)
+
+    def run_round(self, t: int) -> dict[str, float]:
+        """Round t, top to bottom: the server's messages; each participant catches up and trains;
+        the uplink compressor takes the participants' targets (all at once when it batches, else
+        one by one); each participant finishes its update; the server aggregates."""
+        participants, M, messages = self.server.begin_round(t)
+        comp = self.server.compressor
+        size = comp.batch_limit or len(participants)
+        updates = []
+        true_sum, true_weight = torch.zeros_like(self.server.weights), 0.0  # for the aggregate cosine
+        for i in range(0, len(participants), size):
+            prepared = {}
+            for k in participants[i:i + size]:
+                c = self.client(k)
+                p = c.prepare(messages[k], self.client_model, c.sgd(self.train_model, *self.client_data[k]))
+                if not torch.equal(get_flat(self.client_model), self.server.weights):
+                    raise RuntimeError(f"round {t}: client {k}'s replica differs from the server model")
+                if c.replica is not None:
+                    # bit-identical replicas (checked just above) share one tensor in this process;
+                    # nothing mutates it in place, so memory is one copy per version in use, not per client
+                    c.replica = self.server.weights
+                if p is not None:  # None: no reply (fault injection's drop)
+                    a = float(p.num_samples) if self.cfg.weighted else 1.0
+                    true_sum.add_(p.delta, alpha=a)
+                    true_weight += a
+                    p.delta = None
+                    prepared[k] = p
+            t0 = time.perf_counter()
+            results = comp.compress_many([p.target for p in prepared.values()], [p.ctx for p in prepared.values()])
+            share = (time.perf_counter() - t0) / max(1, len(prepared))  # each client's compress_seconds
+            updates += [self.client(k).finish(p, *r, share) for (k, p), r in zip(prepared.items(), results)]
+        row = self.server.end_round(t, M, updates, true_sum / true_weight if true_weight else None)
+        self.store.settle()  # --state-memory: spill the least recently used clients beyond the budget
+        return row
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, data: FedData | None = None) -> "Simulation":
+        """Rebuild a run from ``run_dir/config.json`` and its last checkpoint (read without running code)."""
+        run_dir = Path(run_dir)
+        cfg = read_config(run_dir)
+        state = read_checkpoint(run_dir)
+        sim = cls(cfg, data=data, out_dir=run_dir)
+        try:
+            check_state(state, cfg, sim.num_params, sim.server.compressor, sim.server.downlink.compressor,
+                        sim.server.context(0, None))
+            sim.round = sim.checkpointer.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OSError) as exc:
+            raise ConfigError(f"--resume: {run_dir / CHECKPOINT} does not belong to the run in "
+                              f"{run_dir}/config.json ({type(exc).__name__}: {exc})") from None
+        log.info("resumed %s at round %d of %d", run_dir, sim.round, cfg.rounds)
+        return sim

@@ -1,0 +1,248 @@
+"""Reading run folders back: comparison tables and plots (``e3sfc compare | plot``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ConfigError
+from .io import read_jsonl
+
+METRICS = ("accuracy", "loss", "cosine", "downlink_cosine", "aggregate_cosine", "aggregate_downlink_cosine")
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    rows: list[dict]
+    summary: dict | None
+
+    @property
+    def label(self) -> str:
+        return self.path.name
+
+    def series(self, key: str) -> list[float | None]:
+        return [r.get(key) for r in self.rows]
+
+
+def load_run(path: str | Path) -> Run:
+    p = Path(path)
+    if not p.is_dir():
+        raise ConfigError(f"run folder {str(p)!r} does not exist")
+    if not (p / "config.json").is_file() or not (p / "metrics.jsonl").is_file():
+        raise ConfigError(f"{str(p)!r} is not a run folder (needs config.json and metrics.jsonl)")
+    try:
+        config = json.loads((p / "config.json").read_text())
+        rows = read_jsonl(p / "metrics.jsonl")
+        summary = json.loads((p / "summary.json").read_text()) if (p / "summary.json").is_file() else None
+    except (json.JSONDecodeError, OSError) as exc:
+        raise ConfigError(f"run folder {str(p)!r} has an unreadable record ({exc})") from None
+    if not rows:
+        raise ConfigError(f"run folder {str(p)!r} has no evaluated rounds yet")
+    return Run(p, config, rows, summary)
+
+
+def _acc_at(run: Run, frac: float) -> float | None:
+    target_round = max(1, math.ceil(frac * run.config["rounds"]))
+    best = [r for r in run.rows if r["round"] <= target_round]
+    return best[-1]["accuracy"] if best else None
+
+
+def _acc_tail(run: Run, frac: float = 0.1) -> float | None:
+    """Mean test accuracy over the evaluated rounds in the last ``frac`` of the run's rounds: with M = 1
+    the synthesis methods move by several points from one round to the next, so the final round alone
+    says little."""
+    first = run.config["rounds"] - max(1, math.ceil(frac * run.config["rounds"]))
+    tail = [r["accuracy"] for r in run.rows if r["round"] > first]
+    return sum(tail) / len(tail) if tail else None
+
+
+def compare_rows(runs: Sequence[Run], target: float | None = None) -> list[dict]:
+    out = []
+    for run in runs:
+        rows = run.rows
+        last = rows[-1]
+        parts = sum(r.get("participants") or 0 for r in rows) or 1
+        up = last["cum_uplink_bytes"] / parts if run.config.get("eval_every", 1) == 1 else None
+        down = last["cum_downlink_bytes"] / parts if run.config.get("eval_every", 1) == 1 else None
+        dense = run.summary["dense_bytes_per_transfer"] if run.summary else None
+        reach = next((r for r in rows if r["accuracy"] >= target), None) if target is not None else None
+        out.append({
+            "run": run.label,
+            "method": run.config["method"],
+            "up_bytes_per_client_round": up,
+            "down_bytes_per_client_round": down,
+            "ratio_vs_dense": (2 * dense / (up + down)) if dense and up is not None and (up + down) else None,
+            "acc_25": _acc_at(run, 0.25), "acc_50": _acc_at(run, 0.5), "acc_100": _acc_at(run, 1.0),
+            "acc_last10": _acc_tail(run),
+            "rounds_to_target": reach["round"] if reach else None,
+            "mb_to_target": (reach["cum_uplink_bytes"] + reach["cum_downlink_bytes"]) / 1e6 if reach else None,
+            "total_mb": (last["cum_uplink_bytes"] + last["cum_downlink_bytes"]) / 1e6,
+            "seconds_per_round": last["seconds"] / last["round"],
+            "device": run.config.get("device", "cpu"),
+        })
+    return out
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def markdown_table(rows: list[dict], target: float | None = None) -> str:
+    t = f"{target:g}" if target is not None else "target"
+    head = ("| run | method | up B / client-round | down B / client-round | x less than dense | acc @25% | acc @50% "
+            f"| acc @100% | mean acc, last 10% | rounds to {t} | MB to {t} | s / round |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {r['method']} | {_fmt(r['up_bytes_per_client_round'], ',.0f')} "
+            f"| {_fmt(r['down_bytes_per_client_round'], ',.0f')} | {_fmt(r['ratio_vs_dense'], ',.1f')} "
+            f"| {_fmt(r['acc_25'], '.4f')} | {_fmt(r['acc_50'], '.4f')} | {_fmt(r['acc_100'], '.4f')} "
+            f"| {_fmt(r['acc_last10'], '.4f')} | {_fmt(r['rounds_to_target'], 'd')} "
+            f"| {_fmt(r['mb_to_target'], ',.2f')} "
+            f"| {_fmt(r['seconds_per_round'], '.2f')} |")
+    return "\n".join(lines)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("plotting needs matplotlib: pip install 'e3sfc[plot]'") from None
+    return plt
+
+
+_NOT_THE_SETTING = ("seed", "out", "threads", "checkpoint_every", "device", "eval_every", "data_dir")
+
+
+def _series(runs: Sequence[Run]) -> list[tuple[str, list[Run]]]:
+    """Runs that differ only in their seed, as one series (label: the run name without its seed)."""
+    import re
+    groups: dict[str, list[Run]] = {}
+    labels: dict[str, str] = {}
+    for run in runs:
+        key = json.dumps({k: v for k, v in run.config.items() if k not in _NOT_THE_SETTING}, sort_keys=True)
+        groups.setdefault(key, []).append(run)
+        labels.setdefault(key, re.sub(r"-seed\d+", "", run.label))
+    return [(labels[k] + (f" ({len(v)} seeds)" if len(v) > 1 else ""), v) for k, v in groups.items()]
+
+
+def _title(runs: Sequence[Run]) -> str:
+    """What the runs share: dataset, model, Dirichlet alpha (or the alphas), rounds."""
+    def one(key: str, fmt: str) -> str | None:
+        vals = sorted({str(r.config.get(key)) for r in runs})
+        return fmt.format(", ".join(vals)) if vals and vals != ["None"] else None
+    parts = [one("dataset", "{}"), one("model", "{}"), one("alpha", "Dirichlet alpha {}"), one("rounds", "{} rounds")]
+    return " / ".join(p for p in parts if p)
+
+
+def plot_runs(runs: Sequence[Run], out: str | Path, metric: str = "accuracy") -> Path:
+    """Three panels: ``metric`` against rounds, against cumulative uplink MB, and against up+down MB.
+    One colour per method (per method and schedule where the runs' schedules differ), one line style
+    per variant of it; runs that differ only in their
+    seed are drawn as their mean with a band from the lowest to the highest seed. The title says
+    what the runs share; the legend sits outside the data. Cosine metrics leave out FedAvg (1 by
+    definition)."""
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    if metric not in METRICS:
+        raise ConfigError(f"--metric: {metric!r} is not allowed; expected one of {', '.join(METRICS)}")
+    if "cosine" in metric:
+        runs = [r for r in runs if r.config.get("method") != "fedavg"]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    series = _series(runs)
+    by_schedule = len({r.config.get("schedule") for r in runs}) > 1
+
+    def key(run) -> str:
+        return run.config.get("method", "?") + (f" {run.config.get('schedule')}" if by_schedule else "")
+
+    methods = list(dict.fromkeys(key(group[0]) for _, group in series))
+    colors = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors
+    styles = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
+    variants: dict[str, int] = {}
+    for label, group in series:
+        method = key(group[0])
+        n = variants[method] = variants.get(method, -1) + 1
+        look = {"color": colors[methods.index(method) % len(colors)], "linestyle": styles[n % len(styles)],
+                "marker": None if n < len(styles) else "o", "markevery": 10, "markersize": 3}
+        rows = [{r["round"]: r for r in run.rows if r.get(metric) is not None} for run in group]
+        common = sorted(set.intersection(*(set(r) for r in rows))) if rows else []
+        if not common:
+            continue
+        vals = np.array([[r[t][metric] for t in common] for r in rows], dtype=float)
+        up = np.mean([[r[t]["cum_uplink_bytes"] / 1e6 for t in common] for r in rows], axis=0)
+        both = np.mean([[(r[t]["cum_uplink_bytes"] + r[t]["cum_downlink_bytes"]) / 1e6 for t in common]
+                        for r in rows], axis=0)
+        for ax, xs in zip(axes, (np.array(common), up, both)):
+            ax.plot(xs, vals.mean(0), label=label, **look)
+            if len(group) > 1:
+                ax.fill_between(xs, vals.min(0), vals.max(0), color=look["color"], alpha=0.15, linewidth=0)
+    for ax, xl in zip(axes, ("round", "cumulative uplink MB (log)", "cumulative uplink + downlink MB (log)")):
+        ax.set_xlabel(xl)
+        ax.set_ylabel(metric)
+        ax.grid(True, alpha=0.3)
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[1].set_xscale("log")
+    axes[2].set_xscale("log")
+    fig.suptitle(_title(runs))
+    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               ncol=max(1, (len(labels) + 19) // 20))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from .io import atomic_write
+    atomic_write(out, lambda f: fig.savefig(f, format=out.suffix.lstrip(".") or "png", dpi=120,
+                                            bbox_inches="tight"), mode="wb")
+    plt.close(fig)
+    return out
+
+
+def plot_partition(counts, out: str | Path, title: str) -> Path:
+    """Samples of each class held by each client; ``counts`` is (K, C). Up to 50 clients: stacked bars;
+    more: a heat map of class shares (clients sorted by size on the x axis), so the figure keeps a
+    readable width whatever K is."""
+    import numpy as np
+
+    plt = _pyplot()
+    counts = np.asarray(counts)
+    k, c = counts.shape
+    if k <= 50:
+        fig, ax = plt.subplots(figsize=(max(6, 0.5 * k + 2), 4.5))
+        bottom = np.zeros(k)
+        cmap = plt.get_cmap("tab20" if c > 10 else "tab10")
+        for j in range(c):
+            ax.bar(range(k), counts[:, j], bottom=bottom, color=cmap(j % cmap.N), label=str(j) if c <= 20 else None)
+            bottom += counts[:, j]
+        ax.set_xlabel("client")
+        ax.set_ylabel("samples")
+        if c <= 20:
+            ax.legend(title="class", fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    else:
+        order = np.argsort(-counts.sum(1), kind="stable")
+        share = counts[order] / np.maximum(counts[order].sum(1, keepdims=True), 1)
+        fig, (top, ax) = plt.subplots(2, 1, figsize=(12, 6), sharex=True, height_ratios=(1, 3))
+        top.bar(range(k), counts[order].sum(1), width=1.0, color="0.4")
+        top.set_ylabel("samples")
+        im = ax.imshow(share.T, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1)
+        ax.set_xlabel(f"client ({k}, largest first)")
+        ax.set_ylabel("class")
+        fig.colorbar(im, ax=[top, ax], label="share of the client's samples")
+        top.set_title(title)
+    if k <= 50:
+        ax.set_title(title)
+    if k <= 50:
+        fig.tight_layout()
+    out = Path(out)
+    from .io import atomic_write
+    atomic_write(out, lambda f: fig.savefig(f, format=out.suffix.lstrip(".") or "png", dpi=120), mode="wb")
+    plt.close(fig)
+    return out

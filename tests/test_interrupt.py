@@ -1,0 +1,66 @@
+"""Ctrl-C keeps the run: the round in progress finishes, a checkpoint is written, the message names the
+real folder, and the resumed run equals one that never stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from e3sfc.config import RunConfig
+from e3sfc.federated import Simulation
+from e3sfc.federated.loop import Interrupted
+
+QUICK = dict(dataset="digits", model="mlp", clients=3, rounds=6, batch_size=32, lr=0.05, seed=5)
+
+
+def _rows(folder):
+    return [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
+            for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_checkpoints_are_on_by_default():
+    assert RunConfig().checkpoint_every == 10
+
+
+def test_sigint_finishes_the_round_checkpoints_and_resume_equals_no_stop(tmp_path):
+    cfg = RunConfig(**QUICK, method="3sfc", samples=2, steps=2, max_iter=5)
+    whole = tmp_path / "whole"
+    Simulation(cfg, out_dir=whole).run()
+    stopped = tmp_path / "stopped"
+
+    def ctrl_c(t, row):
+        if t == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while round 2's records are written
+    with pytest.raises(Interrupted, match=f"after round 2; checkpoint written: resume with e3sfc run --resume "
+                                          f"{stopped}"):
+        Simulation(cfg, out_dir=stopped).run(progress=ctrl_c)
+    assert (stopped / "checkpoint.pt").is_file() and len(_rows(stopped)) == 2
+    assert not (stopped / "summary.json").exists()
+    Simulation.resume(stopped).run()
+    assert _rows(stopped) == _rows(whole)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_ctrl_c_on_the_command_line_names_the_folder_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "e3sfc.cli", "run", "--dataset", "digits", "--clients", "3", "--rounds", "400",
+           "--batch-size", "32", "--method", "3sfc", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not ((out / "metrics.jsonl").is_file()
+                                               and (out / "metrics.jsonl").read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("e3sfc: interrupted after round "), err
+    assert lines[0].endswith(f"resume with e3sfc run --resume {out}"), err
+    done = int(lines[0].split("after round ")[1].split(";")[0])
+    assert (out / "checkpoint.pt").is_file() and len(_rows(out)) == done
