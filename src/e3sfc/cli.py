@@ -1,7 +1,8 @@
 """Command line: ``e3sfc run | fetch | plot | compare | plot-partition``.
 
 Errors in input (unknown names, impossible numbers, bad files) print one line
-naming the flag, the value and what is allowed, and exit with status 2.
+naming the flag, the value and what is allowed, and exit with status 2. A run that
+started but cannot go on (every update of a round rejected) prints one line and exits 1.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import RunConfig, method_settings, takers
-from .errors import ConfigError, DataError, PayloadError
+from .errors import ConfigError, DataError, PayloadError, RunStopped
 
 log = logging.getLogger("e3sfc")
 
@@ -399,6 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, PayloadError) as exc:
         print(f"e3sfc: error: {exc}", file=sys.stderr)
         return 2
+    except RunStopped as exc:  # valid settings, but the run cannot go on (see docs/safety.md)
+        print(f"e3sfc: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("e3sfc: interrupted; resume with e3sfc run --resume RUN_DIR", file=sys.stderr)
         return 130

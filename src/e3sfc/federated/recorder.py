@@ -9,6 +9,7 @@ once the last round is done).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,103 @@ import numpy as np
 
 from .. import io
 from ..config import RunConfig
+from ..errors import ConfigError
 from ..metrics import DOWN, UP
 
 RUN_FILES = ("config.json", "metrics.jsonl", "ledger.jsonl", "summary.json")
+BYTE_COUNTS = ("cum_uplink_bytes", "cum_downlink_bytes")
+NUMBERS = ("loss", "cosine", "downlink_cosine", "aggregate_cosine", "aggregate_downlink_cosine", "client_accuracy",
+           "uplink_bytes", "downlink_bytes", "participants", "rejected", "missing", "clipped")
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def metrics_problem(row, previous: dict | None = None) -> str | None:
+    """What is wrong with ``row`` as a metrics.jsonl row written by a run (after ``previous``, the row
+    before it), or None: a JSON object, ``round`` an integer >= 1 above the previous row's, ``accuracy``
+    a number in [0, 1], cumulative byte counts that never go down, ``seconds`` a finite number >= 0,
+    and the other numbers numbers (or null)."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    r = row.get("round")
+    if not _int(r) or r < 1:
+        return f"round {r!r} is not an integer >= 1"
+    if previous is not None and r <= previous["round"]:
+        return f"round {r} does not follow round {previous['round']}"
+    a = row.get("accuracy")
+    if not _number(a) or not 0 <= a <= 1:
+        return f"accuracy {a!r} is not a number in [0, 1]"
+    for key in BYTE_COUNTS:
+        v = row.get(key)
+        if not _int(v) or v < 0:
+            return f"{key} {v!r} is not a byte count"
+        if previous is not None and v < previous[key]:
+            return f"{key} {v} is below the previous row's {previous[key]}"
+    sec = row.get("seconds")
+    if not _number(sec) or not 0 <= sec < float("inf"):
+        return f"seconds {sec!r} is not a finite number >= 0"
+    for key in NUMBERS:
+        if key in row and row[key] is not None and not _number(row[key]):
+            return f"{key} {row[key]!r} is not a number"
+    return None
+
+
+def ledger_problem(row) -> str | None:
+    """What is wrong with ``row`` as a ledger.jsonl row, or None: a JSON object with ``round`` an integer
+    >= 1 and ``up`` and ``down`` objects of client id -> byte count."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    if not _int(row.get("round")) or row["round"] < 1:
+        return f"round {row.get('round')!r} is not an integer >= 1"
+    for d in (UP, DOWN):
+        v = row.get(d)
+        if not isinstance(v, dict) or not all(isinstance(k, str) and k.isdigit() and _int(n) and n >= 0
+                                              for k, n in v.items()):
+            return f"{d!r} is not an object of client id -> byte count"
+    return None
+
+
+def read_rows(path: Path, problem) -> list[dict]:
+    """The rows of a JSON-lines record, each checked by ``problem(row, previous)``; a ValueError naming
+    the line and what is wrong at the first bad one (not UTF-8, not JSON, not such a row)."""
+    rows: list[dict] = []
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{path} line {i} is not JSON ({exc})") from None
+        why = problem(row, rows[-1] if rows else None)
+        if why:
+            raise ValueError(f"{path} line {i} is not a row of a run ({why})")
+        rows.append(row)
+    return rows
+
+
+def check_records(out_dir: Path) -> None:
+    """Before a resumed run writes anything: metrics.jsonl and ledger.jsonl, where present, hold only
+    rows a run writes (a ConfigError naming the file and line otherwise: the resume neither appends
+    to a damaged record nor silently replaces it)."""
+    for name, problem in (("metrics.jsonl", metrics_problem), ("ledger.jsonl", lambda r, _: ledger_problem(r))):
+        path = out_dir / name
+        if not path.exists():
+            continue
+        try:
+            read_rows(path, problem)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"--resume: {exc}; expected the rows e3sfc writes (remove the file to have it "
+                              "rebuilt from the checkpoint)") from None
 
 
 class RunRecorder:
@@ -30,6 +125,7 @@ class RunRecorder:
         self.cfg, self.server, self.num_params, self.out_dir = cfg, server, num_params, out_dir
         self.metrics: list[dict] = []
         self.elapsed = 0.0
+        self.rejected = 0  # updates rejected over the run (every round, evaluated or not)
         self._tb = None
 
     def open(self, resumed: bool) -> None:
@@ -84,11 +180,12 @@ class RunRecorder:
             self._tb = None
 
     def finish(self, summary: dict, done: bool) -> None:
-        """Write ledger.jsonl and, once the run is ``done``, summary.json."""
+        """Write ledger.jsonl and, once the run is ``done``, summary.json (the summary and
+        ``rejected_updates``, the updates the server rejected over the run)."""
         assert self.out_dir is not None
         io.write_jsonl(self.out_dir / "ledger.jsonl", self.server.ledger.rows())
         if done:
-            io.write_json(self.out_dir / "summary.json", summary)
+            io.write_json(self.out_dir / "summary.json", {**summary, "rejected_updates": self.rejected})
 
     def summary(self, rounds: int) -> dict:
         """The run's summary after ``rounds`` rounds."""
@@ -118,8 +215,10 @@ class RunRecorder:
         }
 
     def state_dict(self) -> dict:
-        return {"metrics": list(self.metrics), "elapsed": self.elapsed}
+        return {"metrics": list(self.metrics), "elapsed": self.elapsed, "rejected": self.rejected}
 
     def load_state_dict(self, state: dict) -> None:
         self.metrics[:] = state["metrics"]  # the same list: drivers hand it out as their ``metrics``
         self.elapsed = float(state["elapsed"])
+        # checkpoints from before the count: the evaluated rounds' (all of them at --eval-every 1)
+        self.rejected = int(state.get("rejected", sum(int(r.get("rejected") or 0) for r in self.metrics)))
