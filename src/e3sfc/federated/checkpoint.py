@@ -215,7 +215,7 @@ def check_state(state, cfg: RunConfig, num_params: int, uplink: Compressor, down
         raise ValueError("its config differs from config.json")
     if not isinstance(state["round"], int) or not 0 <= state["round"] <= cfg.rounds:
         raise ValueError(f"round {state['round']!r} is outside 0..{cfg.rounds}")
-    from .recorder import metrics_problem
+    from ..records import metrics_problem
     rows = state["metrics"]
     for i, row in enumerate(rows):
         why = metrics_problem(row, rows[i - 1] if i else None)
