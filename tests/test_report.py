@@ -179,3 +179,57 @@ def test_suite_compares_round_times_only_between_runs_on_the_same_kind_of_device
     assert "a round takes 1.5x as long here" in suite.verdicts([fed, mine])[0]
     line = suite.verdicts([{**fed, "device": "cuda"}, mine])[0]
     assert "a round takes" not in line and "does not compare with FedAvg's here (cpu against cuda" in line
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["plot", "RUN", "--out", "OUT/p.xyz"], "--out: format 'xyz' of"),
+    (["plot", "RUN", "--out", "/proc/p.png"], "--out: cannot write '/proc/p.png'"),
+    (["plot", "RUN", "--out", "OUT"], "is a folder; expected a file path"),
+    (["plot", "RUN", "--out", "RUN/config.json/p.png"], "is not a writable folder"),
+    (["compare", "RUN", "--markdown", "/proc/t.md"], "--markdown: cannot write '/proc/t.md'"),
+    (["compare", "RUN", "--markdown", "OUT"], "--markdown: "),
+    (["plot-partition", "--dataset", "digits", "--out", "/proc/p.png"], "--out: cannot write '/proc/p.png'"),
+    (["plot-partition", "--dataset", "digits", "--out", "OUT/p.xyz"], "--out: format 'xyz'"),
+    (["fetch", "emnist", "--emnist-split", "bad"], "--emnist-split: 'bad' is not allowed"),
+    (["fetch", "nope"], "--dataset: 'nope' is not allowed"),
+])
+def test_outputs_are_checked_first(argv, needle, two_runs, tmp_path, capsys):
+    from conftest import one_line_error
+    argv = [a.replace("RUN", str(two_runs / "fedavg")).replace("OUT", str(tmp_path)) for a in argv]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(argv) == 2
+    assert needle in one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, not even half
+
+
+@pytest.mark.parametrize("name,text,needle", [
+    ("metrics.jsonl", b"\xff\xfe\n", "metrics.jsonl is not UTF-8 text"),
+    ("metrics.jsonl", b"junk\n", "metrics.jsonl line 5 is not JSON"),
+    ("metrics.jsonl", b'{"round": 5, "accuracy": NaN, "cum_uplink_bytes": 1, "cum_downlink_bytes": 1, "seconds": 1}\n',
+     "metrics.jsonl line 5 is not a row of a run (accuracy nan is not a number in [0, 1])"),
+    ("metrics.jsonl", b'{"round": 0, "accuracy": 0.5}\n', "round 0 is not an integer >= 1"),
+    ("config.json", b"\x89PNG", "config.json is not UTF-8 text"),
+    ("config.json", b'{"method": "fedavg"}', "config.json: rounds None is not an integer >= 1"),
+    ("config.json", b'{"method": "fedavg", "rounds": 0}', "config.json: rounds 0 is not an integer >= 1"),
+    ("config.json", b"[]", "config.json holds a JSON list, not an object"),
+    ("summary.json", b"{", "summary.json is not JSON"),
+    ("summary.json", b'{"dense_bytes_per_transfer": 0}', "dense_bytes_per_transfer 0 is not a positive integer"),
+])
+def test_corrupt_run_folders_are_refused_not_drawn(name, text, needle, two_runs, tmp_path, capsys):
+    import shutil
+
+    from conftest import one_line_error
+    run = tmp_path / "run"
+    shutil.copytree(two_runs / "fedavg", run)
+    if name == "metrics.jsonl":
+        with open(run / name, "ab") as f:
+            f.write(text)
+    else:
+        (run / name).write_bytes(text)
+    md, fig = tmp_path / "t.md", tmp_path / "f.png"
+    assert main(["compare", str(run), "--markdown", str(md)]) == 2
+    line = one_line_error(capsys)
+    assert f"run folder '{run}' is damaged" in line and needle in line, line
+    assert main(["plot", str(run), "--out", str(fig)]) == 2
+    assert needle in one_line_error(capsys)
+    assert not md.exists() and not fig.exists()

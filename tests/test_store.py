@@ -8,6 +8,7 @@ import torch
 from e3sfc.config import RunConfig
 from e3sfc.errors import ConfigError
 from e3sfc.federated import Simulation
+from e3sfc.federated.checkpoint import stamp
 from e3sfc.federated.store import ClientStore
 
 QUICK = dict(method="3sfc", dataset="digits", model="mlp", batch_size=32, lr=0.05, steps=2, max_iter=5, clients=8,
@@ -69,11 +70,14 @@ def test_hostile_snapshot_entries_are_refused(tmp_path):
                      (dict(entry["spilled"], layout=[["code", 4]]), "names fields outside"),
                      (dict(entry["spilled"], layout=[["residual", 7]]), "numbers")):
         state["clients"][k] = {**entry, "spilled": bad}
-        torch.save(state, tmp_path / "r" / "checkpoint.pt")
+        torch.save(state, tmp_path / "r" / "checkpoint.pt")  # as written: its checksums refuse it
+        with pytest.raises(ConfigError, match="records .* do not match their checksum"):
+            Simulation.resume(tmp_path / "r")
+        torch.save(stamp(state), tmp_path / "r" / "checkpoint.pt")  # with matching checksums: still refused
         with pytest.raises(ConfigError, match=why):
             Simulation.resume(tmp_path / "r")
     state["clients"][k] = entry  # a truncated snapshot file
-    torch.save(state, tmp_path / "r" / "checkpoint.pt")
+    torch.save(stamp(state), tmp_path / "r" / "checkpoint.pt")
     path = tmp_path / "r" / entry["spilled"]["file"]
     path.write_bytes(path.read_bytes()[:-4])
     with pytest.raises(ConfigError, match="bytes; its layout needs"):

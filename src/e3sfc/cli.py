@@ -1,7 +1,8 @@
 """Command line: ``e3sfc run | fetch | plot | compare | plot-partition``.
 
 Errors in input (unknown names, impossible numbers, bad files) print one line
-naming the flag, the value and what is allowed, and exit with status 2.
+naming the flag, the value and what is allowed, and exit with status 2. A run that
+started but cannot go on (every update of a round rejected) prints one line and exits 1.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import RunConfig, method_settings, takers
-from .errors import ConfigError, DataError, PayloadError
+from .errors import ConfigError, DataError, PayloadError, RunStopped
 
 log = logging.getLogger("e3sfc")
 
@@ -175,15 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .report import load_run, plot_runs
+    from .report import METRICS, check_output, image_formats, load_run, plot_runs
 
+    check_output(args.out, "--out", image_formats())  # before any run is read
+    if args.metric not in METRICS:
+        raise ConfigError(f"--metric: {args.metric!r} is not allowed; expected one of {', '.join(METRICS)}")
     out = plot_runs([load_run(r) for r in args.runs], args.out, args.metric)
     print(f"wrote {out}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import compare_rows, load_run, markdown_table
+    from .report import check_output, compare_rows, load_run, markdown_table, write_output
 
     target = None
     if args.target is not None:
@@ -193,11 +197,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             target = -1.0
         if not 0 < target <= 1:
             raise ConfigError(f"--target: {args.target!r} is not allowed; expected an accuracy in (0, 1]")
+    markdown = check_output(args.markdown, "--markdown") if args.markdown else None
     table = markdown_table(compare_rows([load_run(r) for r in args.runs], target), target)
+    if markdown is not None:
+        write_output(markdown, "--markdown", lambda f: f.write(table + "\n"))
     print(table)
-    if args.markdown:
-        from .io import atomic_write
-        atomic_write(args.markdown, lambda f: f.write(table + "\n"))
     return 0
 
 
@@ -205,8 +209,9 @@ def cmd_plot_partition(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .data import load_dataset, partition
-    from .report import plot_partition
+    from .report import check_output, image_formats, plot_partition
 
+    check_output(args.out, "--out", image_formats())  # before the dataset is read
     overrides = {k: getattr(args, k) for k in ("dataset", "clients", "partition", "alpha", "seed", "data_dir",
                                                 "emnist_split", "train_subset")}
     cfg = RunConfig.from_sources(None, **overrides)
@@ -224,6 +229,7 @@ def cmd_plot_partition(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from .data import load_dataset, locate
 
+    RunConfig.from_sources(None, dataset=args.dataset, emnist_split=args.emnist_split)  # names: one line, exit 2
     where = locate(args.dataset, args.data_dir, emnist_split=args.emnist_split)
     d = load_dataset(args.dataset, args.data_dir, emnist_split=args.emnist_split)
     print(f"{args.dataset}: {len(d.train_y):,} train / {len(d.test_y):,} test samples, "
@@ -401,6 +407,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, PayloadError) as exc:
         print(f"e3sfc: error: {exc}", file=sys.stderr)
         return 2
+    except RunStopped as exc:  # valid settings, but the run cannot go on (see docs/safety.md)
+        print(f"e3sfc: error: {exc}", file=sys.stderr)
+        return 1
     except Interrupted as stop:
         print(f"e3sfc: {stop}", file=sys.stderr)
         return 130

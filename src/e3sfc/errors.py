@@ -13,3 +13,13 @@ class DataError(RuntimeError):
 
 class PayloadError(ValueError):
     """A wire payload is malformed, truncated, oversized, wrong-shape or non-finite."""
+
+
+class RunStopped(RuntimeError):
+    """A run that was started with valid settings cannot go on (every update of a round rejected, so the
+    model cannot move; a spill file changed under it): the CLI prints the one line and exits 1."""
+
+
+class Damaged(ValueError):
+    """A checkpoint or spill file whose contents do not match their checksums, or that holds numbers no
+    run can continue from (inf, NaN)."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from .errors import ConfigError
-from .io import read_jsonl
+from .records import metrics_problem, read_rows
 
 METRICS = ("accuracy", "loss", "cosine", "downlink_cosine", "aggregate_cosine", "aggregate_downlink_cosine")
 
@@ -29,21 +30,104 @@ class Run:
         return [r.get(key) for r in self.rows]
 
 
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path.name} is not UTF-8 text (byte {exc.start})") from None
+    except ValueError as exc:
+        raise ValueError(f"{path.name} is not JSON ({exc})") from None
+
+
+def _config_problem(config) -> str | None:
+    if not isinstance(config, dict):
+        return f"config.json holds a JSON {type(config).__name__}, not an object"
+    if not isinstance(config.get("method"), str):
+        return f"config.json: method {config.get('method')!r} is not a name"
+    for key, need in (("rounds", True), ("eval_every", False)):
+        v = config.get(key)
+        if (need or v is not None) and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            return f"config.json: {key} {v!r} is not an integer >= 1"
+    return None
+
+
+def _summary_problem(summary) -> str | None:
+    if not isinstance(summary, dict):
+        return f"summary.json holds a JSON {type(summary).__name__}, not an object"
+    v = summary.get("dense_bytes_per_transfer")
+    if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+        return f"summary.json: dense_bytes_per_transfer {v!r} is not a positive integer"
+    return None
+
+
 def load_run(path: str | Path) -> Run:
+    """A run folder, checked before anything is drawn or counted from it: config.json a run's config,
+    every row of metrics.jsonl a row a run writes (see :func:`~e3sfc.records.metrics_problem`), within
+    its rounds, and summary.json, where there is one, a JSON object. A ConfigError names the folder, the
+    file and what is wrong."""
     p = Path(path)
     if not p.is_dir():
         raise ConfigError(f"run folder {str(p)!r} does not exist")
     if not (p / "config.json").is_file() or not (p / "metrics.jsonl").is_file():
         raise ConfigError(f"{str(p)!r} is not a run folder (needs config.json and metrics.jsonl)")
     try:
-        config = json.loads((p / "config.json").read_text())
-        rows = read_jsonl(p / "metrics.jsonl")
-        summary = json.loads((p / "summary.json").read_text()) if (p / "summary.json").is_file() else None
-    except (json.JSONDecodeError, OSError) as exc:
-        raise ConfigError(f"run folder {str(p)!r} has an unreadable record ({exc})") from None
+        config = _read_json(p / "config.json")
+        why = _config_problem(config)
+        if why:
+            raise ValueError(why)
+        rows = read_rows(p / "metrics.jsonl", metrics_problem)
+        if rows and rows[-1]["round"] > config["rounds"]:
+            raise ValueError(f"metrics.jsonl holds round {rows[-1]['round']} of a run of {config['rounds']} rounds")
+        summary = None
+        if (p / "summary.json").is_file():
+            summary = _read_json(p / "summary.json")
+            why = _summary_problem(summary)
+            if why:
+                raise ValueError(why)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"run folder {str(p)!r} is damaged: {str(exc).replace(str(p) + '/', '')}; expected "
+                          "the files e3sfc run writes") from None
     if not rows:
         raise ConfigError(f"run folder {str(p)!r} has no evaluated rounds yet")
     return Run(p, config, rows, summary)
+
+
+def image_formats() -> list[str]:
+    """The file formats matplotlib can write here (png, pdf, svg, ...)."""
+    _pyplot()
+    from matplotlib.figure import Figure
+    return sorted(Figure().canvas.get_supported_filetypes())
+
+
+def check_output(out: str | Path, flag: str, formats: Sequence[str] | None = None) -> Path:
+    """An output file the command may write, checked before any work: not a folder, in one of
+    ``formats`` (by its suffix; none: png) where given, in a folder that exists or can be made and is
+    writable. A ConfigError names ``flag`` otherwise."""
+    p = Path(out)
+    if p.is_dir():
+        raise ConfigError(f"{flag}: {str(p)!r} is a folder; expected a file path")
+    if formats is not None:
+        fmt = p.suffix.lstrip(".").lower() or "png"
+        if fmt not in formats:
+            raise ConfigError(f"{flag}: format {fmt!r} of {str(p)!r} is not allowed; expected a file ending in one "
+                              f"of .{', .'.join(formats)}")
+    folder = p.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: cannot write {str(p)!r} ({str(folder)!r} is not a writable folder); "
+                          "expected a path in a writable folder")
+    return p
+
+
+def write_output(out: Path, flag: str, write, mode: str = "w") -> None:
+    """Write ``out`` atomically (whole or not at all); an OSError becomes a ConfigError naming ``flag``."""
+    from .io import atomic_write
+    try:
+        atomic_write(out, write, mode=mode)
+    except OSError as exc:
+        raise ConfigError(f"{flag}: cannot write {str(out)!r} ({exc.strerror or exc}); expected a path in a "
+                          "writable folder") from None
 
 
 def _acc_at(run: Run, frac: float) -> float | None:
@@ -69,7 +153,7 @@ def compare_rows(runs: Sequence[Run], target: float | None = None) -> list[dict]
         parts = sum(r.get("participants") or 0 for r in rows) or 1
         up = last["cum_uplink_bytes"] / parts if run.config.get("eval_every", 1) == 1 else None
         down = last["cum_downlink_bytes"] / parts if run.config.get("eval_every", 1) == 1 else None
-        dense = run.summary["dense_bytes_per_transfer"] if run.summary else None
+        dense = run.summary.get("dense_bytes_per_transfer") if run.summary else None
         reach = next((r for r in rows if r["accuracy"] >= target), None) if target is not None else None
         out.append({
             "run": run.label,
@@ -197,12 +281,12 @@ def plot_runs(runs: Sequence[Run], out: str | Path, metric: str = "accuracy") ->
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
                ncol=max(1, (len(labels) + 19) // 20))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from .io import atomic_write
-    atomic_write(out, lambda f: fig.savefig(f, format=out.suffix.lstrip(".") or "png", dpi=120,
-                                            bbox_inches="tight"), mode="wb")
-    plt.close(fig)
+    out = check_output(out, "--out", image_formats())
+    try:
+        write_output(out, "--out", lambda f: fig.savefig(f, format=out.suffix.lstrip(".").lower() or "png", dpi=120,
+                                                         bbox_inches="tight"), mode="wb")
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -241,8 +325,10 @@ def plot_partition(counts, out: str | Path, title: str) -> Path:
         ax.set_title(title)
     if k <= 50:
         fig.tight_layout()
-    out = Path(out)
-    from .io import atomic_write
-    atomic_write(out, lambda f: fig.savefig(f, format=out.suffix.lstrip(".") or "png", dpi=120), mode="wb")
-    plt.close(fig)
+    out = check_output(out, "--out", image_formats())
+    try:
+        write_output(out, "--out", lambda f: fig.savefig(f, format=out.suffix.lstrip(".").lower() or "png", dpi=120),
+                     mode="wb")
+    finally:
+        plt.close(fig)
     return out

@@ -6,11 +6,20 @@ only in a folder without a checkpoint. Checkpoints (``checkpoint.pt``) are writt
 hold tensors, numbers, strings and bytes only; they are read with ``torch.load(weights_only=True)``:
 a checkpoint cannot run code, and one that is corrupt or belongs to another model or run is
 refused with one line.
+
+Integrity: a checkpoint holds a SHA-256 checksum of each of its tensors (``checksums``, by path:
+``server/weights``, ``clients/2/residual``, ...) and one of everything else in it (``records``: the
+round, metrics, ledger, settings, the spilled clients' entries, which carry their spill files'
+checksums). A resume recomputes them before it uses anything and names what does not match (the
+server weights, the residual of client k, the records, the spill file of client k); it then
+refuses any tensor that is not finite, by name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import shutil
 from contextlib import contextmanager
@@ -21,7 +30,7 @@ import torch
 from .. import io
 from ..compress import Compressor, Context
 from ..config import RunConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, Damaged
 from .store import ClientStore
 
 CHECKPOINT = "checkpoint.pt"
@@ -104,6 +113,96 @@ def read_checkpoint(run_dir: str | Path):
                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
 
 
+CHECKSUMS = "checksums"
+RECORDS = "records"
+
+
+def _tensors_and_records(state: dict) -> tuple[dict[str, torch.Tensor], str]:
+    """Every tensor of a checkpoint's state by path ("server/weights"), and the SHA-256 of the rest (the
+    structure, keys and every non-tensor value, in order)."""
+    tensors: dict[str, torch.Tensor] = {}
+    h = hashlib.sha256()
+
+    def walk(v, path: tuple) -> None:
+        if isinstance(v, torch.Tensor):
+            tensors["/".join(map(str, path))] = v
+            h.update(b"T")
+        elif isinstance(v, dict):
+            h.update(b"{%d" % len(v))
+            for k, x in v.items():
+                h.update(f"{type(k).__name__}:{k!r}=".encode())
+                walk(x, (*path, k))
+            h.update(b"}")
+        elif isinstance(v, (list, tuple)):
+            h.update(b"[%d" % len(v))
+            for i, x in enumerate(v):
+                walk(x, (*path, i))
+            h.update(b"]")
+        elif isinstance(v, (bytes, bytearray)):
+            h.update(b"B%d:" % len(v))
+            h.update(v)
+        else:
+            h.update(f"{type(v).__name__}:{v!r};".encode())
+
+    walk({k: v for k, v in state.items() if k != CHECKSUMS}, ())
+    return tensors, h.hexdigest()
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes."""
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def checksums(state: dict) -> dict[str, str]:
+    """The checksums a checkpoint of ``state`` carries: one per tensor, and ``records`` for the rest."""
+    tensors, rest = _tensors_and_records(state)
+    return {**{path: tensor_digest(t) for path, t in tensors.items()}, RECORDS: rest}
+
+
+def stamp(state: dict) -> dict:
+    """``state`` with its checksums (what ``Checkpointer.save`` writes)."""
+    return {**state, CHECKSUMS: checksums(state)}
+
+
+def what(path: str) -> str:
+    """A checkpoint path in words: ``clients/2/residual`` -> "the residual of client 2"."""
+    parts = path.split("/")
+    if parts[:1] == ["clients"] and len(parts) == 3:
+        return {"residual": "the residual", "replica": "the model replica", "start": "the warm start"}.get(
+            parts[2], f"the {parts[2]}") + f" of client {parts[1]}"
+    words = {"server/weights": "the server weights", "server/downlink/start": "the server's downlink warm start",
+             RECORDS: "the records (round, metrics, ledger, settings, spill entries)"}
+    if path in words:
+        return words[path]
+    if parts[:4] == ["server", "downlink", "ef", "residuals"] and len(parts) == 5:
+        return "the server's downlink residual"
+    return path
+
+
+def verify(state) -> None:
+    """Recompute a checkpoint's checksums (a Damaged error naming the first part that does not match),
+    then require every floating-point tensor to be finite (a Damaged error naming it)."""
+    if not isinstance(state, dict):
+        raise Damaged("it is not an e3sfc checkpoint")
+    stored = state.get(CHECKSUMS)
+    if not isinstance(stored, dict):
+        raise Damaged("it has no checksums (written by an older e3sfc, or damaged)")
+    tensors, rest = _tensors_and_records(state)
+    if stored.get(RECORDS) != rest:
+        raise Damaged(f"{what(RECORDS)} do not match their checksum")
+    if set(stored) != {*tensors, RECORDS}:
+        extra = sorted(set(stored) ^ {*tensors, RECORDS})[0]
+        raise Damaged(f"its checksums do not list the tensors it holds ({what(extra)})")
+    for path, t in tensors.items():
+        if stored[path] != tensor_digest(t):
+            raise Damaged(f"{what(path)} does not match its checksum")
+    for path, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise Damaged(f"{what(path)} holds non-finite values (inf or NaN); no run can continue from it")
+
+
 def check_state(state, cfg: RunConfig, num_params: int, uplink: Compressor, downlink: Compressor | None,
                 ctx: Context) -> None:
     """Shapes and ranges of a checkpoint against the run of ``cfg``, before any of it is used; the warm
@@ -116,6 +215,14 @@ def check_state(state, cfg: RunConfig, num_params: int, uplink: Compressor, down
         raise ValueError("its config differs from config.json")
     if not isinstance(state["round"], int) or not 0 <= state["round"] <= cfg.rounds:
         raise ValueError(f"round {state['round']!r} is outside 0..{cfg.rounds}")
+    from ..records import metrics_problem
+    rows = state["metrics"]
+    for i, row in enumerate(rows):
+        why = metrics_problem(row, rows[i - 1] if i else None)
+        if why:
+            raise ValueError(f"its metrics row {i + 1} is not a row of a run ({why})")
+    if not (isinstance(state["elapsed"], (int, float)) and math.isfinite(state["elapsed"])):
+        raise ValueError(f"its elapsed time {state['elapsed']!r} is not a finite number")
     down = state["server"]["downlink"]
     if len(down["version"]) != cfg.clients or len(down["owed"]) != cfg.clients:
         raise ValueError(f"its downlink state is for {len(down['version'])} clients, not {cfg.clients}")
@@ -189,5 +296,6 @@ class Checkpointer:
         """Write the checkpoint of the run after ``round`` (atomically; spilled clients by snapshot)."""
         assert self.out_dir is not None
         spilled = self.store.snapshot(self.out_dir, round) if self.store is not None else {}
-        io.atomic_write(self.out_dir / CHECKPOINT, lambda f: torch.save(self.state_dict(round, spilled), f), mode="wb")
+        state = stamp(self.state_dict(round, spilled))
+        io.atomic_write(self.out_dir / CHECKPOINT, lambda f: torch.save(state, f), mode="wb")
         ClientStore.prune(self.out_dir, f"state-r{round}" if spilled else None)

@@ -21,7 +21,7 @@ import torch
 from .. import protocol
 from ..config import RunConfig
 from ..data import FedData, load_dataset, partition
-from ..errors import ConfigError
+from ..errors import ConfigError, RunStopped
 from ..models import build_model, num_params, synthetic_shape
 from .checkpoint import Checkpointer, check_reusable, locked_run_dir
 from .evaluate import evaluate
@@ -146,6 +146,9 @@ class RoundLoop:
             t0 = time.perf_counter()
             client_acc = self.client_accuracy()
             stats = self.run_round(t)
+            if not stats.get("participants") and stats.get("rejected"):
+                self._stop(t, stats)
+            self.recorder.rejected += int(stats.get("rejected") or 0)
             if client_acc is not None:
                 stats["client_accuracy"] = client_acc
             self.round = t
@@ -165,6 +168,24 @@ class RoundLoop:
             self.checkpointer.save(self.round)
             self.recorder.finish(summary, done=self.round == cfg.rounds)
         return summary
+
+    def _stop(self, t: int, stats: dict) -> None:
+        """Round t rejected every update it got: the model cannot move, so the run stops here (a
+        RunStopped, exit 1 at the CLI) instead of running on with an untrained model. Round t is not
+        recorded and not checkpointed (the last checkpoint stays as it was); with a run folder,
+        ledger.jsonl and summary.json say where and why it stopped and count the rejected updates."""
+        reasons = self.server.last_rejected
+        k = min(reasons) if reasons else None
+        why = f"client {k}: {reasons[k]}" if k is not None else "no reason given"
+        more = f"; {len(reasons) - 1} more" if len(reasons) > 1 else ""
+        hint = "; if local training diverges, lower --lr" if "finite" in why else ""
+        message = (f"round {t}: all {len(reasons) or stats.get('rejected')} updates were rejected ({why}{more}), "
+                   f"so the model cannot move; the run stops after round {self.round}{hint}")
+        self.recorder.rejected += int(stats.get("rejected") or 0)
+        self.recorder.close()
+        if self.out_dir is not None:
+            self.recorder.finish({**self.summary(), "stopped": message}, done=True)
+        raise RunStopped(message)
 
     def summary(self) -> dict:
         return self.recorder.summary(self.round)

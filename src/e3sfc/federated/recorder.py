@@ -16,9 +16,24 @@ import numpy as np
 
 from .. import io
 from ..config import RunConfig
+from ..errors import ConfigError
 from ..metrics import DOWN, UP
+from ..records import ledger_problem, metrics_problem, read_rows
 
 RUN_FILES = ("config.json", "metrics.jsonl", "ledger.jsonl", "summary.json")
+def check_records(out_dir: Path) -> None:
+    """Before a resumed run writes anything: metrics.jsonl and ledger.jsonl, where present, hold only
+    rows a run writes (a ConfigError naming the file and line otherwise: the resume neither appends
+    to a damaged record nor silently replaces it)."""
+    for name, problem in (("metrics.jsonl", metrics_problem), ("ledger.jsonl", lambda r, _: ledger_problem(r))):
+        path = out_dir / name
+        if not path.exists():
+            continue
+        try:
+            read_rows(path, problem)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"--resume: {exc}; expected the rows e3sfc writes (remove the file to have it "
+                              "rebuilt from the checkpoint)") from None
 
 
 class RunRecorder:
@@ -30,6 +45,7 @@ class RunRecorder:
         self.cfg, self.server, self.num_params, self.out_dir = cfg, server, num_params, out_dir
         self.metrics: list[dict] = []
         self.elapsed = 0.0
+        self.rejected = 0  # updates rejected over the run (every round, evaluated or not)
         self._tb = None
 
     def open(self, resumed: bool) -> None:
@@ -84,11 +100,12 @@ class RunRecorder:
             self._tb = None
 
     def finish(self, summary: dict, done: bool) -> None:
-        """Write ledger.jsonl and, once the run is ``done``, summary.json."""
+        """Write ledger.jsonl and, once the run is ``done``, summary.json (the summary and
+        ``rejected_updates``, the updates the server rejected over the run)."""
         assert self.out_dir is not None
         io.write_jsonl(self.out_dir / "ledger.jsonl", self.server.ledger.rows())
         if done:
-            io.write_json(self.out_dir / "summary.json", summary)
+            io.write_json(self.out_dir / "summary.json", {**summary, "rejected_updates": self.rejected})
 
     def summary(self, rounds: int) -> dict:
         """The run's summary after ``rounds`` rounds."""
@@ -118,8 +135,10 @@ class RunRecorder:
         }
 
     def state_dict(self) -> dict:
-        return {"metrics": list(self.metrics), "elapsed": self.elapsed}
+        return {"metrics": list(self.metrics), "elapsed": self.elapsed, "rejected": self.rejected}
 
     def load_state_dict(self, state: dict) -> None:
         self.metrics[:] = state["metrics"]  # the same list: drivers hand it out as their ``metrics``
         self.elapsed = float(state["elapsed"])
+        # checkpoints from before the count: the evaluated rounds' (all of them at --eval-every 1)
+        self.rejected = int(state.get("rejected", sum(int(r.get("rejected") or 0) for r in self.metrics)))

@@ -236,6 +236,7 @@ class ServerRuntime:
         self.last_down_cosine: float | None = None  # and the broadcast's
         self.schedule_log: list[int] = []           # uplink M per round
         self.down_log: list[int] = []               # broadcast M per round (under a compressed downlink)
+        self.last_rejected: dict[int, str] = {}     # the last round's rejected replies: client -> reason
         if self.scheduler.budget is not None:
             m = protocol.clients_per_round(cfg)
             need_dense = not self.downlink.compressed or cfg.resolved_init == "broadcast"
@@ -324,6 +325,7 @@ class ServerRuntime:
         agg_up = _cosine(agg.delta, true_mean)
         Md, down_cos, applied = self.move(t, M, agg.delta)
         agg_down = _cosine(applied, true_mean) if applied is not None else float("nan")
+        self.last_rejected = {**refused, **agg.rejected}
         ok = set(agg.accepted)
         cos = [u.stats["cosine"] for u in s.updates if "cosine" in u.stats and u.client in ok]
         self.last_cosine = float(np.mean(cos)) if cos else None

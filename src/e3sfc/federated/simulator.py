@@ -31,11 +31,12 @@ import torch
 from .. import protocol
 from ..config import RunConfig
 from ..data import FedData
-from ..errors import ConfigError
-from .checkpoint import CHECKPOINT, check_reusable, check_state, locked_run_dir, read_checkpoint, read_config
+from ..errors import ConfigError, Damaged
+from .checkpoint import (CHECKPOINT, check_reusable, check_state, locked_run_dir, read_checkpoint, read_config,
+                         verify)
 from .loop import RoundLoop
 from .params import get_flat
-from .recorder import RUN_FILES
+from .recorder import RUN_FILES, check_records
 from .runtime import ClientRuntime
 from .store import ClientStore
 
@@ -167,11 +168,18 @@ class Simulation(RoundLoop):
         run_dir = Path(run_dir)
         cfg = read_config(run_dir)
         state = read_checkpoint(run_dir)
+        try:
+            verify(state)  # its checksums and finite numbers, before anything is built from it
+        except Damaged as exc:
+            raise ConfigError(f"--resume: {run_dir / CHECKPOINT} is damaged: {exc}") from None
+        check_records(run_dir)  # metrics.jsonl and ledger.jsonl, before any round runs
         sim = cls(cfg, data=data, out_dir=run_dir)
         try:
             check_state(state, cfg, sim.num_params, sim.server.compressor, sim.server.downlink.compressor,
                         sim.server.context(0, None))
             sim.round = sim.checkpointer.load_state_dict(state)
+        except Damaged as exc:
+            raise ConfigError(f"--resume: {run_dir / CHECKPOINT} is damaged: {exc}") from None
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OSError) as exc:
             raise ConfigError(f"--resume: {run_dir / CHECKPOINT} does not belong to the run in "
                               f"{run_dir}/config.json ({type(exc).__name__}: {exc})") from None

@@ -6,17 +6,20 @@ residual, its replica of the model (under a compressed downlink) and its warm st
 clients in memory, at most that many megabytes of them after every round, and spills the rest
 to disk: one file per client, the tensors' float32 numbers back to back (little-endian), written
 atomically; the layout (which tensors, how long) stays in memory. A client's next use reads its
-file back. Nothing but numbers is read from a spill file.
+file back. Nothing but numbers is read from a spill file, and only after its SHA-256 (taken when
+it was written, kept in memory) matches: a file that changed under the run stops it (RunStopped).
 
 Checkpoints: :meth:`ClientStore.snapshot` hard-links (or copies) every spill file into a folder
 named for the checkpoint's round, so later spills (which replace files, never rewrite them) cannot
-change what a checkpoint refers to; the checkpoint lists each spilled client's file and layout,
-and :meth:`ClientStore.restore` brings them back as spilled clients. Per-round work is
+change what a checkpoint refers to; the checkpoint lists each spilled client's file , layout and
+checksum (so the checkpoint's own checksum covers them), and :meth:`ClientStore.restore` brings
+them back as spilled clients once each file matches its checksum and holds finite numbers only. Per-round work is
 proportional to the clients in memory, not to the idle ones on disk.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 
 from .. import io
+from ..errors import Damaged, RunStopped
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,7 @@ class ClientStore:
         self.folder = Path(folder) if folder is not None else None
         self.live: OrderedDict[int, object] = OrderedDict()   # least recently used first
         self.cold: dict[int, tuple[object, list[tuple[str, int]]]] = {}  # runtime without tensors, layout
+        self.digests: dict[int, str] = {}  # SHA-256 of each spilled client's file
         self.spills = self.loads = 0
 
     # ------------------------------------------------------------------ access
@@ -76,7 +81,10 @@ class ClientStore:
             return self.live[k]
         if k in self.cold:
             c, layout = self.cold.pop(k)
-            self._read(c, self._file(k), layout)
+            try:
+                self._read(c, self._file(k), layout, self.digests.pop(k, None))
+            except (ValueError, OSError) as exc:
+                raise RunStopped(f"client {k}'s spilled state cannot be read back ({exc})") from None
             self.loads += 1
         else:
             c = self.make(k)
@@ -104,15 +112,19 @@ class ClientStore:
         layout = [(name, int(v.numel())) for name, v in ts.items()]
         flat = np.concatenate([v.detach().to("cpu", torch.float32).reshape(-1).numpy() for v in ts.values()]) \
             if ts else np.zeros(0, np.float32)
-        io.atomic_write(self._file(k), lambda f: f.write(flat.astype("<f4").tobytes()), mode="wb")
+        data = flat.astype("<f4").tobytes()
+        io.atomic_write(self._file(k), lambda f: f.write(data), mode="wb")
+        self.digests[k] = hashlib.sha256(data).hexdigest()
         for name in ts:
             _set(c, name, None)
         self.cold[k] = (c, layout)
         self.spills += 1
         return int(flat.nbytes)
 
-    def _read(self, c, path: Path, layout: list[tuple[str, int]]) -> None:
+    def _read(self, c, path: Path, layout: list[tuple[str, int]], digest: str | None = None) -> None:
         flat = np.fromfile(path, dtype="<f4")
+        if digest is not None and hashlib.sha256(flat).hexdigest() != digest:
+            raise ValueError(f"{path} does not match its checksum")
         if flat.size != sum(n for _, n in layout):
             raise ValueError(f"{path} holds {flat.size} numbers; its layout says {sum(n for _, n in layout)}")
         at = 0
@@ -137,7 +149,8 @@ class ClientStore:
                 os.link(src, dst)
             except OSError:
                 shutil.copyfile(src, dst)
-            out[k] = {"file": f"{snap.name}/{dst.name}", "layout": [[n, s] for n, s in layout]}
+            out[k] = {"file": f"{snap.name}/{dst.name}", "layout": [[n, s] for n, s in layout],
+                      "sha256": self.digests[k]}
         return out
 
     @staticmethod
@@ -158,10 +171,19 @@ class ClientStore:
         src = run_dir / name
         if src.stat().st_size != 4 * sum(s for _, s in layout):
             raise ValueError(f"{src} is {src.stat().st_size} bytes; its layout needs {4 * sum(s for _, s in layout)}")
+        digest = entry.get("sha256")
+        if not isinstance(digest, str):
+            raise Damaged(f"client {k}'s spill entry has no checksum")
+        flat = np.fromfile(src, dtype="<f4")
+        if hashlib.sha256(flat).hexdigest() != digest:
+            raise Damaged(f"the spilled state of client {k} ({name}) does not match its checksum")
+        if not np.isfinite(flat).all():
+            raise Damaged(f"the spilled state of client {k} ({name}) holds non-finite values (inf or NaN)")
         if self.folder is None:  # no budget now: bring it into memory
-            self._read(c, src, layout)
+            self._read(c, src, layout, digest)
             self.live[k] = c
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, self._file(k))
+        self.digests[k] = digest
         self.cold[k] = (c, layout)
