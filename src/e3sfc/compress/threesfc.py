@@ -114,6 +114,7 @@ class ThreeSFC(Compressor):
     name = "3sfc"
     method_id = 1
     biased = True
+    decodes_through_model = True  # no BatchNorm (e3sfc.models.check_decoder)
 
     sized_by_samples = True
     options = OPTIONS   # set as attributes: self.samples, self.steps, ...

@@ -109,15 +109,18 @@ def check_decoder(model: nn.Module, method: str) -> None:
 
 
 def batchnorm_to_groupnorm(model: nn.Module, groups: int = 32) -> nn.Module:
-    """``model`` with every BatchNorm replaced, in place, by a GroupNorm over the same channels (the
-    largest divisor of the channel count that is at most ``groups`` groups), its affine weight and bias
-    copied (same parameters, same count; the running statistics dropped). Per-sample statistics: a
+    """``model`` with every BatchNorm replaced, in place, by a GroupNorm over the same channels, its affine
+    weight and bias copied (same parameters, same count, same names; the running statistics dropped):
+    BatchNorm2d/3d by the largest divisor of the channel count that is at most ``groups`` groups (Wu and
+    He's 32), BatchNorm1d by one group (it often follows a Linear layer, where a group of one feature
+    would normalise it to 0: one group is LayerNorm with a per-feature affine). Per-sample statistics: a
     sample's output no longer depends on its batch or on statistics a party keeps, so the synthesis
     methods can decode through it. Returns ``model``."""
     for name, child in list(model.named_children()):
         if isinstance(child, nn.modules.batchnorm._BatchNorm):
             c = child.num_features
-            g = max(d for d in range(1, min(groups, c) + 1) if c % d == 0)
+            one_d = isinstance(child, nn.BatchNorm1d | nn.LazyBatchNorm1d)
+            g = 1 if one_d else max(d for d in range(1, min(groups, c) + 1) if c % d == 0)
             gn = nn.GroupNorm(g, c, eps=child.eps, affine=child.affine)
             if child.affine:
                 gn = gn.to(device=child.weight.device, dtype=child.weight.dtype)
