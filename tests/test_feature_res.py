@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from conftest import CLI_FAST, assert_resume_equals_no_stop, one_line_error
-from e3sfc import wire
 from e3sfc.cli import main
 from e3sfc.compress import ErrorFeedback, build_compressor, make_compressor
 from e3sfc.compress.base import Context
@@ -265,3 +264,19 @@ def test_addon_refuses_batchnorm_for_a_synthesis_method():
     with pytest.raises(ConfigError, match="BNNet has BatchNorm, which --method 3sfc cannot decode"):
         _Codec(BNNet, (1, 8, 8), 10, settings("topk", downlink="3sfc", ratio="0.05"))
     _Codec(BNNet, (1, 8, 8), 10, settings("topk", ratio="0.05"))
+
+
+def test_four_bit_features_are_nibbles_two_a_byte_with_a_scale():
+    """Rows of z (3 x 3 x 3 = 27 numbers, odd) and y (10): values -7..7 sent as 1..15, the odd row's last
+    high nibble 0; the largest magnitude uses the whole range."""
+    from e3sfc import wire
+
+    ctx = _ctx("lenet", (3, 8, 8))
+    comp = make_compressor("3sfc", samples=2, feature_bits=4, feature_res=3, steps=1, max_iter=3)
+    p = wire.decode(comp.encode(comp.compress(torch.randn(ctx.num_params) * 0.01, ctx)[0]))
+    xq, yq, s = p.fields
+    assert xq.shape == (2, 14) and yq.shape == (2, 5) and s.shape == (3,) and xq.dtype == np.uint8
+    lo, hi = xq & 15, xq >> 4
+    assert lo.min() >= 1 and hi[:, :-1].min() >= 1 and not hi[:, -1].any()
+    nib = np.concatenate([lo.ravel(), hi[:, :-1].ravel()])
+    assert 15 in (int(nib.max()), 16 - int(nib.min()))
