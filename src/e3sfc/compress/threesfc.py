@@ -1,7 +1,7 @@
 """``3sfc``: single-shot compression by synthesizing features (Zhou et al., ICCV 2023;
 docs/design.md §1.1).
 
-Encoder: find x (M, *input_shape), y (M, C) minimising
+Encoder: find x (M, *input_shape), y (M, C) (with ``feature_res``: z, below) minimising
     1 - |cos(g(x, y), tau)| + lambda (||x||_2 + ||y||_2)            (paper Eq. 6)
 with g(x, y) = grad_w L(w_t; x, y) (double backprop), by L-BFGS (lr 1,
 ``max_iter`` per step, history 100, no line search) for ``steps`` steps,
@@ -43,6 +43,24 @@ the decoder sees exactly what the encoder used and the EF identity stays exact.
   sent as q + 128 in uint8), x flattened: fields xq (M d,) uint8, yq (M, C) uint8 and
   s (3,) float32 = (s_x, s_y, alpha). Size: M d + M C + 12 bytes of data plus a header of
   5 + 6 + 10 + 6 = 27 bytes. M = 4 costs 3,136 + 40 + 12 + 27 = 3,215 bytes on the MLP.
+
+- 4: x and y as symmetric 4-bit integers with one scale each (q = round(v / s), s = max|v| / 7, sent
+  as q + 8 in 1..15), two a byte, row by row (entry 2j of a sample in the low nibble of byte j; a row
+  of odd length ends in a 0 nibble): fields xq (M, ceil(d / 2)) uint8, yq (M, ceil(C / 2)) uint8 and
+  s (3,) float32. Size: M ceil(d / 2) + M ceil(C / 2) + 12 bytes of data plus a header of
+  5 + 10 + 10 + 6 = 31 bytes. MLP, M = 4: 1,631 bytes.
+
+Low-resolution features (ours, ``feature_res`` R; default 0 = the input size, the published
+parametrization): for an image model with inputs (C, H, W) the search variable and the wire's
+features are z (M, C, R, R') with the smaller side R and the other in proportion (R' = round(R W / H)
+for H <= W), and the model sees x = bilinear upsample of z to (H, W)
+(``interpolate(..., align_corners=False)``, :func:`.synth.upsample`); the decoder computes
+alpha g(upsample(z), y) at w_t. R equal to the smaller side is the published algorithm bit for bit
+(no upsampling). Everything above holds with d = C R R' in place of prod(input_shape): the
+field shapes, sizes and rounding (the rounding acts on z). The search differentiates through the
+upsampling: every model, the MLP too, takes the autograd objective (:class:`.synth.CosineMatch`, which
+batches with vmap); the regulariser acts on z. 3x32x32 CNN, M = 4, 8 bits: 12,367 bytes at R = 32,
+3,151 at 16, 847 at 8. Text models take no R (their samples are not images).
 
 Per-tensor scales (ours, ``scales = "tensor"``; default ``"one"``, the published algorithm): one
 least-squares scale a_l = <g_l, tau_l> / ||g_l||^2 per parameter tensor l instead of one alpha, so
