@@ -86,7 +86,7 @@ def test_decoders_refuse_wrong_fields():
 
 
 def test_bad_feature_bits_is_one_clear_error():
-    with pytest.raises(ConfigError, match="--feature-bits: 4 is not allowed; expected one of 32, 16, 8"):
-        RunConfig(method="3sfc", feature_bits=4)
-    with pytest.raises(ConfigError, match="3sfc: feature_bits: 12 is not allowed; expected one of 32, 16, 8"):
+    with pytest.raises(ConfigError, match="--feature-bits: 12 is not allowed; expected one of 32, 16, 8, 4"):
+        RunConfig(method="3sfc", feature_bits=12)
+    with pytest.raises(ConfigError, match="3sfc: feature_bits: 12 is not allowed; expected one of 32, 16, 8, 4"):
         make_compressor("3sfc", feature_bits=12)

@@ -21,11 +21,11 @@ def _strip(rows):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["3sfc", "e3sfc"])
-def test_flower_simulation_writes_the_same_metrics(method, tmp_path):
+@pytest.mark.parametrize("method,extra", [("3sfc", {}), ("e3sfc", {}), ("e3sfc", {"feature_res": 4})])
+def test_flower_simulation_writes_the_same_metrics(method, extra, tmp_path):
     from e3sfc.flower import run_flower_simulation
 
-    cfg = RunConfig(method=method, **BASE)
+    cfg = RunConfig(method=method, **BASE, **extra)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -254,11 +254,12 @@ def test_method_mismatch_is_an_error_that_stops_the_run():
         mod(plain, fed.ctx[1], _trainer(1, 20))
 
 
-def test_compressed_downlink_replays_broadcasts_on_bit_identical_replicas():
+@pytest.mark.parametrize("kw", [{}, {"feature_res": 4, "feature_bits": 8}])
+def test_compressed_downlink_replays_broadcasts_on_bit_identical_replicas(kw):
     """Three nodes, four rounds, E-3SFC's both ways through the add-on: round 1 is dense; after it a
     train message carries only the broadcasts a node missed (node 3 skips round 2 and replays two); every
-    node trains from exactly the server's w_t."""
-    strategy, mod = _pair("3sfc", downlink="3sfc", downlink_options=OPTS)
+    node trains from exactly the server's w_t. Also with 4x4 features upsampled to the 8x8 inputs."""
+    strategy, mod = _pair("3sfc", downlink="3sfc", downlink_options=OPTS, **kw)
     fed = Federation(strategy, mod, n=60)
     for t, nodes in ((1, (1, 2, 3)), (2, (1, 2)), (3, (1, 2, 3)), (4, (2, 3))):
         w_t = _flat(fed.arrays)

@@ -21,7 +21,7 @@ from e3sfc.errors import ConfigError
 KNOBS = {"samples": 1, "steps": 10, "max_iter": 20, "lambd": 0.0, "patience": 20, "feature_bits": 32,
          "warm_start": False, "scales": "one", "topk_scope": "tensor", "levels": 16, "unroll": 2, "synth_iters": 50,
          "synth_lr": 0.05}
-ADDED = {"index_coding": "int32", "rank": 2, "value_bits": 32}  # knobs added since (the sparsifiers' coding, powersgd)
+ADDED = {"index_coding": "int32", "rank": 2, "value_bits": 32, "feature_res": 0}  # added since: coding, powersgd, 3sfc
 
 
 def test_method_settings_are_the_declared_options_with_the_same_defaults():
@@ -71,8 +71,8 @@ def test_flower_run_config_to_options_and_run_config():
     assert options_from_run_config("3sfc", rc) == {"feature_bits": 8, "samples": 4}
     assert options_from_run_config("topk", {"ratio": "0.1", "topk-scope": "global"}) == \
         {"ratio": 0.1, "topk_scope": "global"}
-    with pytest.raises(ConfigError, match="--feature-bits: 4 is not allowed; expected one of 32, 16, 8"):
-        options_from_run_config("e3sfc", {"feature-bits": 4})
+    with pytest.raises(ConfigError, match="--feature-bits: 12 is not allowed; expected one of 32, 16, 8, 4"):
+        options_from_run_config("e3sfc", {"feature-bits": 12})
     cfg = RunConfig.from_run_config({"method": "3sfc", "feature-bits": 16, "samples": 2, "out": ""})
     assert (cfg.feature_bits, cfg.samples, cfg.out) == (16, 2, None)
     with pytest.raises(ConfigError, match="--levels: 0 is not allowed; expected an integer in 1..65535"):

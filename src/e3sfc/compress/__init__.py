@@ -64,7 +64,11 @@ def build_compressor(method: str, options: dict[str, Any], ratio: str, ctx: Cont
                      flag: str = "--ratio") -> Compressor:
     """``method`` with ``options`` (those it does not have are left out) and, where it has one,
     the ``ratio`` setting: a fraction, or ``match:M``, the largest ratio whose payload at ``ctx``
-    is no larger than method M's (equal-bytes comparisons)."""
+    is no larger than method M's (equal-bytes comparisons). A method that decodes through the model
+    refuses a model with BatchNorm (:func:`e3sfc.models.check_decoder`)."""
+    if get_compressor_class(method).decodes_through_model:
+        from ..models import check_decoder
+        check_decoder(ctx.model, method)
     names = get_compressor_class(method).option_names()
     opts = {k: v for k, v in options.items() if k in names and k != "ratio"}
     r = parse_ratio(ratio, flag)

@@ -47,6 +47,25 @@ def dequantize8(q: torch.Tensor, s: float, dtype: torch.dtype) -> torch.Tensor:
     return (q.to(torch.int16) - 128).to(dtype) * s
 
 
+# ---------------------------------------------------------------- 4-bit values with one scale, two a byte
+def quantize4(v: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Symmetric 4-bit rows: v (m, n) -> (m, ceil(n / 2)) uint8 and s = max|v| / 7 (float32): q = round(v / s)
+    in -7..7 sent as q + 8 (1..15), entry 2j of a row in the low nibble of byte j, entry 2j + 1 in the high
+    one; an odd row's last high nibble is 0."""
+    top = float(v.abs().max()) if v.numel() else 0.0
+    s = float(np.float32(top / 7.0)) if top > 0 and math.isfinite(top) else 1.0
+    q = (torch.clamp(torch.round(v.double() / s), -7, 7).to(torch.int16) + 8).to(torch.uint8)
+    if q.shape[1] % 2:
+        q = torch.cat([q, q.new_zeros(q.shape[0], 1)], 1)
+    return q[:, 0::2] | (q[:, 1::2] << 4), s
+
+
+def dequantize4(packed: torch.Tensor, n: int, s: float, dtype: torch.dtype) -> torch.Tensor:
+    """(m, ceil(n / 2)) uint8 from :func:`quantize4` -> (m, n) values (nibble - 8) * s."""
+    q = torch.stack([packed & 15, packed >> 4], 2).reshape(packed.shape[0], -1)[:, :n]
+    return (q.to(torch.int16) - 8).to(dtype) * s
+
+
 # ---------------------------------------------------------------- Golomb-Rice coded positions
 # Sorted distinct positions 0 <= p_0 < ... < p_{K-1} < P become gaps d_i = p_i - p_{i-1} - 1 >= 0
 # (p_{-1} = -1); each gap is unary(d >> b) (that many 1 bits, then a 0) followed by the b low bits of

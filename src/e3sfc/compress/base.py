@@ -155,7 +155,8 @@ class Compressor(ABC):
     outside its file tests its name: ``downlink`` (its natural server-to-client compression: ``dense``
     or a method name), ``init`` (``broadcast``: w_1 is shipped; ``seed``: every party builds it),
     ``sized_by_samples`` (the payload grows with ``samples``, so the budget scheduler can size it) and
-    ``as_downlink`` (whether ``--downlink`` may name it)."""
+    ``as_downlink`` (whether ``--downlink`` may name it), ``decodes_through_model`` (the decoder computes a
+    gradient of the model: a model with BatchNorm is refused, :func:`e3sfc.models.check_decoder`)."""
 
     name: ClassVar[str]
     method_id: ClassVar[int]
@@ -165,6 +166,7 @@ class Compressor(ABC):
     init: ClassVar[str] = "broadcast"
     sized_by_samples: ClassVar[bool] = False
     as_downlink: ClassVar[bool] = True
+    decodes_through_model: ClassVar[bool] = False  # the decoder is the model's gradient: no BatchNorm
 
     def __init__(self, **values: Any):
         """Each declared option: its value from ``values`` or its default, checked (a ValueError names

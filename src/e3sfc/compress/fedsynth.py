@@ -39,6 +39,7 @@ OPTIONS = (
 @register
 class FedSynth(Compressor):
     name = "fedsynth"
+    decodes_through_model = True
     method_id = 6
     biased = True
 

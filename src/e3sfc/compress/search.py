@@ -64,11 +64,14 @@ def run_together(started: dict) -> dict:
 
 
 def cosine_match(model: nn.Module, target: torch.Tensor, x_shape: tuple[int, ...], y_shape: tuple[int, ...],
-                 lambd: float = 0.0, per_tensor: bool = False):
+                 lambd: float = 0.0, per_tensor: bool = False, size: tuple[int, int] | None = None):
     """The 3SFC objective for ``model``: the closed form of :mod:`.synth_mlp` when the model is a
     Linear/ReLU chain (same value and gradient, about 3x cheaper), else :class:`CosineMatch`;
-    ``per_tensor``: the objective of one scale per parameter tensor."""
-    lins = linear_relu_chain(model)
+    ``per_tensor``: the objective of one scale per parameter tensor; ``size``: the search runs over
+    z of ``x_shape`` and the model sees x = upsample(z, size) (``--feature-res``). The closed form is
+    written for d/dx, so with ``size`` every model takes the autograd form, which differentiates
+    through the upsampling (its adjoint) as well."""
+    lins = linear_relu_chain(model) if size is None else None
     if lins is not None:
         return MLPCosineMatch(lins, model, target, x_shape, y_shape, lambd, per_tensor)
-    return CosineMatch(model, target, x_shape, y_shape, lambd, per_tensor)
+    return CosineMatch(model, target, x_shape, y_shape, lambd, per_tensor, size)

@@ -62,6 +62,17 @@ def synth_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, create_graph:
     return torch.cat([g.reshape(-1) for g in grads])
 
 
+def upsample(z: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """The synthetic inputs x from their search variable z (``--feature-res``, docs/design.md §1.1):
+    z itself when ``size`` is None (the published parametrization), else z (M, C, r, r') bilinearly
+    upsampled to the model's (H, W) = ``size``, ``align_corners=False`` (each of z's pixels covers an
+    equal share of the image, as image resizing does; no antialiasing, which only acts when shrinking).
+    Linear in z, deterministic: the encoder and every decoder compute the same x from the same z."""
+    if size is None:
+        return z
+    return F.interpolate(z, size=tuple(size), mode="bilinear", align_corners=False)
+
+
 def ls_scale(g: torch.Tensor, target: torch.Tensor) -> float:
     """alpha = <g, tau> / ||g||^2 (least squares), 0 when the norm is 0 or the result is not finite."""
     gg = float(g.double().dot(g.double()))
@@ -109,11 +120,16 @@ class CosineMatch:
     value and gradient as autograd through cos (the chain rule, written out; tested),
     without the P-sized products that autograd would record and replay for the two dot
     products and the norm.
+
+    With ``size`` (``--feature-res``) the x-part of z has the low-resolution shape ``x_shape`` and the
+    model sees x = :func:`upsample` (z_x, size); autograd carries df/dx back through the upsampling,
+    and the regulariser acts on z.
     """
 
     def __init__(self, model: nn.Module, target: torch.Tensor, x_shape: tuple[int, ...], y_shape: tuple[int, ...],
-                 lambd: float = 0.0, per_tensor: bool = False):
+                 lambd: float = 0.0, per_tensor: bool = False, size: tuple[int, int] | None = None):
         self.model, self.lambd, self.per_tensor = model, lambd, per_tensor
+        self.size = None if size is None else tuple(size)  # --feature-res: x = upsample(z-part, size)
         self.params = [p for p in model.parameters()]
         self.sizes = [p.numel() for p in self.params]
         self.tau = target.detach()
@@ -122,7 +138,7 @@ class CosineMatch:
         self.nx = math.prod(x_shape)
 
         # objectives with equal keys can be evaluated together (CosineMatchBatch): one model object
-        self.key = (id(model), x_shape, y_shape, lambd, per_tensor, self.tau.dtype, self.tau.device)
+        self.key = (id(model), x_shape, y_shape, lambd, per_tensor, self.tau.dtype, self.tau.device, self.size)
         self.tau_blocks = self.tau.split(self.sizes)
 
     def split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,7 +149,7 @@ class CosineMatch:
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
             x, y = self.split(z)
-            gs = torch.autograd.grad(soft_ce(self.model, x, y), self.params, create_graph=True)
+            gs = torch.autograd.grad(soft_ce(self.model, upsample(x, self.size), y), self.params, create_graph=True)
             with torch.no_grad():
                 if self.per_tensor:
                     cos, vs = self._per_tensor(gs)
@@ -208,14 +224,15 @@ class CosineMatchBatch:
         if any(f.key != f0.key for f in fs):
             raise ValueError("CosineMatchBatch: objectives of different models, shapes or lambdas")
         self.fs, self.model, self.lambd = fs, f0.model, f0.lambd
-        self.nx, self.x_shape, self.y_shape = f0.nx, f0.x_shape, f0.y_shape
+        self.nx, self.x_shape, self.y_shape, self.size = f0.nx, f0.x_shape, f0.y_shape, f0.size
         self.params = {n: p.detach() for n, p in f0.model.named_parameters()}
         room = self.max_floats * (4 if f0.tau.is_cuda else 1)
         self.chunk = max(1, room // max(1, sum(f0.sizes)))
 
     def _grad(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         def loss(params):
-            return soft_ce(lambda inp: torch.func.functional_call(self.model, params, (inp,)), x, y)
+            return soft_ce(lambda inp: torch.func.functional_call(self.model, params, (upsample(inp, self.size),)),
+                           x, y)
         return torch.cat([g.reshape(-1) for g in torch.func.grad(loss)(self.params).values()])
 
     def __call__(self, zs: list[torch.Tensor]) -> list[tuple[float, float, torch.Tensor]]:

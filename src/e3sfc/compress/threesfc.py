@@ -1,7 +1,7 @@
 """``3sfc``: single-shot compression by synthesizing features (Zhou et al., ICCV 2023;
 docs/design.md §1.1).
 
-Encoder: find x (M, *input_shape), y (M, C) minimising
+Encoder: find x (M, *input_shape), y (M, C) (with ``feature_res``: z, below) minimising
     1 - |cos(g(x, y), tau)| + lambda (||x||_2 + ||y||_2)            (paper Eq. 6)
 with g(x, y) = grad_w L(w_t; x, y) (double backprop), by L-BFGS (lr 1,
 ``max_iter`` per step, history 100, no line search) for ``steps`` steps,
@@ -44,6 +44,24 @@ the decoder sees exactly what the encoder used and the EF identity stays exact.
   s (3,) float32 = (s_x, s_y, alpha). Size: M d + M C + 12 bytes of data plus a header of
   5 + 6 + 10 + 6 = 27 bytes. M = 4 costs 3,136 + 40 + 12 + 27 = 3,215 bytes on the MLP.
 
+- 4: x and y as symmetric 4-bit integers with one scale each (q = round(v / s), s = max|v| / 7, sent
+  as q + 8 in 1..15), two a byte, row by row (entry 2j of a sample in the low nibble of byte j; a row
+  of odd length ends in a 0 nibble): fields xq (M, ceil(d / 2)) uint8, yq (M, ceil(C / 2)) uint8 and
+  s (3,) float32. Size: M ceil(d / 2) + M ceil(C / 2) + 12 bytes of data plus a header of
+  5 + 10 + 10 + 6 = 31 bytes. MLP, M = 4: 1,631 bytes.
+
+Low-resolution features (ours, ``feature_res`` R; default 0 = the input size, the published
+parametrization): for an image model with inputs (C, H, W) the search variable and the wire's
+features are z (M, C, R, R') with the smaller side R and the other in proportion (R' = round(R W / H)
+for H <= W), and the model sees x = bilinear upsample of z to (H, W)
+(``interpolate(..., align_corners=False)``, :func:`.synth.upsample`); the decoder computes
+alpha g(upsample(z), y) at w_t. R equal to the smaller side is the published algorithm bit for bit
+(no upsampling). Everything above holds with d = C R R' in place of prod(input_shape): the
+field shapes, sizes and rounding (the rounding acts on z). The search differentiates through the
+upsampling: every model, the MLP too, takes the autograd objective (:class:`.synth.CosineMatch`, which
+batches with vmap); the regulariser acts on z. 3x32x32 CNN, M = 4, 8 bits: 12,367 bytes at R = 32,
+3,151 at 16, 847 at 8. Text models take no R (their samples are not images).
+
 Per-tensor scales (ours, ``scales = "tensor"``; default ``"one"``, the published algorithm): one
 least-squares scale a_l = <g_l, tau_l> / ||g_l||^2 per parameter tensor l instead of one alpha, so
 the decoded update sum_l a_l g_l is the projection of tau onto the span of the blocks g_l. The
@@ -70,13 +88,14 @@ import torch
 
 from ..wire import FieldSpec, Payload
 from . import register
-from ._bits import dequantize8, quantize8
+from ..errors import ConfigError
+from ._bits import dequantize4, dequantize8, quantize4, quantize8
 from .base import SAMPLES, Compressor, Context, Option, Steps, run_steps
 from .lbfgs import FlatLBFGS
 from .search import cosine_match, run_together, start
-from .synth import block_scales, ls_scale, synth_grad
+from .synth import block_scales, ls_scale, synth_grad, upsample
 
-FEATURE_BITS = (32, 16, 8)
+FEATURE_BITS = (32, 16, 8, 4)
 SCALES = ("one", "tensor")
 
 # the options (base.Option; each a run setting, --max-iter, unless setting=False)
@@ -88,8 +107,11 @@ OPTIONS = (
     Option("patience", int, 20, "stop the search after this many evaluations without improvement (0 = never)",
            low=0, note="0 = no early stop", check_unused=False),
     Option("feature_bits", int, 32, "precision of the synthetic features on the wire: 32 (float32, the published "
-           "algorithm), 16 (float16) or 8 (8-bit with one scale per field); M = 2 at 16 and M = 4 at 8 cost what "
-           "M = 1 costs at 32", choices=FEATURE_BITS),
+           "algorithm), 16 (float16), 8 or 4 (integers with one scale per field, 4 packed two a byte); M = 2 at 16 "
+           "and M = 4 at 8 cost what M = 1 costs at 32", choices=FEATURE_BITS),
+    Option("feature_res", int, 0, "image models: search and send the synthetic inputs at R x R (the smaller "
+           "side; the other in proportion) and bilinearly upsample them to the model's input (0 = the input "
+           "size, the published algorithm)", low=0, note="0 = the input size; at most its smaller side"),
     Option("warm_start", bool, False, "start each search from that party's last synthetic features instead of "
            "fresh noise (clients and the server each keep theirs; checkpointed)"),
     Option("scales", str, "one", "one (a single scale alpha, the published algorithm) or tensor (one "
@@ -110,6 +132,7 @@ class ThreeSFC(Compressor):
     name = "3sfc"
     method_id = 1
     biased = True
+    decodes_through_model = True  # no BatchNorm (e3sfc.models.check_decoder)
 
     sized_by_samples = True
     options = OPTIONS   # set as attributes: self.samples, self.steps, ...
@@ -128,16 +151,47 @@ class ThreeSFC(Compressor):
         done = run_together({i: start(self.compress_steps(t, c)) for i, (t, c) in enumerate(zip(targets, ctxs))})
         return [done[i] for i in range(len(targets))]
 
+    def feature_shape(self, ctx: Context) -> tuple[int, ...]:
+        """One synthetic sample as searched and sent: the model's input shape, or with ``feature_res`` R
+        on an image input (C, H, W): (C, R, round(R W / H)) for H <= W, (C, round(R H / W), R) for H > W."""
+        if not self.feature_res or len(ctx.input_shape) != 3:
+            return tuple(ctx.input_shape)
+        c, h, w = ctx.input_shape
+        r = self.feature_res
+        if h <= w:
+            return (c, r, max(1, (2 * r * w + h) // (2 * h)))
+        return (c, max(1, (2 * r * h + w) // (2 * w)), r)
+
+    def upsample_size(self, ctx: Context) -> tuple[int, int] | None:
+        """(H, W) to upsample the sent features to, or None where they are the model's inputs as they are."""
+        shape = self.feature_shape(ctx)
+        return None if shape == tuple(ctx.input_shape) else tuple(ctx.input_shape[1:])
+
+    def check_context(self, ctx: Context) -> None:
+        """``feature_res`` needs an image model and at most its input's smaller side."""
+        if not self.feature_res:
+            return
+        if len(ctx.input_shape) != 3:
+            raise ConfigError(f"--feature-res: {self.feature_res} is not allowed; expected 0 with this model (its "
+                              f"synthetic samples, of shape {tuple(ctx.input_shape)}, are not images)")
+        _, h, w = ctx.input_shape
+        if self.feature_res > min(h, w):
+            raise ConfigError(f"--feature-res: {self.feature_res} is not allowed; expected an integer in "
+                              f"0..{min(h, w)} (0 = the input size; the inputs are {h}x{w})")
+
     def fields(self, ctx: Context, samples: int | None = None) -> list[FieldSpec]:
         m = samples or ctx.samples or self.samples
-        f4 = np.dtype("<f4")
+        f4, u1 = np.dtype("<f4"), np.dtype("u1")
         L = len(ctx.param_shapes)
+        shape = self.feature_shape(ctx)
+        n = 3 if self.scales == "one" else 2 + L
         if self.feature_bits == 8:
-            u1, d = np.dtype("u1"), math.prod(ctx.input_shape)
-            n = 3 if self.scales == "one" else 2 + L
-            return [FieldSpec(u1, (m * d,)), FieldSpec(u1, (m, ctx.num_classes)), FieldSpec(f4, (n,))]
+            return [FieldSpec(u1, (m * math.prod(shape),)), FieldSpec(u1, (m, ctx.num_classes)), FieldSpec(f4, (n,))]
+        if self.feature_bits == 4:
+            half = (math.prod(shape) + 1) // 2, (ctx.num_classes + 1) // 2
+            return [FieldSpec(u1, (m, half[0])), FieldSpec(u1, (m, half[1])), FieldSpec(f4, (n,))]
         ft = f4 if self.feature_bits == 32 else np.dtype("<f2")
-        return [FieldSpec(ft, (m, *ctx.input_shape)), FieldSpec(ft, (m, ctx.num_classes)),
+        return [FieldSpec(ft, (m, *shape)), FieldSpec(ft, (m, ctx.num_classes)),
                 FieldSpec(f4, () if self.scales == "one" else (L,))]
 
     def synthesize(self, target: torch.Tensor, ctx: Context, samples: int | None = None
@@ -151,12 +205,13 @@ class ThreeSFC(Compressor):
         returns the best (x, y) and its |cos|. :func:`~.base.run_steps` drives it one point at a time; a
         driver may instead evaluate several searches' points together."""
         m = samples or ctx.samples or self.samples
-        x_shape, y_shape = (m, *ctx.input_shape), (m, ctx.num_classes)
+        x_shape, y_shape = (m, *self.feature_shape(ctx)), (m, ctx.num_classes)
         g = ctx.generator
         x = torch.randn(x_shape, generator=g).to(ctx.device, ctx.weights.dtype)
         y = torch.randn(y_shape, generator=g).to(ctx.device, ctx.weights.dtype)
         z = torch.cat([x.reshape(-1), y.reshape(-1)])
-        f = cosine_match(ctx.model, target, tuple(x.shape), tuple(y.shape), self.lambd, self.scales == "tensor")
+        f = cosine_match(ctx.model, target, tuple(x.shape), tuple(y.shape), self.lambd, self.scales == "tensor",
+                         self.upsample_size(ctx))
         if f.tau_norm == 0.0 or self.steps == 0:
             return x, y, 0.0
         start = ctx.start if self.warm_start else None
@@ -197,7 +252,7 @@ class ThreeSFC(Compressor):
     def compress_steps(self, target: torch.Tensor, ctx: Context) -> Steps:
         x, y, _ = yield from self.search(target, ctx)
         wire_x, wire_y, x, y = self._round(x, y, ctx)  # what goes on the wire, and what it decodes to
-        g = synth_grad(ctx.model, x, y)
+        g = synth_grad(ctx.model, upsample(x, self.upsample_size(ctx)), y)
         if self.scales == "one":
             alpha = ls_scale(g, target)
             cos = abs(float(torch.nn.functional.cosine_similarity(g, target, dim=0))) if alpha else 0.0
@@ -207,7 +262,7 @@ class ThreeSFC(Compressor):
             alphas = np.array(block_scales(g, target, sizes), np.float32)
             dec = _scaled(g, alphas, sizes)
             cos = abs(float(torch.nn.functional.cosine_similarity(dec, target, dim=0))) if dec.any() else 0.0
-        if self.feature_bits == 8:
+        if self.feature_bits in (8, 4):
             scales = np.concatenate([np.array([wire_x[1], wire_y[1]], np.float32), np.atleast_1d(alphas)])
             return Payload.of(self.method_id, wire_x[0], wire_y[0], scales), {"cosine": cos}
         return Payload.of(self.method_id, wire_x, wire_y, alphas), {"cosine": cos}
@@ -221,24 +276,32 @@ class ThreeSFC(Compressor):
             big = torch.finfo(torch.float16).max  # no inf on the wire
             hx, hy = x.clamp(-big, big).half(), y.clamp(-big, big).half()
             return hx, hy, hx.to(dt), hy.to(dt)
+        if self.feature_bits == 4:
+            (qx, sx), (qy, sy) = quantize4(x.reshape(x.shape[0], -1)), quantize4(y)
+            return ((qx.cpu(), sx), (qy.cpu(), sy), dequantize4(qx, math.prod(x.shape[1:]), sx, dt).reshape(x.shape),
+                    dequantize4(qy, y.shape[1], sy, dt))
         (qx, sx), (qy, sy) = quantize8(x), quantize8(y)
         return ((qx.reshape(-1).cpu(), sx), (qy.cpu(), sy), dequantize8(qx, sx, dt).reshape(x.shape),
                 dequantize8(qy, sy, dt))
 
     def features(self, payload: Payload, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """(x, y, the scale(s) alpha) as the decoder sees them."""
-        dt = ctx.weights.dtype
-        if self.feature_bits == 8:
+        """(x, y, the scale(s) alpha) as the decoder sees them; x as sent (with ``feature_res``, before
+        the upsampling)."""
+        dt, shape = ctx.weights.dtype, self.feature_shape(ctx)
+        if self.feature_bits in (8, 4):
             sx, sy = (float(v) for v in payload.fields[2][:2])
             m = payload.fields[1].shape[0]
-            x = dequantize8(payload.tensor(0, ctx.device), sx, dt).reshape(m, *ctx.input_shape)
+            if self.feature_bits == 4:
+                x = dequantize4(payload.tensor(0, ctx.device), math.prod(shape), sx, dt).reshape(m, *shape)
+                return x, dequantize4(payload.tensor(1, ctx.device), ctx.num_classes, sy, dt), payload.fields[2][2:]
+            x = dequantize8(payload.tensor(0, ctx.device), sx, dt).reshape(m, *shape)
             y = dequantize8(payload.tensor(1, ctx.device), sy, dt)
             return x, y, payload.fields[2][2:]
         return payload.tensor(0, ctx.device).to(dt), payload.tensor(1, ctx.device).to(dt), payload.fields[2]
 
     def decompress(self, payload: Payload, ctx: Context) -> torch.Tensor:
         x, y, alphas = self.features(payload, ctx)
-        g = synth_grad(ctx.model, x, y)
+        g = synth_grad(ctx.model, upsample(x, self.upsample_size(ctx)), y)
         if self.scales == "one":
             return float(np.asarray(alphas).reshape(-1)[0]) * g
         return _scaled(g, alphas, [math.prod(s) for s in ctx.param_shapes])
@@ -252,7 +315,7 @@ class ThreeSFC(Compressor):
 
     def check_carry(self, value, ctx: Context) -> None:
         """A warm start is M_s whole samples of features (x and y of each, flat)."""
-        per_sample = math.prod(ctx.input_shape) + ctx.num_classes
+        per_sample = math.prod(self.feature_shape(ctx)) + ctx.num_classes
         if not (isinstance(value, torch.Tensor) and value.dim() == 1 and value.is_floating_point() and value.numel()
                 and value.numel() % per_sample == 0):
             raise ValueError(f"a warm start is {getattr(value, 'shape', type(value).__name__)}; expected a whole "

@@ -73,6 +73,7 @@ from ..federated.params import get_flat, set_flat
 from ..federated.runtime import ClientRuntime, ServerRuntime, StaleReplica
 from ..federated.server import bounded
 from ..metrics import DOWN
+from ..models import check_decoder
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,9 @@ class _Codec:
                  cfg: RunConfig):
         self.cfg, self.spec = cfg, spec(cfg)
         self.model = model_fn().eval()
+        for name in {cfg.method, cfg.resolved_downlink} - {"dense"}:
+            if get_compressor_class(name).decodes_through_model:  # a model with BatchNorm: one clear error
+                check_decoder(self.model, name)
         self.initial = get_flat(self.model)
         self.names = [n for n, _ in self.model.named_parameters()]
         sizes = [p.numel() for p in self.model.parameters()]

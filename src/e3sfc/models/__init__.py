@@ -1,6 +1,8 @@
 """Models from a registry (docs/design.md §1.5). None uses BatchNorm: per-sample statistics
 only (GroupNorm), so a model's output for a sample never depends on its batch,
-which 3SFC's decoder and FL on non-IID data both need.
+which 3SFC's decoder and FL on non-IID data both need. A model with BatchNorm is refused by the
+methods that decode through the model (:func:`check_decoder`, asked by ``build_compressor`` and the
+Flower add-on); :func:`batchnorm_to_groupnorm` converts one.
 
 Every builder takes ``(input_shape, num_classes)`` with ``input_shape = (C, H, W)``.
 """
@@ -45,7 +47,8 @@ _TEXT: dict[str, Callable[[int, int, int], nn.Module]] = {
 
 def register_model(name: str, builder: Builder) -> None:
     """Make ``--model name`` build ``builder(input_shape, num_classes)`` (input_shape = (C, H, W)).
-    The model must not use BatchNorm (see this module's docstring); 3SFC decodes through it."""
+    A model with BatchNorm is refused by the synthesis methods (3sfc, e3sfc, fedsynth), which decode
+    through it (:func:`check_decoder`); wrap the builder with :func:`batchnorm_to_groupnorm`."""
     if name in _REGISTRY or name in _TEXT:
         raise ValueError(f"model {name!r} is registered already")
     _REGISTRY[name] = builder
@@ -86,6 +89,48 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigError(f"--model: {name!r} cannot take inputs of shape {tuple(input_shape)} ({first}); "
                               f"expected a model suited to these inputs, e.g. mlp") from None
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether any module of ``model`` is a BatchNorm (1d, 2d, 3d, lazy or synchronised)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def check_decoder(model: nn.Module, method: str) -> None:
+    """A one-line ConfigError when ``model`` has BatchNorm and ``method`` decodes through the model
+    (3sfc, e3sfc, fedsynth: the update is the gradient of the model at w_t on the synthetic samples)."""
+    if has_batchnorm(model):
+        raise ConfigError(
+            f"--model: {type(model).__name__} has BatchNorm, which --method {method} cannot decode through: "
+            "the update is decoded as the model's gradient in eval mode, where BatchNorm normalises with running "
+            "statistics that each party gathers from its own data and that are never sent, so sender and "
+            "receiver would decode different updates; convert it with e3sfc.models.batchnorm_to_groupnorm(model) "
+            "or use a method that does not decode through the model (topk, stc, sign, qsgd, powersgd, fedavg)")
+
+
+def batchnorm_to_groupnorm(model: nn.Module, groups: int = 32) -> nn.Module:
+    """``model`` with every BatchNorm replaced, in place, by a GroupNorm over the same channels, its affine
+    weight and bias copied (same parameters, same count, same names; the running statistics dropped):
+    BatchNorm2d/3d by the largest divisor of the channel count that is at most ``groups`` groups (Wu and
+    He's 32), BatchNorm1d by one group (it often follows a Linear layer, where a group of one feature
+    would normalise it to 0: one group is LayerNorm with a per-feature affine). Per-sample statistics: a
+    sample's output no longer depends on its batch or on statistics a party keeps, so the synthesis
+    methods can decode through it. Returns ``model``."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            c = child.num_features
+            one_d = isinstance(child, nn.BatchNorm1d | nn.LazyBatchNorm1d)
+            g = 1 if one_d else max(d for d in range(1, min(groups, c) + 1) if c % d == 0)
+            gn = nn.GroupNorm(g, c, eps=child.eps, affine=child.affine)
+            if child.affine:
+                gn = gn.to(device=child.weight.device, dtype=child.weight.dtype)
+                with torch.no_grad():
+                    gn.weight.copy_(child.weight)
+                    gn.bias.copy_(child.bias)
+            setattr(model, name, gn)
+        else:
+            batchnorm_to_groupnorm(child, groups)
+    return model
 
 
 def num_params(model: nn.Module) -> int:
