@@ -188,3 +188,10 @@ def test_ef_two_rounds_by_hand_through_topk():
     assert sent[0] == [3.0, 0.0, 0.0, 2.0]
     assert sent[1][2] == 1.5 and sorted(sent[1]) == [0.0, 0.0, 1.0, 1.5]
     assert ef.residuals[0].tolist() == [1.0 - sent[1][0], 0.0, 0.0, 1.0 - sent[1][3]]
+
+
+def test_the_configs_out_is_the_run_folder(tmp_path):
+    """RunConfig(out=...) alone writes the run folder (it used to be ignored without out_dir=)."""
+    out = tmp_path / "run"
+    Simulation(RunConfig(**SMALL, method="fedavg", out=str(out))).run()
+    assert (out / "metrics.jsonl").is_file() and (out / "summary.json").is_file()

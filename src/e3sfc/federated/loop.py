@@ -70,6 +70,7 @@ class RoundLoop:
             raise ConfigError("--device: 'cuda' is not available on this machine; expected cpu")
         self.cfg = cfg
         self.device = torch.device(cfg.device)
+        out_dir = out_dir if out_dir is not None else cfg.out  # the run folder: given here, or the config's
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if data is None:
             data = load_dataset(
