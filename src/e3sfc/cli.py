@@ -36,7 +36,7 @@ HELP = {
     "partition": "dirichlet (label skew) or iid",
     "alpha": "Dirichlet concentration (smaller = more skewed)",
     "rounds": "communication rounds T",
-    "weighted": "weight the mean by client sample counts (default: uniform)",
+    "weighted": "weight the mean by client sample counts (off: the uniform mean)",
     "local_epochs": "local SGD epochs per round",
     "batch_size": "local batch size",
     "lr": "client SGD learning rate",
@@ -73,7 +73,7 @@ HELP = {
     "round_timeout": "Flower: seconds the server waits for a round's replies before it goes on without the rest",
     "engine": "inprocess (this process) or flower (Flower's simulation engine, one virtual node per client)",
     "seed": "the run's seed; all randomness derives from it",
-    "device": "cpu or cuda",
+    "device": "auto (cuda where available, else cpu), cpu or cuda; config.json records the device used",
     "threads": "torch CPU threads (0 = torch default)",
     "eval_every": "evaluate on the test split every N rounds (and at the end)",
     "checkpoint_every": "write a checkpoint every N rounds (0 = only at the end); Ctrl-C or SIGTERM always "
@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         default = ("auto" if boolean else "unset") if f.default in (None, "") else \
             str(f.default).lower() if boolean else f.default
         about = options[f.name].help if f.name in options else HELP.get(f.name, "")
-        helptext = f"{about} (default: {default})"  # flags default to None: config files layer
+        # flags default to None (config files layer): the help says the setting's default, once
+        helptext = about if "(default" in about else f"{about} (default: {default})"
         if boolean:
             box.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         else:
@@ -272,19 +273,42 @@ def _fmt_bytes(n: float) -> str:
     return str(n)
 
 
-def _progress(total: int, start: int):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return None, None
-    bar = tqdm(total=total, initial=start, unit="round", disable=None, leave=False, dynamic_ncols=True)
+def _progress(total: int, start: int, stream=None):
+    """The run's progress: a tqdm bar on a terminal; elsewhere (piped, logged, nohup) one line per
+    evaluated round on stderr: round, accuracy, MB so far (up + down), seconds a round, time left.
+    Returns (the ``progress(t, row)`` callback, what to close at the end or None)."""
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        try:
+            from tqdm import tqdm
+        except ImportError:  # pragma: no cover
+            tqdm = None
+        if tqdm is not None:
+            bar = tqdm(total=total, initial=start, unit="round", leave=False, dynamic_ncols=True, file=stream)
 
-    def update(t: int, row: dict) -> None:
-        if row:
-            bar.set_postfix(acc=f"{row['accuracy']:.4f}", refresh=False)
-        bar.update(1)
+            def update(t: int, row: dict) -> None:
+                if row:
+                    bar.set_postfix(acc=f"{row['accuracy']:.4f}", refresh=False)
+                bar.update(1)
 
-    return update, bar
+            return update, bar
+    t0 = time.perf_counter()
+
+    def line(t: int, row: dict) -> None:
+        if not row:
+            return
+        per = (time.perf_counter() - t0) / max(t - start, 1)
+        mb = ((row.get("cum_uplink_bytes") or 0) + (row.get("cum_downlink_bytes") or 0)) / 1e6
+        print(f"round {t}/{total}: accuracy {row['accuracy']:.4f}, {mb:,.2f} MB so far, {per:.2f} s/round, "
+              f"ETA {_duration(per * (total - t))}", file=stream, flush=True)
+
+    return line, None
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -292,12 +316,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     overrides = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
     if args.resume:
-        given = [k for k, v in overrides.items() if v is not None]
+        given = [k for k, v in overrides.items() if v is not None and k != "rounds"]
         if given or args.config:
             what = given[0].replace("_", "-") if given else "config"
-            raise ConfigError(f"--resume: takes no other settings (got --{what}); the run's config.json is used")
+            raise ConfigError(f"--resume: takes no other settings but --rounds (got --{what}); the run's "
+                              "config.json is used")
+        rounds = None if args.rounds is None else RunConfig.from_sources(None, rounds=args.rounds).rounds
         _set_threads(Simulation.resume_config(args.resume).threads)  # before any data or model is built
-        sim = Simulation.resume(args.resume)
+        sim = Simulation.resume(args.resume, rounds=rounds)
         out = Path(args.resume)
     else:
         cfg = RunConfig.from_sources(args.config, **overrides)
@@ -309,7 +335,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = cfg.replace(out=str(out))
         try:
             if cfg.engine == "flower":
-                return _run_flower(cfg, out)
+                from .federated.loop import resolve_device
+                return _run_flower(cfg.replace(device=resolve_device(cfg.device)), out)
             sim = Simulation(cfg, out_dir=out)
         except (ConfigError, DataError):
             if created and not any(out.iterdir()):
@@ -380,10 +407,15 @@ def _print_summary(s: dict, out: Path) -> None:
         f"  uplink total      {_fmt_bytes(s['total_uplink_bytes'])}",
         f"  downlink total    {_fmt_bytes(s['total_downlink_bytes'])}",
         f"  dense model       {_fmt_bytes(dense)} per transfer",
-        f"  vs FedAvg         {_ratio(s['fedavg_uplink_bytes'], s['total_uplink_bytes'])} fewer bytes up, "
-        f"{_ratio(s['fedavg_downlink_bytes'], s['total_downlink_bytes'])} down, "
-        f"{_ratio(s['fedavg_uplink_bytes'] + s['fedavg_downlink_bytes'], total)} in all",
+        f"  vs FedAvg         " + ("dense both ways (this is FedAvg)" if s["method"] == "fedavg" and
+                                   s.get("downlink") in (None, "dense") else
+                                   f"{_ratio(s['fedavg_uplink_bytes'], s['total_uplink_bytes'])} fewer bytes up, "
+                                   f"{_ratio(s['fedavg_downlink_bytes'], s['total_downlink_bytes'])} down, "
+                                   f"{_ratio(s['fedavg_uplink_bytes'] + s['fedavg_downlink_bytes'], total)} in all"),
         f"  wall time         {s['wall_seconds']:.1f} s ({s['wall_seconds'] / r:.3f} s/round)",
+        *([f"  device            {s['device']}" + (f" (--device {s['device_asked']})"
+                                                   if s.get("device_asked") not in (None, s["device"]) else "")]
+          if s.get("device") else []),
         f"  run folder        {out}",
     ]
     print("\n".join(lines))

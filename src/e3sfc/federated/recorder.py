@@ -46,6 +46,8 @@ class RunRecorder:
         self.metrics: list[dict] = []
         self.elapsed = 0.0
         self.rejected = 0  # updates rejected over the run (every round, evaluated or not)
+        self.device_asked = cfg.device  # --device as given (auto, cpu, cuda); cfg.device: the one used
+        self.extended = False  # a resume with --rounds: config.json is rewritten with the new rounds
         self._tb = None
 
     def open(self, resumed: bool) -> None:
@@ -58,6 +60,9 @@ class RunRecorder:
                 (self.out_dir / name).unlink(missing_ok=True)
             io.write_json(self.out_dir / "config.json", self.cfg.to_dict())
         else:
+            if self.extended:  # --resume --rounds N: the run's config now says N (summary.json: once done)
+                io.write_json(self.out_dir / "config.json", self.cfg.to_dict())
+                (self.out_dir / "summary.json").unlink(missing_ok=True)
             io.write_jsonl(self.out_dir / "metrics.jsonl", self.metrics)
 
     def record(self, t: int, accuracy: float, loss: float, stats: dict, seconds: float) -> dict[str, Any]:
@@ -131,6 +136,7 @@ class RunRecorder:
             "wall_seconds": round(self.elapsed, 4),
             "seconds_per_round": round(self.elapsed / rounds, 4) if rounds else None,
             "num_params": self.num_params,
+            "device": cfg.device, "device_asked": self.device_asked,
             "uplink_bytes_per_client_round": server.compressor.payload_bytes(server.context(0, None)),
         }
 
