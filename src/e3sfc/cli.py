@@ -165,10 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="accuracy, loss, cosine (mean per-client compression cosine), downlink_cosine, "
                       "aggregate_cosine (mean decoded update against the mean true update), "
                       "aggregate_downlink_cosine (what the clients applied against the mean true update)")
-    cmp_ = sub.add_parser("compare", help="compare runs in a table (terminal and markdown)")
+    cmp_ = sub.add_parser("compare", help="compare runs in a table (runs that differ only in their seed: one "
+                          "row, mean ± sd over the seeds)")
     cmp_.add_argument("runs", nargs="+", metavar="RUN_DIR")
     cmp_.add_argument("--target", default=None, help="accuracy target for rounds / megabytes to reach it")
-    cmp_.add_argument("--markdown", default=None, metavar="FILE", help="also write the table to FILE")
+    cmp_.add_argument("--markdown", default=None, metavar="FILE",
+                      help="also write the table as markdown to FILE ('-': print markdown instead of the text table)")
     part = sub.add_parser("plot-partition", help="plot the label distribution of a partition")
     part.add_argument("--out", required=True)
     for name in ("dataset", "clients", "partition", "alpha", "seed", "data_dir", "emnist_split", "train_subset"):
@@ -188,7 +190,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import check_output, compare_rows, load_run, markdown_table, write_output
+    from .report import check_output, load_run, markdown_table, seed_groups, text_table, write_output
 
     target = None
     if args.target is not None:
@@ -198,11 +200,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
             target = -1.0
         if not 0 < target <= 1:
             raise ConfigError(f"--target: {args.target!r} is not allowed; expected an accuracy in (0, 1]")
-    markdown = check_output(args.markdown, "--markdown") if args.markdown else None
-    table = markdown_table(compare_rows([load_run(r) for r in args.runs], target), target)
+    to_stdout = args.markdown == "-"
+    markdown = check_output(args.markdown, "--markdown") if args.markdown and not to_stdout else None
+    rows = seed_groups([load_run(r) for r in args.runs], target)
     if markdown is not None:
-        write_output(markdown, "--markdown", lambda f: f.write(table + "\n"))
-    print(table)
+        write_output(markdown, "--markdown", lambda f: f.write(markdown_table(rows, target) + "\n"))
+    print(markdown_table(rows, target) if to_stdout else text_table(rows, target))
     return 0
 
 
