@@ -103,7 +103,7 @@ def test_run_help_states_each_default_once(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: uniform)" not in text and ") (default" not in text
+    assert "(default: uniform)" not in text and "default 3) (default" not in text
     assert "--device {auto,cpu,cuda}" in text and "(default: auto)" in text
 
 

@@ -67,7 +67,7 @@ HELP = {
     "max_samples": "largest M_t a schedule may choose",
     "decay_rate": "decay schedule: gamma, the per-round factor of the budget share",
     "norm_clip": "robust aggregation: scale each decoded update down to at most this multiple of the round's "
-                 "median update norm (0 = off; default 3)",
+                 "median update norm (0 = off)",
     "adversary": "fault injection: what the hostile clients send (nan, huge, scale, garbage, wrong-shape, drop)",
     "adversaries": "fault injection: how many of the K clients are hostile (a seeded choice)",
     "round_timeout": "Flower: seconds the server waits for a round's replies before it goes on without the rest",
@@ -410,7 +410,7 @@ def _print_summary(s: dict, out: Path) -> None:
         f"  uplink total      {_fmt_bytes(s['total_uplink_bytes'])}",
         f"  downlink total    {_fmt_bytes(s['total_downlink_bytes'])}",
         f"  dense model       {_fmt_bytes(dense)} per transfer",
-        f"  vs FedAvg         " + ("dense both ways (this is FedAvg)" if s["method"] == "fedavg" and
+        "  vs FedAvg         " + ("dense both ways (this is FedAvg)" if s["method"] == "fedavg" and
                                    s.get("downlink") in (None, "dense") else
                                    f"{_ratio(s['fedavg_uplink_bytes'], s['total_uplink_bytes'])} fewer bytes up, "
                                    f"{_ratio(s['fedavg_downlink_bytes'], s['total_downlink_bytes'])} down, "
