@@ -351,7 +351,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    _print_summary(summary, out)
+    _print_summary({**summary, "device": sim.cfg.device, "device_asked": sim.device_asked}, out)
     return 0
 
 

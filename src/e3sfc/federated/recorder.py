@@ -110,7 +110,8 @@ class RunRecorder:
         assert self.out_dir is not None
         io.write_jsonl(self.out_dir / "ledger.jsonl", self.server.ledger.rows())
         if done:
-            io.write_json(self.out_dir / "summary.json", {**summary, "rejected_updates": self.rejected})
+            io.write_json(self.out_dir / "summary.json", {**summary, "rejected_updates": self.rejected,
+                                                          "device": self.cfg.device, "device_asked": self.device_asked})
 
     def summary(self, rounds: int) -> dict:
         """The run's summary after ``rounds`` rounds."""
@@ -136,7 +137,6 @@ class RunRecorder:
             "wall_seconds": round(self.elapsed, 4),
             "seconds_per_round": round(self.elapsed / rounds, 4) if rounds else None,
             "num_params": self.num_params,
-            "device": cfg.device, "device_asked": self.device_asked,
             "uplink_bytes_per_client_round": server.compressor.payload_bytes(server.context(0, None)),
         }
 
