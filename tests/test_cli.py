@@ -77,7 +77,34 @@ def test_resume_cli(tmp_path, capsys):
     assert main(["run", "--resume", str(out)]) == 0  # already finished: nothing to redo
     assert len(read_jsonl(out / "metrics.jsonl")) == 3
     assert main(["run", "--resume", str(tmp_path / "missing")]) == 2
-    assert main(["run", "--resume", str(out), "--rounds", "9"]) == 2
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out), "--lr", "0.1"]) == 2
+    assert "takes no other settings but --rounds (got --lr)" in _err(capsys)
+    assert main(["run", "--resume", str(out), "--rounds", "2"]) == 2
+    assert _err(capsys).startswith("e3sfc: error: --rounds: 2 is not allowed with --resume")
+    assert main(["run", "--resume", str(out), "--rounds", "5"]) == 0  # extends the finished run
+    assert "rounds            5" in capsys.readouterr().out
+    assert [r["round"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    assert json.loads((out / "config.json").read_text())["rounds"] == 5
+
+
+def test_progress_without_a_terminal_is_one_line_per_evaluated_round(tmp_path, capsys):
+    """stderr not a terminal (pytest captures it): one line per evaluated round, no bar; FedAvg's
+    summary says dense instead of '1.0x fewer'."""
+    assert main(["run", *FAST, "--rounds", "4", "--eval-every", "2", "--out", str(tmp_path / "r")]) == 0
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["round 2/4", "round 4/4"]
+    assert all(" MB so far, " in line and " s/round, ETA " in line and "accuracy 0." in line for line in lines)
+    assert "dense both ways (this is FedAvg)" in out and "1.0x" not in out
+
+
+def test_run_help_states_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: uniform)" not in text and "default 3) (default" not in text
+    assert "--device {auto,cpu,cuda}" in text and "(default: auto)" in text
 
 
 def test_resume_keeps_the_runs_thread_setting(tmp_path, monkeypatch):

@@ -195,3 +195,51 @@ def test_the_configs_out_is_the_run_folder(tmp_path):
     out = tmp_path / "run"
     Simulation(RunConfig(**SMALL, method="fedavg", out=str(out))).run()
     assert (out / "metrics.jsonl").is_file() and (out / "summary.json").is_file()
+
+@pytest.mark.parametrize("extra", [
+    {"fraction": 0.5},
+    # compressed downlink (its last broadcast is owed to no one) and an evaluation only the last round makes
+    {"method": "e3sfc", "samples": 1, "steps": 2, "max_iter": 5, "fraction": 0.5, "eval_every": 3},
+])
+def test_extending_a_finished_run_equals_a_run_of_that_many_rounds(tmp_path, extra):
+    """run 4 rounds, then resume with rounds=7: the same rows (timing aside), ledger and weights as 7
+    rounds from the start; config.json says 7."""
+    import json
+
+    from e3sfc.io import read_jsonl
+    cfg = RunConfig(**{**SMALL, **extra, "rounds": 7, "checkpoint_every": 0})
+    full = Simulation(cfg, out_dir=tmp_path / "a")
+    full.run()
+    Simulation(cfg.replace(rounds=4), out_dir=tmp_path / "b").run()
+    longer = Simulation.resume(tmp_path / "b", rounds=7)
+    assert longer.round == 4 and longer.cfg.rounds == 7
+    longer.run()
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]  # noqa: E731
+    assert strip(read_jsonl(tmp_path / "a/metrics.jsonl")) == strip(read_jsonl(tmp_path / "b/metrics.jsonl"))
+    assert read_jsonl(tmp_path / "a/ledger.jsonl") == read_jsonl(tmp_path / "b/ledger.jsonl")
+    assert torch.equal(full.weights, longer.weights)
+    assert json.loads((tmp_path / "b/config.json").read_text())["rounds"] == 7
+    assert json.loads((tmp_path / "b/summary.json").read_text())["rounds"] == 7
+    Simulation.resume(tmp_path / "b")  # its checkpoint and config.json agree
+
+
+def test_extension_is_refused_where_it_could_differ(tmp_path):
+    from e3sfc.errors import ConfigError
+    Simulation(RunConfig(**{**SMALL, "rounds": 3}), out_dir=tmp_path / "a").run()
+    with pytest.raises(ConfigError, match="--rounds: 2 is not allowed with --resume; expected more than the 3"):
+        Simulation.resume(tmp_path / "a", rounds=2)
+    cfg = RunConfig(**{**SMALL, "method": "e3sfc", "samples": 1, "steps": 1, "max_iter": 2, "rounds": 2,
+                       "budget_bytes": 10_000_000})
+    Simulation(cfg, out_dir=tmp_path / "b").run()
+    with pytest.raises(ConfigError, match="--rounds: a run with --budget-bytes cannot be extended"):
+        Simulation.resume(tmp_path / "b", rounds=4)
+
+
+def test_device_auto_resolves_once_and_config_json_records_the_device_used(tmp_path):
+    import json
+    sim = Simulation(RunConfig(**{**SMALL, "rounds": 1}), out_dir=tmp_path)
+    assert RunConfig().device == "auto" and sim.cfg.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    sim.run()
+    assert json.loads((tmp_path / "config.json").read_text())["device"] == sim.cfg.device
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["device"] == sim.cfg.device and summary["device_asked"] == "auto"

@@ -20,14 +20,49 @@ def test_compare_table_and_markdown(two_runs, tmp_path, capsys):
     assert main(["compare", str(two_runs / "fedavg"), str(two_runs / "topk"), "--target", "0.5",
                  "--markdown", str(md)]) == 0
     out = capsys.readouterr().out
-    assert "| fedavg | fedavg |" in out and "| topk | topk |" in out
+    lines = out.splitlines()  # an aligned text table: header, rule, one line a run, columns lined up
+    assert lines[0].startswith("run ") and set(lines[1]) <= {"-", " "} and len(lines) == 4
+    assert lines[2].split()[:2] == ["fedavg", "fedavg"] and lines[3].split()[:2] == ["topk", "topk"]
+    assert len({len(line) for line in lines[:2]}) == 1 and "|" not in out
     text = md.read_text()
-    assert text.strip() == out.strip()
+    assert "| fedavg | fedavg |" in text and "| topk | topk |" in text
+    assert main(["compare", str(two_runs / "fedavg"), str(two_runs / "topk"), "--target", "0.5",
+                 "--markdown", "-"]) == 0
+    assert capsys.readouterr().out.strip() == text.strip()
     fedavg_row = next(line for line in text.splitlines() if line.startswith("| fedavg"))
     cells = [c.strip() for c in fedavg_row.strip("|").split("|")]
     # MLP on 8x8 digits: P = 64*200+200 + 200*200+200 + 200*10+10 = 55,210; dense payload 4P + 11
     assert cells[2] == f"{4 * 55_210 + 11:,}"
     assert float(cells[4]) == pytest.approx(1.0)  # fedavg sends exactly the dense model
+    # down: over rounds 2..4 only (round 1 sends nothing down: w_1 is built from the seed)
+    assert cells[3] == f"{4 * 55_210 + 11:,}"
+
+
+def test_compare_groups_seeds_mean_and_spread(tmp_path, capsys):
+    """Runs that differ only in their seed make one row: mean ± sample sd; a target some never reach
+    says of how many the mean is."""
+    import json
+
+    from e3sfc.report import seed_groups, load_run
+
+    for seed, accs in ((1, (0.5, 0.7)), (2, (0.6, 0.9))):
+        run = tmp_path / f"topk-seed{seed}"
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"method": "topk", "rounds": 2, "eval_every": 1, "seed": seed}))
+        rows = [{"round": t, "accuracy": a, "uplink_bytes": 100, "downlink_bytes": 0 if t == 1 else 300,
+                 "cum_uplink_bytes": 100 * t, "cum_downlink_bytes": 300 * (t - 1), "participants": 1,
+                 "seconds": float(t)} for t, a in enumerate(accs, 1)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = [load_run(tmp_path / "topk-seed1"), load_run(tmp_path / "topk-seed2")]
+    (row,) = seed_groups(runs, target=0.85)
+    assert row["run"] == "topk (2 seeds)" and row["n"] == 2
+    assert row["acc_100"] == pytest.approx(0.8) and row["spread"]["acc_100"] == pytest.approx(0.1414, abs=1e-4)
+    assert row["down_bytes_per_client_round"] == pytest.approx(300)  # round 1 sent nothing down
+    assert row["up_bytes_per_client_round"] == pytest.approx(100)
+    assert row["rounds_to_target"] == 2 and row["counts"]["rounds_to_target"] == 1
+    assert main(["compare", *(str(r.path) for r in runs), "--target", "0.85"]) == 0
+    line = capsys.readouterr().out.splitlines()[2]
+    assert line.startswith("topk (2 seeds)") and "0.8000 ± 0.1414" in line and "2 (1 of 2)" in line
 
 
 def test_plot_writes_png(two_runs, tmp_path):

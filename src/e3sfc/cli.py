@@ -36,7 +36,7 @@ HELP = {
     "partition": "dirichlet (label skew) or iid",
     "alpha": "Dirichlet concentration (smaller = more skewed)",
     "rounds": "communication rounds T",
-    "weighted": "weight the mean by client sample counts (default: uniform)",
+    "weighted": "weight the mean by client sample counts (off: the uniform mean)",
     "local_epochs": "local SGD epochs per round",
     "batch_size": "local batch size",
     "lr": "client SGD learning rate",
@@ -67,13 +67,13 @@ HELP = {
     "max_samples": "largest M_t a schedule may choose",
     "decay_rate": "decay schedule: gamma, the per-round factor of the budget share",
     "norm_clip": "robust aggregation: scale each decoded update down to at most this multiple of the round's "
-                 "median update norm (0 = off; default 3)",
+                 "median update norm (0 = off)",
     "adversary": "fault injection: what the hostile clients send (nan, huge, scale, garbage, wrong-shape, drop)",
     "adversaries": "fault injection: how many of the K clients are hostile (a seeded choice)",
     "round_timeout": "Flower: seconds the server waits for a round's replies before it goes on without the rest",
     "engine": "inprocess (this process) or flower (Flower's simulation engine, one virtual node per client)",
     "seed": "the run's seed; all randomness derives from it",
-    "device": "cpu or cuda",
+    "device": "auto (cuda where available, else cpu), cpu or cuda; config.json records the device used",
     "threads": "torch CPU threads (0 = torch default)",
     "eval_every": "evaluate on the test split every N rounds (and at the end)",
     "checkpoint_every": "write a checkpoint every N rounds (0 = only at the end); Ctrl-C or SIGTERM always "
@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         default = ("auto" if boolean else "unset") if f.default in (None, "") else \
             str(f.default).lower() if boolean else f.default
         about = options[f.name].help if f.name in options else HELP.get(f.name, "")
-        helptext = f"{about} (default: {default})"  # flags default to None: config files layer
+        # flags default to None (config files layer): the help says the setting's default, once
+        helptext = about if "(default" in about else f"{about} (default: {default})"
         if boolean:
             box.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         else:
@@ -164,10 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="accuracy, loss, cosine (mean per-client compression cosine), downlink_cosine, "
                       "aggregate_cosine (mean decoded update against the mean true update), "
                       "aggregate_downlink_cosine (what the clients applied against the mean true update)")
-    cmp_ = sub.add_parser("compare", help="compare runs in a table (terminal and markdown)")
+    cmp_ = sub.add_parser("compare", help="compare runs in a table (runs that differ only in their seed: one "
+                          "row, mean ± sd over the seeds)")
     cmp_.add_argument("runs", nargs="+", metavar="RUN_DIR")
     cmp_.add_argument("--target", default=None, help="accuracy target for rounds / megabytes to reach it")
-    cmp_.add_argument("--markdown", default=None, metavar="FILE", help="also write the table to FILE")
+    cmp_.add_argument("--markdown", default=None, metavar="FILE",
+                      help="also write the table as markdown to FILE ('-': print markdown instead of the text table)")
     part = sub.add_parser("plot-partition", help="plot the label distribution of a partition")
     part.add_argument("--out", required=True)
     for name in ("dataset", "clients", "partition", "alpha", "seed", "data_dir", "emnist_split", "train_subset"):
@@ -187,7 +190,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import check_output, compare_rows, load_run, markdown_table, write_output
+    from .report import check_output, load_run, markdown_table, seed_groups, text_table, write_output
 
     target = None
     if args.target is not None:
@@ -197,11 +200,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
             target = -1.0
         if not 0 < target <= 1:
             raise ConfigError(f"--target: {args.target!r} is not allowed; expected an accuracy in (0, 1]")
-    markdown = check_output(args.markdown, "--markdown") if args.markdown else None
-    table = markdown_table(compare_rows([load_run(r) for r in args.runs], target), target)
+    to_stdout = args.markdown == "-"
+    markdown = check_output(args.markdown, "--markdown") if args.markdown and not to_stdout else None
+    rows = seed_groups([load_run(r) for r in args.runs], target)
     if markdown is not None:
-        write_output(markdown, "--markdown", lambda f: f.write(table + "\n"))
-    print(table)
+        write_output(markdown, "--markdown", lambda f: f.write(markdown_table(rows, target) + "\n"))
+    print(markdown_table(rows, target) if to_stdout else text_table(rows, target))
     return 0
 
 
@@ -272,19 +276,42 @@ def _fmt_bytes(n: float) -> str:
     return str(n)
 
 
-def _progress(total: int, start: int):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return None, None
-    bar = tqdm(total=total, initial=start, unit="round", disable=None, leave=False, dynamic_ncols=True)
+def _progress(total: int, start: int, stream=None):
+    """The run's progress: a tqdm bar on a terminal; elsewhere (piped, logged, nohup) one line per
+    evaluated round on stderr: round, accuracy, MB so far (up + down), seconds a round, time left.
+    Returns (the ``progress(t, row)`` callback, what to close at the end or None)."""
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        try:
+            from tqdm import tqdm
+        except ImportError:  # pragma: no cover
+            tqdm = None
+        if tqdm is not None:
+            bar = tqdm(total=total, initial=start, unit="round", leave=False, dynamic_ncols=True, file=stream)
 
-    def update(t: int, row: dict) -> None:
-        if row:
-            bar.set_postfix(acc=f"{row['accuracy']:.4f}", refresh=False)
-        bar.update(1)
+            def update(t: int, row: dict) -> None:
+                if row:
+                    bar.set_postfix(acc=f"{row['accuracy']:.4f}", refresh=False)
+                bar.update(1)
 
-    return update, bar
+            return update, bar
+    t0 = time.perf_counter()
+
+    def line(t: int, row: dict) -> None:
+        if not row:
+            return
+        per = (time.perf_counter() - t0) / max(t - start, 1)
+        mb = ((row.get("cum_uplink_bytes") or 0) + (row.get("cum_downlink_bytes") or 0)) / 1e6
+        print(f"round {t}/{total}: accuracy {row['accuracy']:.4f}, {mb:,.2f} MB so far, {per:.2f} s/round, "
+              f"ETA {_duration(per * (total - t))}", file=stream, flush=True)
+
+    return line, None
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -292,12 +319,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     overrides = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
     if args.resume:
-        given = [k for k, v in overrides.items() if v is not None]
+        given = [k for k, v in overrides.items() if v is not None and k != "rounds"]
         if given or args.config:
             what = given[0].replace("_", "-") if given else "config"
-            raise ConfigError(f"--resume: takes no other settings (got --{what}); the run's config.json is used")
+            raise ConfigError(f"--resume: takes no other settings but --rounds (got --{what}); the run's "
+                              "config.json is used")
+        rounds = None if args.rounds is None else RunConfig.from_sources(None, rounds=args.rounds).rounds
         _set_threads(Simulation.resume_config(args.resume).threads)  # before any data or model is built
-        sim = Simulation.resume(args.resume)
+        sim = Simulation.resume(args.resume, rounds=rounds)
         out = Path(args.resume)
     else:
         cfg = RunConfig.from_sources(args.config, **overrides)
@@ -309,7 +338,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = cfg.replace(out=str(out))
         try:
             if cfg.engine == "flower":
-                return _run_flower(cfg, out)
+                from .federated.loop import resolve_device
+                return _run_flower(cfg.replace(device=resolve_device(cfg.device)), out)
             sim = Simulation(cfg, out_dir=out)
         except (ConfigError, DataError):
             if created and not any(out.iterdir()):
@@ -321,7 +351,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    _print_summary(summary, out)
+    _print_summary({**summary, "device": sim.cfg.device, "device_asked": sim.device_asked}, out)
     return 0
 
 
@@ -380,10 +410,15 @@ def _print_summary(s: dict, out: Path) -> None:
         f"  uplink total      {_fmt_bytes(s['total_uplink_bytes'])}",
         f"  downlink total    {_fmt_bytes(s['total_downlink_bytes'])}",
         f"  dense model       {_fmt_bytes(dense)} per transfer",
-        f"  vs FedAvg         {_ratio(s['fedavg_uplink_bytes'], s['total_uplink_bytes'])} fewer bytes up, "
-        f"{_ratio(s['fedavg_downlink_bytes'], s['total_downlink_bytes'])} down, "
-        f"{_ratio(s['fedavg_uplink_bytes'] + s['fedavg_downlink_bytes'], total)} in all",
+        "  vs FedAvg         " + ("dense both ways (this is FedAvg)" if s["method"] == "fedavg" and
+                                   s.get("downlink") in (None, "dense") else
+                                   f"{_ratio(s['fedavg_uplink_bytes'], s['total_uplink_bytes'])} fewer bytes up, "
+                                   f"{_ratio(s['fedavg_downlink_bytes'], s['total_downlink_bytes'])} down, "
+                                   f"{_ratio(s['fedavg_uplink_bytes'] + s['fedavg_downlink_bytes'], total)} in all"),
         f"  wall time         {s['wall_seconds']:.1f} s ({s['wall_seconds'] / r:.3f} s/round)",
+        *([f"  device            {s['device']}" + (f" (--device {s['device_asked']})"
+                                                   if s.get("device_asked") not in (None, s["device"]) else "")]
+          if s.get("device") else []),
         f"  run folder        {out}",
     ]
     print("\n".join(lines))

@@ -127,7 +127,7 @@ class RunConfig:
     # run
     engine: str = "inprocess"
     seed: int = 42
-    device: str = "cpu"
+    device: str = "auto"             # auto: cuda where available, else cpu (resolved once: loop.resolve_device)
     threads: int = 0
     eval_every: int = 1
     checkpoint_every: int = 10
@@ -322,7 +322,7 @@ def _run_choices() -> dict[str, tuple[str, ...]]:
         "dataset": available_datasets(),
         "model": available_models(),
         "partition": ("dirichlet", "iid"),
-        "device": ("cpu", "cuda"),
+        "device": ("auto", "cpu", "cuda"),
         "emnist_split": tuple(EMNIST_SPLITS),
         "downlink": downlink_choices(),
         "init": ("auto", "seed", "broadcast"),

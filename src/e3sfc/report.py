@@ -150,9 +150,13 @@ def compare_rows(runs: Sequence[Run], target: float | None = None) -> list[dict]
     for run in runs:
         rows = run.rows
         last = rows[-1]
-        parts = sum(r.get("participants") or 0 for r in rows) or 1
-        up = last["cum_uplink_bytes"] / parts if run.config.get("eval_every", 1) == 1 else None
-        down = last["cum_downlink_bytes"] / parts if run.config.get("eval_every", 1) == 1 else None
+        # per client-round, each direction over the rounds in which it sent something (round 1 sends
+        # nothing down when w_1 is built from the seed); needs every round's row (--eval-every 1)
+        every = run.config.get("eval_every", 1) == 1
+        up_parts = sum(r.get("participants") or 0 for r in rows if r.get("uplink_bytes", 1)) or 1
+        down_parts = sum(r.get("participants") or 0 for r in rows if r.get("downlink_bytes", 1)) or 1
+        up = last["cum_uplink_bytes"] / up_parts if every else None
+        down = last["cum_downlink_bytes"] / down_parts if every else None
         dense = run.summary.get("dense_bytes_per_transfer") if run.summary else None
         reach = next((r for r in rows if r["accuracy"] >= target), None) if target is not None else None
         out.append({
@@ -176,20 +180,78 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def markdown_table(rows: list[dict], target: float | None = None) -> str:
+# compare's columns: (key, header, format)
+COLUMNS = (("up_bytes_per_client_round", "up B / client-round", ",.0f"),
+           ("down_bytes_per_client_round", "down B / client-round", ",.0f"),
+           ("ratio_vs_dense", "x less than dense", ",.1f"),
+           ("acc_25", "acc @25%", ".4f"), ("acc_50", "acc @50%", ".4f"), ("acc_100", "acc @100%", ".4f"),
+           ("acc_last10", "mean acc, last 10%", ".4f"), ("rounds_to_target", "rounds to {t}", ".0f"),
+           ("mb_to_target", "MB to {t}", ",.2f"), ("seconds_per_round", "s / round", ".2f"))
+
+
+def seed_groups(runs: Sequence[Run], target: float | None = None) -> list[dict]:
+    """compare's rows: one per run, or one per group of runs that differ only in their seed, its numbers
+    the means over the group and ``spread`` their sample standard deviations (``n`` runs; a number some
+    runs lack, as rounds to a target some never reach, is the mean of those that have it, and
+    ``counts`` says of how many)."""
+    rows = compare_rows(runs, target)
+    by_run = {id(run): row for run, row in zip(runs, rows)}
+    out = []
+    for label, group in _series(runs):
+        if len(group) == 1:
+            out.append({**by_run[id(group[0])], "n": 1, "spread": {}, "counts": {}})
+            continue
+        members = [by_run[id(run)] for run in group]
+        row = {"run": label, "method": members[0]["method"], "n": len(group), "spread": {}, "counts": {},
+               "device": members[0]["device"]}
+        for key, _, _ in COLUMNS:
+            vals = [m[key] for m in members if m[key] is not None]
+            row[key] = sum(vals) / len(vals) if vals else None
+            if len(vals) > 1:
+                mean = row[key]
+                row["spread"][key] = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+            if len(vals) != len(members):
+                row["counts"][key] = len(vals)
+        out.append(row)
+    return out
+
+
+def _cells(rows: list[dict], target: float | None) -> tuple[list[str], list[list[str]]]:
     t = f"{target:g}" if target is not None else "target"
-    head = ("| run | method | up B / client-round | down B / client-round | x less than dense | acc @25% | acc @50% "
-            f"| acc @100% | mean acc, last 10% | rounds to {t} | MB to {t} | s / round |")
-    lines = [head, "|" + "---|" * 12]
+    head = ["run", "method", *(h.format(t=t) for _, h, _ in COLUMNS)]
+    body = []
     for r in rows:
-        lines.append(
-            f"| {r['run']} | {r['method']} | {_fmt(r['up_bytes_per_client_round'], ',.0f')} "
-            f"| {_fmt(r['down_bytes_per_client_round'], ',.0f')} | {_fmt(r['ratio_vs_dense'], ',.1f')} "
-            f"| {_fmt(r['acc_25'], '.4f')} | {_fmt(r['acc_50'], '.4f')} | {_fmt(r['acc_100'], '.4f')} "
-            f"| {_fmt(r['acc_last10'], '.4f')} | {_fmt(r['rounds_to_target'], 'd')} "
-            f"| {_fmt(r['mb_to_target'], ',.2f')} "
-            f"| {_fmt(r['seconds_per_round'], '.2f')} |")
+        cells = [str(r["run"]), str(r["method"])]
+        for key, _, spec in COLUMNS:
+            v = r.get(key)
+            cell = _fmt(v, spec)
+            if v is not None and key in r.get("spread", {}):
+                cell += " ± " + format(r["spread"][key], spec)
+            if key in r.get("counts", {}):
+                cell += f" ({r['counts'][key]} of {r['n']})"
+            cells.append(cell)
+        body.append(cells)
+    return head, body
+
+
+def markdown_table(rows: list[dict], target: float | None = None) -> str:
+    """compare's table in markdown (``rows``: compare_rows' or seed_groups')."""
+    head, body = _cells(rows, target)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines)
+
+
+def text_table(rows: list[dict], target: float | None = None) -> str:
+    """compare's table for a terminal: columns aligned (names left, numbers right), a rule under the
+    header; a group of seeds reads ``mean ± sd``."""
+    head, body = _cells(rows, target)
+    width = [max(len(c[i]) for c in (head, *body)) for i in range(len(head))]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, width))).rstrip()
+
+    return "\n".join([line(head), "  ".join("-" * w for w in width), *map(line, body)])
 
 
 def _pyplot():

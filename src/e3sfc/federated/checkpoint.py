@@ -210,8 +210,11 @@ def check_state(state, cfg: RunConfig, num_params: int, uplink: Compressor, down
     None for the dense downlink) at ``ctx`` (the run's model)."""
     if not isinstance(state, dict) or not isinstance(state.get("server"), dict):
         raise ValueError("not an e3sfc checkpoint")
-    defaults = RunConfig().to_dict()  # settings added since the checkpoint was written: their defaults
-    if {**defaults, **(state.get("config") or {})} != {**defaults, **cfg.to_dict()}:
+    # settings added since the checkpoint was written: their defaults; the rounds may differ (a run
+    # extended with --resume --rounds N rewrites config.json before its next checkpoint), its round may not
+    # pass them (below)
+    defaults = {**RunConfig().to_dict(), "rounds": None}
+    if {**defaults, **(state.get("config") or {}), "rounds": None} != {**defaults, **cfg.to_dict(), "rounds": None}:
         raise ValueError("its config differs from config.json")
     if not isinstance(state["round"], int) or not 0 <= state["round"] <= cfg.rounds:
         raise ValueError(f"round {state['round']!r} is outside 0..{cfg.rounds}")

@@ -62,12 +62,23 @@ def stop_after_round():
             signal.signal(sig, h)
 
 
+def resolve_device(name: str) -> str:
+    """``--device auto``: cuda where torch sees a GPU, else cpu; cpu and cuda as they are (cuda where
+    there is none: a ConfigError)."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device: 'cuda' is not available on this machine; expected auto or cpu")
+    return name
+
+
 class RoundLoop:
     """One federated run driven from this process; subclasses implement ``run_round``."""
 
     def __init__(self, cfg: RunConfig, data: FedData | None = None, out_dir: str | Path | None = None):
-        if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device: 'cuda' is not available on this machine; expected cpu")
+        # the run's device, resolved once: config.json records the device used, summary.json what was asked
+        self.device_asked = cfg.device
+        cfg = cfg.replace(device=resolve_device(cfg.device))
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         out_dir = out_dir if out_dir is not None else cfg.out  # the run folder: given here, or the config's
@@ -98,6 +109,7 @@ class RoundLoop:
         self.ledger = self.server.ledger
         self.round = 0
         self.recorder = RunRecorder(cfg, self.server, self.num_params, self.out_dir)
+        self.recorder.device_asked = self.device_asked
         self.metrics = self.recorder.metrics  # one metrics row per evaluated round
         self.checkpointer = Checkpointer(cfg, self.out_dir, self.server, self.recorder, self.device)
 

@@ -46,6 +46,8 @@ class RunRecorder:
         self.metrics: list[dict] = []
         self.elapsed = 0.0
         self.rejected = 0  # updates rejected over the run (every round, evaluated or not)
+        self.device_asked = cfg.device  # --device as given (auto, cpu, cuda); cfg.device: the one used
+        self.extended = False  # a resume with --rounds: config.json is rewritten with the new rounds
         self._tb = None
 
     def open(self, resumed: bool) -> None:
@@ -58,6 +60,9 @@ class RunRecorder:
                 (self.out_dir / name).unlink(missing_ok=True)
             io.write_json(self.out_dir / "config.json", self.cfg.to_dict())
         else:
+            if self.extended:  # --resume --rounds N: the run's config now says N (summary.json: once done)
+                io.write_json(self.out_dir / "config.json", self.cfg.to_dict())
+                (self.out_dir / "summary.json").unlink(missing_ok=True)
             io.write_jsonl(self.out_dir / "metrics.jsonl", self.metrics)
 
     def record(self, t: int, accuracy: float, loss: float, stats: dict, seconds: float) -> dict[str, Any]:
@@ -105,7 +110,8 @@ class RunRecorder:
         assert self.out_dir is not None
         io.write_jsonl(self.out_dir / "ledger.jsonl", self.server.ledger.rows())
         if done:
-            io.write_json(self.out_dir / "summary.json", {**summary, "rejected_updates": self.rejected})
+            io.write_json(self.out_dir / "summary.json", {**summary, "rejected_updates": self.rejected,
+                                                          "device": self.cfg.device, "device_asked": self.device_asked})
 
     def summary(self, rounds: int) -> dict:
         """The run's summary after ``rounds`` rounds."""

@@ -92,6 +92,22 @@ def check_memory(cfg: RunConfig, num_params: int, feature_shape, num_classes: in
             f"{num_params:,} parameters); this machine has {avail / 1e9:,.1f} GB available")
 
 
+def check_extend(cfg: RunConfig, done: int | None, rounds: int) -> None:
+    """``--resume DIR --rounds N``: refuse (a ConfigError, one line) an extension whose result could
+    differ from a run of N rounds from the start: N below the rounds already run (or equal to them short
+    of the old end, whose last round then ran as an ordinary one), or a budget (the scheduler spread it
+    over the old number of rounds)."""
+    done = done if isinstance(done, int) else 0
+    if rounds < done or (rounds == done and rounds != cfg.rounds):
+        raise ConfigError(f"--rounds: {rounds} is not allowed with --resume; expected more than the {done} rounds "
+                          "this run has already run")
+    if cfg.budget_bytes:
+        raise ConfigError(f"--rounds: a run with --budget-bytes cannot be extended (its scheduler spread "
+                          f"{cfg.budget_bytes:,} bytes over {cfg.rounds} rounds); start a run of {rounds} rounds")
+    if cfg.engine != "inprocess":
+        raise ConfigError("--rounds: only in-process runs can be extended with --resume")
+
+
 class Simulation(RoundLoop):
     """One federated run with every client in this process. ``run()`` drives it; state is checkpointable."""
 
@@ -163,11 +179,18 @@ class Simulation(RoundLoop):
         return row
 
     @classmethod
-    def resume(cls, run_dir: str | Path, data: FedData | None = None) -> "Simulation":
-        """Rebuild a run from ``run_dir/config.json`` and its last checkpoint (read without running code)."""
+    def resume(cls, run_dir: str | Path, data: FedData | None = None, rounds: int | None = None) -> "Simulation":
+        """Rebuild a run from ``run_dir/config.json`` and its last checkpoint (read without running code).
+
+        ``rounds``: run to this many rounds instead (``--resume DIR --rounds N``), extending a finished or
+        stopped run; the result is that of a run of ``rounds`` from the start (see :func:`check_extend`)."""
         run_dir = Path(run_dir)
         cfg = read_config(run_dir)
         state = read_checkpoint(run_dir)
+        old_rounds = cfg.rounds
+        if rounds is not None and rounds != cfg.rounds:
+            check_extend(cfg, state.get("round") if isinstance(state, dict) else None, rounds)
+            cfg = cfg.replace(rounds=rounds)
         try:
             verify(state)  # its checksums and finite numbers, before anything is built from it
         except Damaged as exc:
@@ -178,6 +201,8 @@ class Simulation(RoundLoop):
             check_state(state, cfg, sim.num_params, sim.server.compressor, sim.server.downlink.compressor,
                         sim.server.context(0, None))
             sim.round = sim.checkpointer.load_state_dict(state)
+            if cfg.rounds != old_rounds:
+                sim._extend(old_rounds)
         except Damaged as exc:
             raise ConfigError(f"--resume: {run_dir / CHECKPOINT} is damaged: {exc}") from None
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OSError) as exc:
@@ -185,3 +210,19 @@ class Simulation(RoundLoop):
                               f"{run_dir}/config.json ({type(exc).__name__}: {exc})") from None
         log.info("resumed %s at round %d of %d", run_dir, sim.round, cfg.rounds)
         return sim
+
+    def _extend(self, old_rounds: int) -> None:
+        """Undo what only the last round of a run of ``old_rounds`` did differently, once the state of
+        a checkpoint at that round is loaded into a run of more rounds: its evaluation (made at the last
+        round whatever --eval-every says) and its compressed broadcast, which the last round owes to no
+        one (a round after it sends it). Nothing else a round does reads the number of rounds (the
+        budget scheduler does: check_extend refuses those runs)."""
+        self.recorder.extended = True
+        if self.round != old_rounds:
+            return  # a run stopped before its last round: nothing of its last round happened
+        rows = self.recorder.metrics
+        if rows and rows[-1]["round"] == old_rounds and old_rounds % self.cfg.eval_every:
+            rows.pop()
+        down = self.server.downlink
+        if down.compressed and old_rounds in down.history:
+            down.owed += len(down.history[old_rounds][0])
