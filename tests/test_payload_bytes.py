@@ -205,3 +205,13 @@ def test_addon_default_sends_at_most_3_3_kb_on_a_3x32x32_cnn():
         assert metrics["e3sfc-refused"] == 0 and metrics["e3sfc-uplink-bytes"] <= 2 * 3300
     finally:
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
+
+
+def test_the_cnn_config_picks_8x8_features_on_lenet():
+    from pathlib import Path
+
+    from e3sfc.compress import build_compressor
+    from e3sfc.config import load_toml
+    cfg = RunConfig.from_dict(load_toml(Path(__file__).parents[1] / "configs" / "e3sfc-cnn.toml"))
+    comp = build_compressor(cfg.method, cfg.to_dict(), cfg.ratio, _ctx(cfg.model, (3, 32, 32)))
+    assert comp.fitted == (8, 15, 8, 3069)
