@@ -213,5 +213,6 @@ def test_the_cnn_config_picks_8x8_features_on_lenet():
     from e3sfc.compress import build_compressor
     from e3sfc.config import load_toml
     cfg = RunConfig.from_dict(load_toml(Path(__file__).parents[1] / "configs" / "e3sfc-cnn.toml"))
-    comp = build_compressor(cfg.method, cfg.to_dict(), cfg.ratio, _ctx(cfg.model, (3, 32, 32)))
+    options = {**cfg.to_dict(), "batch_search": False}
+    comp = build_compressor(cfg.method, options, cfg.ratio, _ctx(cfg.model, (3, 32, 32)))
     assert comp.fitted == (8, 15, 8, 3069)
