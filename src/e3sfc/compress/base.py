@@ -81,6 +81,8 @@ class Option:
     do not take it, it is an error unless ``check_unused`` is False (for the knobs commonly kept in one
     config for every method: ``samples``, ``steps``, ...). ``setting=False``: the method's constructor
     takes it, but the run passes it from other settings (``ratio`` from ``--ratio``) or it is for code only.
+    ``attr``: the attribute the value is set as, where the name is taken (3SFC's ``payload_bytes``, a
+    method of every compressor, is set as ``payload_budget``).
     """
 
     name: str
@@ -94,6 +96,7 @@ class Option:
     note: str = ""
     check_unused: bool = True
     setting: bool = True
+    attr: str = ""                  # the attribute the constructor sets, where not ``name`` (a name taken)
 
     def allowed(self) -> str:
         """What is allowed, as the error messages say it: ``an integer >= 1``, ``one of 32, 16, 8``, ..."""
@@ -179,7 +182,7 @@ class Compressor(ABC):
             value = values.get(o.name, o.default)
             if not o.accepts(value):
                 raise ValueError(f"{o.name}: {value!r} is not allowed; expected {o.allowed()}")
-            setattr(self, o.name, value)
+            setattr(self, o.attr or o.name, value)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:

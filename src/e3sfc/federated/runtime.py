@@ -35,6 +35,7 @@ from torch import nn
 from ..compress import Compressor, Context, ErrorFeedback, build_compressor
 from ..compress.fedavg import Dense
 from ..config import RunConfig
+from ..errors import ConfigError
 from ..metrics import DOWN, UP, Ledger
 from ..wire import Payload
 from . import adversary
@@ -223,13 +224,19 @@ class ServerRuntime:
         self.sizes = sizes                            # partition sizes: the bound on a reply's num_samples
         self.asked: list[int] = []                    # this round's participants
         ctx0 = self.context(0, None)
+        if cfg.payload_bytes and (cfg.budget_bytes or cfg.schedule != "constant"):
+            flag = f"--budget-bytes {cfg.budget_bytes}" if cfg.budget_bytes else f"--schedule {cfg.schedule}"
+            raise ConfigError(f"--payload-bytes: {cfg.payload_bytes} is not allowed with {flag}; the budget "
+                              "scheduler sizes each round's payloads (set one or the other)")
         self.compressor = uplink_compressor(cfg, ctx0)
         self.ledger = Ledger()
         self.downlink = Downlink(downlink_compressor(cfg, ctx0), cfg.clients, cfg.resolved_init, cfg.ef, self.ledger)
         self.dense_bytes = self.downlink.dense_bytes(ctx0)
         self._payload: dict[int, int] = {}            # bytes of an uplink payload / a broadcast, by M
         self._broadcast: dict[int, int] = {}
-        self.scheduler = BudgetScheduler(cfg.schedule, cfg.budget_bytes or None, cfg.rounds, cfg.samples,
+        # M: --samples, or what --payload-bytes picked (the compressor's)
+        self.scheduler = BudgetScheduler(cfg.schedule, cfg.budget_bytes or None, cfg.rounds,
+                                         getattr(self.compressor, "samples", cfg.samples),
                                          cfg.max_samples, cfg.target_cosine, cfg.decay_rate)
         self.last_cosine: float | None = None       # what the scheduler reads: the uplink's cosine
         self.last_agg_cosine: float | None = None   # the aggregate's, where the driver measures it

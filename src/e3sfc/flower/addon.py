@@ -64,7 +64,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from ..compress import get_compressor_class
+from ..compress import available_methods, get_compressor_class
+from ..compress.threesfc import REFERENCE_PAYLOAD
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..federated.client import ClientUpdate
@@ -90,17 +91,36 @@ class SettingsMismatch(RuntimeError):
     """A node compresses with other settings than the server (or the server does not compress)."""
 
 
+# The add-on's default size of a 3SFC payload where the app gives none: the published algorithm's
+# smallest payload on MNIST (M = 1 float32 sample of 1x28x28, 10 classes: 3,215 bytes), which
+# --payload-bytes then fits to the app's own model (a 3x32x32 CNN: R = 8, M = 15, 8-bit, 3,069 bytes).
+DEFAULT_PAYLOAD_BYTES = REFERENCE_PAYLOAD
+SIZING = ("samples", "feature_bits", "feature_res", "payload_bytes", "budget_bytes", "schedule")
+
+
+def _sized(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with ``payload_bytes`` = :data:`DEFAULT_PAYLOAD_BYTES` where a method that takes it
+    (3sfc, e3sfc, as the uplink or the downlink) is named and none of :data:`SIZING` is given."""
+    given = {k.replace("-", "_") for k in values}
+    names = {values.get("method"), values.get("downlink")} - {None, "auto", "dense"}
+    takes = any(n in available_methods() and "payload_bytes" in get_compressor_class(n).option_names()
+                for n in names)
+    return {**values, "payload_bytes": DEFAULT_PAYLOAD_BYTES} if takes and not given & set(SIZING) else values
+
+
 def settings(method: str | None = None, downlink: str | None = None, downlink_options: dict | None = None,
              run_config: dict | None = None, **options: Any) -> RunConfig:
     """The add-on's settings as a validated :class:`~e3sfc.config.RunConfig`: from ``method`` and its
     options, else from the ``e3sfc-`` keys of a Flower run config. ``downlink_options`` may set the
-    downlink's ``ratio``, ``samples`` and ``patience``; its other options are the uplink's."""
+    downlink's ``ratio``, ``samples`` and ``patience``; its other options are the uplink's. With 3sfc or
+    e3sfc and no ``samples``, ``feature_bits``, ``feature_res``, ``payload_bytes`` or budget schedule,
+    ``payload_bytes`` is :data:`DEFAULT_PAYLOAD_BYTES` (the payload fitted to the app's model)."""
     if method is None:
         found = {k[len(PREFIX):]: v for k, v in (run_config or {}).items() if k.startswith(PREFIX)}
         if "method" not in found:
             raise ConfigError("e3sfc add-on: no method given and no 'e3sfc-method' in the run config; pass "
                               "method=... or set e3sfc-method in [tool.flwr.app.config]")
-        return RunConfig.from_dict({"engine": "flower", **found})
+        return RunConfig.from_dict(_sized({"engine": "flower", **found}))
     values: dict[str, Any] = {"engine": "flower", "method": method, "downlink": downlink or "auto", **options}
     for k, v in (downlink_options or {}).items():
         if k in ("ratio", "samples", "patience"):
@@ -108,7 +128,7 @@ def settings(method: str | None = None, downlink: str | None = None, downlink_op
         elif values.get(k, getattr(RunConfig(), k, None)) != v:
             raise ConfigError(f"e3sfc add-on: downlink_options {k}={v!r} differs from the uplink's; the downlink "
                               "takes its own ratio, samples and patience and shares every other option")
-    return RunConfig.from_dict(values)
+    return RunConfig.from_dict(_sized(values))
 
 
 SHARED = ("method", "downlink", "downlink_ratio", "downlink_samples", "downlink_patience", "ef", "seed", "protocol")
