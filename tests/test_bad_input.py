@@ -181,3 +181,60 @@ def test_a_folder_that_never_checkpointed_can_be_reused(tmp_path, capsys):
     assert "never checkpointed" in _err(capsys)
     assert main(["run", *FAST, "--out", str(out)]) == 0
     assert len(read_jsonl(out / "metrics.jsonl")) == 2
+
+
+# ---- issue 32 item 3: numbers that never fit or never finish are refused before anything is written ----
+
+BIG = "99999999999999999999"
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--method", "e3sfc", "--downlink-samples", BIG], "--downlink-samples: '99999999999999999999' is not allowed; "
+                                                       "expected an integer that fits in 64 bits"),
+    (["--rounds", BIG], "--rounds: '99999999999999999999' is not allowed"),
+    (["--local-epochs", BIG], "--local-epochs: '99999999999999999999' is not allowed"),
+    (["--method", "fedsynth", "--unroll", BIG], "--unroll: '99999999999999999999' is not allowed"),
+    (["--method", "fedsynth", "--synth-iters", BIG], "--synth-iters: '99999999999999999999' is not allowed"),
+    (["--method", "e3sfc", "--downlink-samples", "1000000000"], "--downlink-samples: this run needs about"),
+    (["--rounds", "9223372036854775807"], "--rounds: this run needs at least"),
+    (["--local-epochs", "1000000000000"], "--local-epochs: this run needs at least"),
+    (["--method", "fedsynth", "--synth-iters", "1000000000000000"], "--synth-iters: this run needs at least"),
+    (["--method", "fedsynth", "--unroll", "100000000000"], "--unroll: this run needs about"),
+    (["--method", "3sfc", "--steps", "100000000000000"], "--steps: this run needs at least"),
+    (["--partition", "iid", "--clients", "100000000000"], "--clients: 100000000000 clients and"),
+])
+def test_numbers_that_never_fit_or_finish(argv, needle, tmp_path, capsys):
+    out = tmp_path / "runs" / "r"
+    assert main(["run", *FAST, "--out", str(out), *argv]) == 2
+    assert needle in _err(capsys)
+    assert not (tmp_path / "runs").exists()  # no .lock, no config.json, no folder
+
+
+def test_big_but_legitimate_runs_pass_the_estimates():
+    from e3sfc.config import RunConfig
+    from e3sfc.federated.simulator import estimate_seconds, MAX_RUN_SECONDS
+
+    cfg = RunConfig(dataset="cifar10", model="resnet18", clients=10_000, rounds=1_000, method="e3sfc")
+    assert estimate_seconds(cfg, 11_000_000, 50_000, 10_000)[0] < MAX_RUN_SECONDS
+
+
+def test_toml_huge_rounds_nesting_and_tables(tmp_path, capsys):
+    p = tmp_path / "c.toml"
+    p.write_text("dataset = 'digits'\nclients = 3\nrounds = 9223372036854775807\n")
+    out = tmp_path / "r"
+    assert main(["run", "--config", str(p), "--out", str(out)]) == 2
+    assert "--rounds: this run needs at least" in _err(capsys)
+    assert not out.exists()
+    p.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    assert main(["run", "--config", str(p)]) == 2
+    assert "nests arrays or tables too deeply" in _err(capsys)
+    p.write_text("out = {a = 1}\n")
+    assert main(["run", "--config", str(p)]) == 2
+    assert "--out: a table is not allowed; expected one str value" in _err(capsys)
+
+
+def test_out_name_too_long(tmp_path, capsys):
+    out = tmp_path / ("x" * 300)
+    assert main(["run", *FAST, "--out", str(out)]) == 2
+    assert "--out: cannot create a run folder at" in _err(capsys)
+    assert list(tmp_path.iterdir()) == []

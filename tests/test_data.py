@@ -157,3 +157,76 @@ def test_standardisation_in_place_equals_the_out_of_place_formula(tmp_path):
     x = torch.from_numpy(read_idx(root / "train-images-idx3-ubyte.gz")[:, None].astype(np.float32) / 255.0)
     mean, std = x.mean(dim=(0, 2, 3), keepdim=True), x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     assert torch.equal(d.train_x, (x - mean) / std)
+
+
+# ---- data validation when loading (issue 32 item 4): one line naming the problem, never a fallback ----
+
+def _mnist_with(root, **replace):
+    write_mnist_like(root, n_train=30, n_test=10)
+    for name, arr in replace.items():
+        write_idx(root / name, arr)
+    return root
+
+
+@pytest.mark.parametrize("name,arr,needle", [
+    ("train-labels-idx1-ubyte.gz", np.zeros((30, 2)), "label file has shape (30, 2); expected 1 dimension"),
+    ("train-images-idx3-ubyte.gz", np.zeros((30, 5, 5)), "images are 5x5; expected 28x28"),
+    ("train-images-idx3-ubyte.gz", np.zeros((0, 28, 28)), "the training split holds no images"),
+    ("train-labels-idx1-ubyte.gz", np.zeros(0), "30 training images but 0 labels"),
+    ("t10k-labels-idx1-ubyte.gz", np.full(10, 12), "labels outside 0..9"),
+])
+def test_bad_idx_contents_are_refused(tmp_path, name, arr, needle):
+    root = _mnist_with(tmp_path / "d", **{name: arr})
+    with pytest.raises(DataError, match=None) as e:
+        load_dataset("mnist", str(root))
+    assert needle in str(e.value)
+
+
+def test_registered_dataset_with_nan_pixels_or_float_labels():
+    from e3sfc.data import register_dataset
+    from e3sfc.data import _LOADERS
+
+    x = torch.zeros(4, 1, 8, 8)
+    good = [(x[i], i % 2) for i in range(4)]
+    nan = [(x[i] + float("nan"), i % 2) for i in range(4)]
+    inf = [(x[i] + float("inf"), i % 2) for i in range(4)]
+    frac = [(x[i], 3.7 if i == 0 else 1) for i in range(4)]
+    for tag, train, needle in (("nan", nan, "non-finite values"), ("inf", inf, "non-finite values"),
+                               ("frac", frac, "label 3.7 is not an integer")):
+        name = f"bad-{tag}"
+        register_dataset(name, train, good, num_classes=10)
+        try:
+            with pytest.raises(DataError) as e:
+                load_dataset(name)
+            assert needle in str(e.value)
+        finally:
+            _LOADERS.pop(name)
+
+
+def test_data_dir_that_is_empty_or_holds_a_folder_is_an_error(tmp_path, monkeypatch):
+    system = write_mnist_like(tmp_path / "system")  # another copy that must not be used
+    monkeypatch.setenv("E3SFC_DATA", str(system))
+    assert len(load_dataset("mnist").train_y) == 120  # found without --data-dir
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError) as e:
+        load_dataset("mnist", str(empty))
+    assert f"--data-dir: dataset 'mnist' not found in {str(empty)!r}" in str(e.value)
+    holey = write_mnist_like(tmp_path / "holey")
+    (holey / "t10k-labels-idx1-ubyte.gz").unlink()
+    (holey / "t10k-labels-idx1-ubyte.gz").mkdir()
+    with pytest.raises(DataError) as e:
+        load_dataset("mnist", str(holey))
+    assert "t10k-labels-idx1-ubyte.gz is a folder" in str(e.value)
+
+
+def test_bad_data_through_the_cli_leaves_nothing(tmp_path, capsys):
+    from conftest import one_line_error
+    from e3sfc.cli import main
+
+    root = _mnist_with(tmp_path / "d", **{"train-images-idx3-ubyte.gz": np.zeros((30, 5, 5))})
+    out = tmp_path / "runs" / "r"
+    assert main(["run", "--dataset", "mnist", "--data-dir", str(root), "--clients", "2", "--rounds", "1",
+                 "--out", str(out)]) == 2
+    assert "images are 5x5; expected 28x28" in one_line_error(capsys)
+    assert not (tmp_path / "runs").exists()

@@ -333,17 +333,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_threads(cfg.threads)
         _set_threads(cfg.threads)
         out = Path(cfg.out or _default_out(cfg))
-        created = not out.exists()
-        _check_out(out)
+        created = _check_out(out)  # the first folder this run created, if any
         cfg = cfg.replace(out=str(out))
         try:
             if cfg.engine == "flower":
                 from .federated.loop import resolve_device
                 return _run_flower(cfg.replace(device=resolve_device(cfg.device)), out)
             sim = Simulation(cfg, out_dir=out)
-        except (ConfigError, DataError):
-            if created and not any(out.iterdir()):
-                out.rmdir()  # leave nothing behind for a run that could not start
+        except BaseException:
+            if created is not None:
+                _remove_created(out, created)  # leave nothing behind for a run that could not start
             raise
     update, bar = _progress(sim.cfg.rounds, sim.round)
     try:
@@ -355,21 +354,51 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_out(out: Path) -> None:
-    """--out must be a folder we can create and write, and hold no checkpointed run."""
+def _check_out(out: Path) -> Path | None:
+    """--out must be a folder we can create and write, and hold no checkpointed run; creates it. Returns
+    the first folder on the way to it that did not exist (``out`` or a parent; a run refused before it
+    starts removes them), or None."""
     from .federated.simulator import check_reusable
 
-    if out.exists() and not out.is_dir():
+    try:
+        created = not out.exists()
+    except OSError as exc:  # a name too long for the file system, a loop of links, ...
+        raise ConfigError(f"--out: cannot create a run folder at {str(out)[:80]!r}{'...' if len(str(out)) > 80 else ''}"
+                          f" ({exc.strerror or exc}); expected a writable folder path (each name at most 255 "
+                          "bytes)") from None
+    if not created and not out.is_dir():
         raise ConfigError(f"--out: {str(out)!r} is a file; expected a folder for the run")
     check_reusable(out)
+    first = None
+    if created:
+        first = out.absolute()
+        while not first.parent.exists() and first.parent != first:
+            first = first.parent
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test.tmp"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"--out: cannot create a run folder at {str(out)!r} ({exc.strerror or exc}); "
-                          "expected a writable folder path") from None
+        if first is not None:
+            _remove_created(out, first)
+        raise ConfigError(f"--out: cannot create a run folder at {str(out)[:80]!r}{'...' if len(str(out)) > 80 else ''}"
+                          f" ({exc.strerror or exc}); expected a writable folder path") from None
+    return first
+
+
+def _remove_created(out: Path, first: Path) -> None:
+    """Remove ``out`` and its parents up to ``first``, the folders this run created, where empty (a refused
+    run leaves nothing behind)."""
+    here = out.absolute()
+    while True:
+        try:
+            here.rmdir()
+        except OSError:
+            return
+        if here == first or here.parent == here:
+            return
+        here = here.parent
 
 
 def _ratio(dense: int, ours: int) -> str:

@@ -234,6 +234,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             data = tomllib.load(f)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config: {path} is not valid TOML (UTF-8 text expected; {exc})") from None
+    except RecursionError:  # arrays or tables nested thousands deep
+        raise ConfigError(f"--config: {path} nests arrays or tables too deeply to read; expected flat "
+                          "settings (name = value), optionally under [run]") from None
     except OSError as exc:
         raise ConfigError(f"--config: cannot read {path} ({exc.strerror})") from None
     # allow an optional [run] table
@@ -248,37 +251,63 @@ FAST_SEARCH_CPU = ("mlp", "convnet", "convnet-fast", "lenet", "regnet")
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
+INT64_MAX = 2 ** 63 - 1  # every integer setting must fit in int64 (torch, numpy and the checkpoint keep them so)
+
 
 def _coerce(name: str, value: Any, type_str: Any) -> Any:
     t = str(type_str).replace(" | None", "")
     if value is None:
         return None
+    if isinstance(value, (dict, list, tuple)):  # a TOML table or array where one value belongs
+        raise ConfigError(f"{_flag(name)}: a {'table' if isinstance(value, dict) else 'list'} is not allowed; "
+                          f"expected one {t} value")
     try:
-        if t == "bool":
-            if isinstance(value, str):
-                low = value.lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError
-            return bool(value)
-        if t == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            if isinstance(value, bool):
-                raise ValueError
-            return int(value)
-        if t == "float":
-            return float(value)
+        out = _convert(value, t)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{_flag(name)}: {_shown(value)} is not a valid {t}") from None
+    if t == "int" and not -INT64_MAX - 1 <= out <= INT64_MAX:
+        raise ConfigError(f"{_flag(name)}: {_shown(value)} is not allowed; expected an integer that fits in 64 "
+                          f"bits (at most {INT64_MAX:,})")
+    return out
+
+
+def _convert(value: Any, t: str) -> Any:
+    if t == "bool":
+        if isinstance(value, str):
+            low = value.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        return bool(value)
+    if t == "int":
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if isinstance(value, bool):
+            raise ValueError
+        return int(value)
+    if t == "float":
+        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):  # ratio = 0.01 in a TOML file
         return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{_flag(name)}: {value!r} is not a valid {t}") from None
+    if not isinstance(value, str):  # a TOML date or boolean where text belongs
+        raise TypeError
+    return value
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (an error line stays one short line)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        text = f"an integer of {value.bit_length()} bits"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"{_flag(name)}: {value!r} is not allowed; expected {allowed}")
+        raise ConfigError(f"{_flag(name)}: {_shown(value)} is not allowed; expected {allowed}")
 
 
 def _check_knobs_used(c: "RunConfig") -> None:

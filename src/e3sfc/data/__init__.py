@@ -109,11 +109,38 @@ class FedData:
         return tuple(self.train_x.shape[1:])
 
 
-def _check_pair(name: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> None:
+def _check_pair(name: str, x: np.ndarray, y: np.ndarray, num_classes: int, split: str = "training",
+                text: bool = False) -> np.ndarray:
+    """A split's inputs and labels are usable: at least one sample, as many labels as inputs, labels a 1-D
+    array of integers in 0..classes-1, inputs of a numeric dtype and finite (images: (N, C, H, W)). Returns
+    the labels as int64."""
+    x, y = np.asarray(x), np.asarray(y)
+    what = "documents" if text else "images"
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise DataError(f"dataset {name!r}: the {split} split holds no {what}; expected at least one sample")
+    if not text and x.ndim != 4:
+        raise DataError(f"dataset {name!r}: {split} {what} have shape {x.shape[1:]}; expected (channels, height, "
+                        "width) each")
+    if y.ndim != 1:
+        raise DataError(f"dataset {name!r}: {split} labels have shape {y.shape}; expected one label per sample "
+                        "(a 1-D array)")
     if x.shape[0] != y.shape[0]:
-        raise DataError(f"dataset {name!r}: {x.shape[0]} images but {y.shape[0]} labels")
-    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise DataError(f"dataset {name!r}: {x.shape[0]} {split} {what} but {y.shape[0]} labels")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"dataset {name!r}: {split} {what} are {x.dtype}; expected integer or float pixels")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise DataError(f"dataset {name!r}: {split} {what} hold non-finite values (NaN or inf); expected finite "
+                        "pixels")
+    if np.issubdtype(y.dtype, np.floating):
+        if not (np.isfinite(y).all() and (y == np.round(y)).all()):
+            bad = float(y[~(np.isfinite(y) & (y == np.round(y)))][0])
+            raise DataError(f"dataset {name!r}: {split} label {bad!r} is not an integer; expected integer labels "
+                            f"in 0..{num_classes - 1}")
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"dataset {name!r}: {split} labels are {y.dtype}; expected integer labels")
+    if y.min() < 0 or y.max() >= num_classes:
         raise DataError(f"dataset {name!r}: labels outside 0..{num_classes - 1}")
+    return y.astype(np.int64)
 
 
 def _load_idx(root, files, name) -> tuple[np.ndarray, ...]:
@@ -122,6 +149,13 @@ def _load_idx(root, files, name) -> tuple[np.ndarray, ...]:
     for x in (xtr, xte):
         if x.ndim != 3:
             raise DataError(f"dataset {name!r}: image file must have 3 dimensions, got {x.shape}")
+        if x.shape[1:] != (28, 28):
+            raise DataError(f"dataset {name!r}: images are {x.shape[1]}x{x.shape[2]}; expected 28x28 (an IDX image "
+                            "file of the MNIST family)")
+    for y in (ytr, yte):
+        if y.ndim != 1:
+            raise DataError(f"dataset {name!r}: label file has shape {y.shape}; expected 1 dimension (one label "
+                            "per image)")
     return xtr[:, None], ytr.astype(np.int64), xte[:, None], yte.astype(np.int64)
 
 
@@ -192,7 +226,7 @@ def register_dataset(name: str, train, test, num_classes: int) -> None:
                 raise DataError(f"dataset {name!r}: an empty split")
             xs, ys = zip(*(ds[i] for i in range(len(ds))))
             return (torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in xs]).numpy(),
-                    np.asarray([int(y) for y in ys], dtype=np.int64))
+                    np.asarray([float(y) if isinstance(y, float) else int(y) for y in ys]))  # 3.7: refused
         (xtr, ytr), (xte, yte) = arrays(train), arrays(test)
         if xtr.ndim != 4:
             raise DataError(f"dataset {name!r}: items must be (C, H, W) tensors, got {xtr.shape[1:]}")
@@ -259,8 +293,8 @@ def load_dataset(
         holdout = 0.0  # done, before the vocabulary
     else:
         xtr, ytr, xte, yte, classes, scale = _LOADERS[name](data_dir, emnist_split)
-    _check_pair(name, xtr, ytr, classes)
-    _check_pair(name, xte, yte, classes)
+    ytr = _check_pair(name, xtr, ytr, classes, "training", text=scale is None)
+    yte = _check_pair(name, xte, yte, classes, "test", text=scale is None)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xDA7A]))
     if scaling == "authors" and name == "emnist":
         perm = rng.permutation(len(ytr))

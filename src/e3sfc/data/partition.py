@@ -44,6 +44,9 @@ def dirichlet_partition(labels: np.ndarray, clients: int, alpha: float, seed: in
 
 def iid_partition(n: int, clients: int, seed: int) -> list[np.ndarray]:
     """A seeded random split into K near-equal parts."""
+    if clients * MIN_PARTITION > n:  # before np.array_split builds a list of `clients` parts
+        raise ConfigError(f"--clients: {clients} clients and {n} training samples leave some client with no data "
+                          f"(each needs at least {MIN_PARTITION}); use fewer clients or more training samples")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x11D]))
     out = [np.sort(p) for p in np.array_split(rng.permutation(n), clients)]
     _check_nonempty(out, "--partition iid")

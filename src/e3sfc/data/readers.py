@@ -56,7 +56,7 @@ def _cache_path(path: Path) -> Path | None:
 
 
 def _digest(a: np.ndarray) -> str:
-    return hashlib.blake2b(memoryview(np.ascontiguousarray(a)).cast("B"), digest_size=16).hexdigest()
+    return hashlib.blake2b(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data, digest_size=16).hexdigest()
 
 
 def read_idx(path: str | Path) -> np.ndarray:

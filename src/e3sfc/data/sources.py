@@ -92,12 +92,23 @@ def candidate_roots(src: Source, data_dir: str | None) -> list[Path]:
 
 
 def resolve(src: Source, data_dir: str | None) -> Path:
-    """Return a directory holding all of ``src.files``, downloading them if needed."""
+    """Return a directory holding all of ``src.files``, downloading them if needed. With ``data_dir`` only
+    that folder (and its subfolders named after the dataset) is looked in: files missing there are an error
+    (or a download into it), never a silent fallback to another copy."""
     roots = candidate_roots(src, data_dir)
+    if data_dir is not None:
+        roots = [r for r in roots if r == Path(data_dir) or Path(data_dir) in r.parents]
     for root in roots:
         if _has_all(root, src.files):
             log.debug("dataset %s found in %s", src.name, root)
             return root
+    if data_dir is not None and (os.environ.get("E3SFC_NO_DOWNLOAD") or not src.remotes):
+        missing = [f for f in src.files if not (Path(data_dir) / f).is_file()]
+        folders = [f for f in missing if (Path(data_dir) / f).is_dir()]
+        raise DataError(
+            f"--data-dir: dataset {src.name!r} not found in {data_dir!r} (missing {', '.join(missing[:4])}"
+            f"{' and more' if len(missing) > 4 else ''}{'; ' + folders[0] + ' is a folder' if folders else ''}); "
+            f"expected its files there or in {src.name}/ under it (no other copy is used with --data-dir)")
     if os.environ.get("E3SFC_NO_DOWNLOAD") or not src.remotes:
         where = ", ".join(str(r) for r in roots[:: 2 + len(src.subdirs)])
         how = "downloads are off (E3SFC_NO_DOWNLOAD)" if src.remotes else "it has no download source"

@@ -190,7 +190,8 @@ class FlowerSimulation(RoundLoop):
                  settle_s: float = 15.0):
         super().__init__(cfg, out_dir=out_dir)
         # as in-process: a local federation's clients (residuals, searches) share this machine
-        check_memory(cfg, self.num_params, self.feature_shape, self.data.num_classes)
+        check_memory(cfg, self.num_params, self.feature_shape, self.data.num_classes, len(self.data.train_y),
+                     len(self.data.test_y))
         self.grid = grid
         self.node_of = self._discover(wait_s, settle_s)
 
