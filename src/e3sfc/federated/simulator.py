@@ -34,7 +34,7 @@ from ..data import FedData
 from ..errors import ConfigError, Damaged
 from .checkpoint import (CHECKPOINT, check_reusable, check_state, locked_run_dir, read_checkpoint, read_config,
                          verify)
-from .loop import RoundLoop
+from .loop import RoundLoop, resolve_device
 from .params import get_flat
 from .recorder import RUN_FILES, check_records
 from .runtime import ClientRuntime
@@ -122,7 +122,8 @@ def estimate_seconds(cfg: RunConfig, num_params: int, n_train: int, n_test: int)
                  f"{down_evals:,} downlink evaluations x {down_m:,} synthetic samples"),
         "eval": (float(n_test) / cfg.eval_every, "eval_every", f"{n_test:,} test samples / {cfg.eval_every:,}"),
     }
-    per_round_s = sum(t[0] for t in terms.values()) * flops / FLOPS_PER_SECOND[cfg.device] + 1e-6 * per_round
+    speed = FLOPS_PER_SECOND[resolve_device(cfg.device)]
+    per_round_s = sum(t[0] for t in terms.values()) * flops / speed + 1e-6 * per_round
     seconds = per_round_s * cfg.rounds
     top = max(terms.values(), key=lambda t: t[0])
     flag = top[1] if per_round_s > MAX_RUN_SECONDS else "rounds"
@@ -164,7 +165,8 @@ def check_memory(cfg: RunConfig, num_params: int, feature_shape, num_classes: in
     if seconds > MAX_RUN_SECONDS:
         raise ConfigError(
             f"--{flag.replace('_', '-')}: this run needs at least {_fmt_seconds(seconds)} of compute ({how}, "
-            f"at {FLOPS_PER_SECOND[cfg.device]:.0e} flop/s); expected a run that can finish within a year")
+            f"at {FLOPS_PER_SECOND[resolve_device(cfg.device)]:.0e} flop/s); expected a run that can finish "
+            "within a year")
 
 
 def check_extend(cfg: RunConfig, done: int | None, rounds: int) -> None:
