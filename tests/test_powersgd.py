@@ -167,7 +167,7 @@ def test_resume_equals_no_stop_and_the_warm_starts_are_checked(tmp_path, memory)
     assert torch.equal(full.weights, resumed.weights)
     # a warm start of the wrong size is refused before use
     sim = Simulation(cfg)
-    args = (cfg, sim.num_params, sim.server.compressor, sim.server.downlink.compressor, sim.server.context(0, None))
+    args = (sim.cfg, sim.num_params, sim.server.compressor, sim.server.downlink.compressor, sim.server.context(0, None))
     check_state(state, *args)
     state["server"]["downlink"]["start"] = torch.zeros(5)
     with pytest.raises(ValueError, match="warm start"):
