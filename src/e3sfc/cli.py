@@ -68,7 +68,10 @@ HELP = {
     "decay_rate": "decay schedule: gamma, the per-round factor of the budget share",
     "norm_clip": "robust aggregation: scale each decoded update down to at most this multiple of the round's "
                  "median update norm (0 = off)",
-    "adversary": "fault injection: what the hostile clients send (nan, huge, scale, garbage, wrong-shape, drop)",
+    "aggregate": "robust aggregation: mean (of the bounded updates) or cclip (centered clipping around a robust "
+                 "center: holds colluding clients to a bounded pull)",
+    "adversary": "fault injection: what the hostile clients send (nan, huge, scale, collude, garbage, wrong-shape, "
+                 "drop)",
     "adversaries": "fault injection: how many of the K clients are hostile (a seeded choice)",
     "round_timeout": "Flower: seconds the server waits for a round's replies before it goes on without the rest",
     "engine": "inprocess (this process) or flower (Flower's simulation engine, one virtual node per client)",
@@ -94,7 +97,7 @@ GROUPS = {
     "compression": ("ratio", "ef", "batch_search"),
     "downlink and budget (E-3SFC)": ("downlink", "downlink_ratio", "downlink_samples", "downlink_patience", "init",
                                      "schedule", "budget_bytes", "target_cosine", "max_samples", "decay_rate"),
-    "robustness": ("norm_clip", "adversary", "adversaries", "round_timeout"),
+    "robustness": ("norm_clip", "aggregate", "adversary", "adversaries", "round_timeout"),
     "run control": ("engine", "seed", "device", "threads", "eval_every", "checkpoint_every", "state_memory",
                     "tensorboard", "out"),
 }

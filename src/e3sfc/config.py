@@ -121,6 +121,7 @@ class RunConfig:
     decay_rate: float = 0.97
     # robustness and fault injection
     norm_clip: float = 3.0
+    aggregate: str = "mean"          # mean or cclip (centered clipping): federated.server.AGGREGATES
     adversary: str = "none"
     adversaries: int = 0
     round_timeout: float = 120.0
@@ -357,6 +358,7 @@ def _run_choices() -> dict[str, tuple[str, ...]]:
         "init": ("auto", "seed", "broadcast"),
         "schedule": ("constant", "decay", "adaptive"),
         "engine": ("inprocess", "flower"),
+        "aggregate": ("mean", "cclip"),
         "adversary": ("none", *ADVERSARY_KINDS),
     }
 
@@ -434,4 +436,4 @@ def _validate(c: RunConfig) -> None:
 
 
 # --adversary: what a hostile client sends (e3sfc.federated.adversary implements each)
-ADVERSARY_KINDS = ("nan", "huge", "scale", "garbage", "wrong-shape", "drop")
+ADVERSARY_KINDS = ("nan", "huge", "scale", "collude", "garbage", "wrong-shape", "drop")

@@ -109,6 +109,7 @@ class ClientRuntime:
         self.start: torch.Tensor | None = None      # the compressor's carry (a warm start), if it keeps one
         hostile = adversary.hostile_clients(cfg.seed, cfg.clients, cfg.adversaries, derive_seed)
         self.hostile = cfg.adversary if cid in hostile else None  # fault injection (--adversary)
+        self.seen: torch.Tensor | None = None       # a ``collude`` client: the model of its last round (w_{t-1})
 
     def _ctx(self, model, weights, round, samples):
         return make_context(self.cfg, model, weights, self.input_shape, self.num_classes, round, self.cid, samples)
@@ -169,6 +170,8 @@ class ClientRuntime:
             return None
         t0 = time.perf_counter()
         delta, n = train(w, ins.round)
+        if self.hostile == "collude":  # one shared update: minus the last global step, at the bound's edge
+            delta, self.seen = adversary.collude(delta, w, self.seen), w.clone()
         ctx = self._ctx(model, w, ins.round, ins.samples)
         ctx.start = self.start
         p = ef_target(ctx, delta, compressor=self.compressor, ef=self.ef, num_samples=n,
@@ -181,7 +184,7 @@ class ClientRuntime:
         """Serialize the payload, update the EF residual (a hostile client then spoils its bytes)."""
         u = finish_update(p, self.compressor, self.ef, payload, stats, compress_seconds)
         self.start = self.compressor.carry(payload, p.ctx)
-        if self.hostile not in (None, "scale"):
+        if self.hostile not in (None, "scale", "collude"):
             rng = np.random.default_rng(derive_seed(self.cfg.seed, adversary.ADVERSARY, p.ctx.round, self.cid))
             u.blob = adversary.corrupt(self.hostile, u.blob, rng)
         return u
@@ -199,7 +202,8 @@ class ClientRuntime:
     def state_dict(self) -> dict:
         return {"trained": self.trained, "replica": None if self.replica is None else self.replica.cpu(),
                 "residual": self.ef.residuals.get(self.cid), "version": self.version,
-                "start": None if self.start is None else self.start.cpu()}
+                "start": None if self.start is None else self.start.cpu(),
+                "seen": None if self.seen is None else self.seen.cpu()}
 
     def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
         self.trained = int(state["trained"])
@@ -208,6 +212,8 @@ class ClientRuntime:
         self.ef.residuals = {} if state["residual"] is None else {self.cid: state["residual"].to(device)}
         start = state.get("start")
         self.start = None if start is None else start.to(device)
+        seen = state.get("seen")
+        self.seen = None if seen is None else seen.to(device)
 
 
 class ServerRuntime:
@@ -244,6 +250,7 @@ class ServerRuntime:
         self.schedule_log: list[int] = []           # uplink M per round
         self.down_log: list[int] = []               # broadcast M per round (under a compressed downlink)
         self.last_rejected: dict[int, str] = {}     # the last round's rejected replies: client -> reason
+        self.center: torch.Tensor | None = None      # --aggregate cclip: the last aggregate, next round's start
         if self.scheduler.budget is not None:
             m = protocol.clients_per_round(cfg)
             need_dense = not self.downlink.compressed or cfg.resolved_init == "broadcast"
@@ -328,7 +335,10 @@ class ServerRuntime:
         trained, replies refused or clipped included: the update FedAvg would have applied), where the
         driver has them (in-process); then the aggregate cosines compare what was applied with it."""
         s, admitted, refused, received = self.screen(t, M, updates)
-        agg = aggregate(self.context(t, M), s, self.compressor, weighted=self.cfg.weighted)
+        agg = aggregate(self.context(t, M), s, self.compressor, weighted=self.cfg.weighted,
+                        rule=self.cfg.aggregate, start=self.center)
+        if self.cfg.aggregate != "mean" and agg.accepted:
+            self.center = agg.delta.clone()
         agg_up = _cosine(agg.delta, true_mean)
         Md, down_cos, applied = self.move(t, M, agg.delta)
         agg_down = _cosine(applied, true_mean) if applied is not None else float("nan")
@@ -397,6 +407,7 @@ class ServerRuntime:
             "last_down_cosine": self.last_down_cosine, "last_agg_cosine": self.last_agg_cosine,
             "schedule_log": list(self.schedule_log),
             "down_log": list(self.down_log),
+            "center": None if self.center is None else self.center.cpu(),
         }
 
     def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
@@ -410,3 +421,5 @@ class ServerRuntime:
         self.last_down_cosine = state.get("last_down_cosine")
         self.last_agg_cosine = state.get("last_agg_cosine")
         self.down_log = list(state.get("down_log", []))
+        center = state.get("center")
+        self.center = None if center is None else center.to(device)

@@ -17,8 +17,12 @@ w_{t+1} = w_t + sum_k a_k * clip(decoded_k) with a_k = 1/|S| (uniform) or n_k / 
   they are rarely touched (a round where none is scaled is bit-identical to the unclipped mean);
 - where partition sizes are unknown (the Flower add-on), a claimed sample count is held to
   ``norm_clip`` times the round's median claim (:func:`cap_samples`);
-- :func:`aggregate` averages the bounded updates (:func:`server_step` is screen + aggregate);
-  the Flower add-on hands the bounded updates to the wrapped strategy instead.
+- :func:`aggregate` averages the bounded updates (``aggregate="mean"``, the default), or
+  (``aggregate="cclip"``) takes their centered-clipping aggregate (:func:`centered_clip`,
+  Karimireddy, He and Jaggi, ICML 2021): a direction-aware rule that holds a group of clients
+  sending one shared update to a bounded pull on the result (:func:`server_step` is screen +
+  aggregate); the Flower add-on hands the updates as the rule counts them (:func:`robust`) to the
+  wrapped strategy instead.
 
 Every rejection is logged with its reason and counted in the round's ``rejected``; a reply from a
 client the server did not ask, or a second reply of a client, is dropped and logged (not counted).
@@ -42,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # a well-formed payload may still fail in a method's decoder; none of these may stop a round
 DECODE_ERRORS = (PayloadError, ValueError, RuntimeError, IndexError, TypeError, OverflowError)
+AGGREGATES = ("mean", "cclip")  # --aggregate
+CCLIP_ITERS = 3                  # centered-clipping iterations per round
 KEEP_DECODED_BYTES = 1 << 28  # decoded updates held between the two passes up to this size, else decoded again
 
 
@@ -173,15 +179,23 @@ def server_step(
     *,
     weighted: bool = False,
     norm_clip: float = 0.0,
+    rule: str = "mean",
+    start: torch.Tensor | None = None,
 ) -> Aggregate:
-    """Decode every (admitted) update at w_t (``ctx``), bound its norm and average: :func:`screen`,
-    then each :func:`bounded` update added into one running sum."""
+    """Decode every (admitted) update at w_t (``ctx``), bound its norm and aggregate: :func:`screen`,
+    then :func:`aggregate` (``rule`` mean: each :func:`bounded` update added into one running sum)."""
     s = screen(ctx, updates, compressor, norm_clip=norm_clip)
-    return aggregate(ctx, s, compressor, weighted=weighted)
+    return aggregate(ctx, s, compressor, weighted=weighted, rule=rule, start=start)
 
 
-def aggregate(ctx: Context, s: Screened, compressor: Compressor, *, weighted: bool = False) -> Aggregate:
-    """The (uniform or sample-weighted) mean of the screened updates, each held to the round's bound."""
+def aggregate(ctx: Context, s: Screened, compressor: Compressor, *, weighted: bool = False, rule: str = "mean",
+              start: torch.Tensor | None = None) -> Aggregate:
+    """The (uniform or sample-weighted) mean of the screened updates, each held to the round's bound
+    (``rule`` "mean"), or their centered-clipping aggregate from ``start`` (``rule`` "cclip", see
+    :func:`robust`)."""
+    if rule != "mean":
+        _, delta = robust(ctx, s, compressor, weighted=weighted, rule=rule, start=start)
+        return Aggregate(delta, [u.client for u in s.updates], s.rejected, s.clipped)
     delta = torch.zeros_like(ctx.weights)
     total = 0.0
     for (u, upd, _), norm in zip(bounded(ctx, s, compressor), s.norms):
@@ -191,6 +205,62 @@ def aggregate(ctx: Context, s: Screened, compressor: Compressor, *, weighted: bo
     if total > 0:
         delta.div_(total)
     return Aggregate(delta, [u.client for u in s.updates], s.rejected, s.clipped)
+
+
+def _lower_median(x: torch.Tensor) -> torch.Tensor:
+    return x.sort().values[(x.numel() - 1) // 2]
+
+
+def centered_clip(xs: torch.Tensor, a: torch.Tensor, start: torch.Tensor | None = None, *,
+                  iters: int = CCLIP_ITERS, tau: float | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Centered clipping (Karimireddy, He and Jaggi, ICML 2021) of the rows of ``xs`` (n, P) with
+    weights ``a`` (n,): ``iters`` times v <- v + sum_i a_i c_i (x_i - v) / sum a, c_i = min(1, tau /
+    ||x_i - v||). ``start``: the first center (the previous round's aggregate); None: the
+    coordinate-wise (lower) median of the rows. ``tau``: the radius; None: at each iteration the
+    lower median of the distances ||x_i - v|| (so at least half the rows are never clipped, and each
+    row moves the result by at most tau a_i / sum a per iteration). Returns the aggregate v, the last
+    iteration's center v' and the factors c_i, so that v = v' + sum_i a_i c_i (x_i - v') / sum a:
+    the rows as the rule counts them are v' + c_i (x_i - v') (their weighted mean is v). Float64."""
+    xs, a = xs.double(), a.double()
+    v = xs.median(dim=0).values if start is None else start.double().clone()
+    c = torch.ones_like(a)
+    prev = v
+    for _ in range(max(1, iters)):
+        prev = v
+        d = xs - v
+        dist = torch.linalg.vector_norm(d, dim=1)
+        r = _lower_median(dist) if tau is None else torch.tensor(float(tau), dtype=torch.float64)
+        c = torch.where(dist > r, r / dist.clamp_min(1e-300), torch.ones_like(dist))
+        v = v + (a * c) @ d / a.sum()
+    return v, prev, c
+
+
+def robust(ctx: Context, s: Screened, compressor: Compressor, *, weighted: bool = False, rule: str = "mean",
+           start: torch.Tensor | None = None) -> tuple[list[tuple[ClientUpdate, torch.Tensor]], torch.Tensor]:
+    """Each screened update as the rule ``rule`` counts it, and the round's aggregate (their mean,
+    sample-weighted where ``weighted``). "mean": the bounded update; "cclip": the update's clipped
+    deviation around the last center, v' + c_k (x_k - v') (:func:`centered_clip` of the bounded
+    updates from ``start``), whose mean is the centered-clipping aggregate. Holds every decoded update
+    of the round at once (n x P floats)."""
+    pairs = [(u, upd * factor if factor != 1.0 else upd) for u, upd, factor in bounded(ctx, s, compressor)]
+    if not pairs:
+        return [], torch.zeros_like(ctx.weights)
+    a = torch.tensor([float(u.num_samples) if weighted else 1.0 for u, _ in pairs], dtype=torch.float64)
+    xs = torch.stack([x for _, x in pairs])
+    if rule == "mean":
+        delta = ((a / a.sum()).to(xs.dtype) @ xs)
+        return pairs, delta
+    if rule != "cclip":
+        raise ValueError(f"unknown aggregation rule {rule!r} (one of {', '.join(AGGREGATES)})")
+    v, prev, c = centered_clip(xs, a, start)
+    dtype = ctx.weights.dtype
+    moved = [int(k) for k in torch.nonzero(c < 1).flatten()]
+    if moved:
+        log.info("round %d: centered clipping held the updates of clients %s", ctx.round,
+                 [pairs[k][0].client for k in moved])
+    out = [(u, (prev + c[i] * (x.double() - prev)).to(dtype)) for i, (u, x) in enumerate(pairs)]
+    return out, v.to(dtype)
 
 
 def cap_samples(updates: list[ClientUpdate], factor: float) -> list[int]:
