@@ -406,3 +406,15 @@ def test_replicas_follow_the_initial_model_the_strategy_starts_from():
     spy = {}
     mod(m2, fed.ctx[2], _trainer(2, 60, spy=spy))
     assert torch.equal(spy["w"], strategy.server.weights)
+
+
+def test_cclip_hands_the_strategy_updates_whose_weighted_mean_is_the_centered_clipping_aggregate():
+    strategy, mod = _pair("fedavg", aggregate="cclip")
+    fed = Federation(strategy, mod, nodes=(1, 2, 3, 4), n=100)
+    w0 = _flat(fed.arrays)
+    fed.round(1, tamper=_hostile("1e12"))  # node 1 claims 1e12 samples: held to the round's median
+    center = strategy.server.center
+    assert center is not None
+    assert torch.allclose(_flat(fed.arrays) - w0, center, atol=1e-5)
+    fed.round(2)
+    assert torch.allclose(_flat(fed.arrays) - w0 - center, strategy.server.center, atol=1e-5)

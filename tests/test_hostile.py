@@ -112,7 +112,7 @@ def test_fault_injection_every_kind(method, kind):
     assert sim.round == 3 and torch.isfinite(sim.server.weights).all()
     for r in sim.metrics:
         seen = r["rejected"] + r["clipped"] + r["missing"]
-        assert seen >= 1, r
+        assert seen >= 1 or kind == "collude", r  # collude is built to pass every check
         assert r["participants"] == 4 - r["rejected"] - r["missing"]
     if kind in ("nan", "garbage", "wrong-shape"):
         assert all(r["rejected"] == 1 for r in sim.metrics)

@@ -247,10 +247,12 @@ def robust(ctx: Context, s: Screened, compressor: Compressor, *, weighted: bool 
     if not pairs:
         return [], torch.zeros_like(ctx.weights)
     a = torch.tensor([float(u.num_samples) if weighted else 1.0 for u, _ in pairs], dtype=torch.float64)
-    xs = torch.stack([x for _, x in pairs])
     if rule == "mean":
-        delta = ((a / a.sum()).to(xs.dtype) @ xs)
-        return pairs, delta
+        delta = torch.zeros_like(ctx.weights)
+        for (_, x), ak in zip(pairs, a.tolist()):
+            delta.add_(x, alpha=ak)
+        return pairs, delta.div_(float(a.sum()))
+    xs = torch.stack([x for _, x in pairs])
     if rule != "cclip":
         raise ValueError(f"unknown aggregation rule {rule!r} (one of {', '.join(AGGREGATES)})")
     v, prev, c = centered_clip(xs, a, start)

@@ -37,7 +37,10 @@ A training round t:
   payload of the wrong size or that does not decode to a finite update, or with a sample count
   that is not a positive integer is refused (logged); sample counts are held to ``norm_clip`` x
   the round's median claim and update norms to ``norm_clip`` x the round's median norm. It puts
-  w_t + bounded update back as each reply's ArrayRecord and lets the inner strategy aggregate
+  w_t + bounded update back as each reply's ArrayRecord (under ``aggregate`` cclip: w_t + the
+  update's clipped deviation around the centered-clipping center, so that a strategy that averages
+  by sample counts, as FedAvg does, lands on the centered-clipping aggregate; one that does
+  something else, FedAdam say, gets the clipped updates as its input) and lets the inner strategy aggregate
   (FedAvg, FedAdam, FedYogi, FedProx, ...). Under a compressed downlink it then compresses the
   move the strategy made, plus its residual, and the model moves by exactly the decoded
   broadcast, which every node's replica reproduces bit for bit.
@@ -72,7 +75,7 @@ from ..federated.client import ClientUpdate
 from ..federated.downlink import TrainIns
 from ..federated.params import get_flat, set_flat
 from ..federated.runtime import ClientRuntime, ServerRuntime, StaleReplica
-from ..federated.server import bounded
+from ..federated.server import robust
 from ..metrics import DOWN
 from ..models import check_decoder
 
@@ -409,12 +412,20 @@ class CompressedStrategy(Strategy):
             by_client[k] = r
         s, _, refused, _ = server.screen(t, None, updates)
         w_t, kept = server.weights, []
-        for u, upd, factor in bounded(server.context(t, None), s, server.compressor):
+        # as the server step counts each update: bounded (--aggregate mean), or its clipped deviation around
+        # the centered-clipping center (cclip; weighted by the sample counts the strategy weighs by, so a
+        # FedAvg-like strategy's weighted mean of them is the centered-clipping aggregate)
+        cclip = server.cfg.aggregate != "mean"
+        counted, center = robust(server.context(t, None), s, server.compressor, weighted=cclip,
+                                 rule=server.cfg.aggregate, start=server.center)
+        if cclip and counted:
+            server.center = center.clone()
+        for u, upd in counted:
             r = by_client[u.client]
             key = next(iter(r.content.array_records.keys()))
             buffers = r.content[key]
             like = ArrayRecord(array_dict={n: buffers[n] if n in buffers else self.sent[n] for n in self.sent.keys()})
-            r.content[key] = codec.unflat(w_t + upd * factor if factor != 1.0 else w_t + upd, like)
+            r.content[key] = codec.unflat(w_t + upd, like)
             del r.content[RECORD]
             next(iter(r.content.metric_records.values()))[weight_key] = u.num_samples
             kept.append(r)
