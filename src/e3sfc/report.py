@@ -328,12 +328,14 @@ def shade(color: str, n: int) -> tuple[float, float, float]:
 
 def series_looks(series: Sequence[tuple[str, list[Run]]]) -> dict[str, dict]:
     """A look (colour, marker, line style) for each series of :func:`_series`, by its label: the colour
-    is the method's (:func:`method_color`) whatever else is in the figure; the method's first series
-    has it plain with a round marker, its other series (variants: other settings, other schedules)
-    a shade of it, their own marker and their own line style."""
+    is the method's (:func:`method_color`) whatever else is in the figure; the method's series named
+    after it (else its first) has it plain with a round marker, its other series (variants: other
+    settings, other schedules) a shade of it, their own marker and their own line style."""
     looks: dict[str, dict] = {}
     seen: dict[str, int] = {}
-    for label, group in series:
+    # the series named after its method (e.g. run folder "e3sfc") takes the plain colour wherever it sits
+    plain = sorted(series, key=lambda s: s[0].split(" (")[0] != str(s[1][0].config.get("method", "?")))
+    for label, group in plain:
         method = str(group[0].config.get("method", "?"))
         n = seen[method] = seen.get(method, -1) + 1
         looks[label] = {"color": shade(method_color(method), n), "marker": _MARKERS[n % len(_MARKERS)],
