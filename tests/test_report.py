@@ -267,4 +267,120 @@ def test_corrupt_run_folders_are_refused_not_drawn(name, text, needle, two_runs,
     assert f"run folder '{run}' is damaged" in line and needle in line, line
     assert main(["plot", str(run), "--out", str(fig)]) == 2
     assert needle in one_line_error(capsys)
+    assert main(["plot", "--frontier", str(two_runs / "topk"), str(run), "--out", str(fig)]) == 2
+    assert needle in one_line_error(capsys)
     assert not md.exists() and not fig.exists()
+
+
+def _hand_run(root, name, method, accs, seed=42, **config):
+    """A run folder written by hand: ``accs`` one accuracy a round, 100 bytes up and down a round."""
+    import json
+
+    run = root / name
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"method": method, "rounds": len(accs), "eval_every": 1,
+                                                 "seed": seed, **config}))
+    rows = [{"round": t, "accuracy": a, "cum_uplink_bytes": 100 * t, "cum_downlink_bytes": 100 * t,
+             "participants": 1, "seconds": float(t), **({"cosine": 0.5} if method != "fedavg" else {})}
+            for t, a in enumerate(accs, 1)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def _drawn(monkeypatch):
+    """Keep the figure plot_runs / plot_frontier would save, to look at what was drawn."""
+    from e3sfc import report
+
+    figs = []
+    monkeypatch.setattr(report, "_save", lambda fig, out, plt: figs.append(fig) or out)
+    return figs
+
+
+def test_a_method_keeps_its_colour_in_every_figure_and_variants_get_a_shade_and_a_marker(tmp_path, monkeypatch):
+    from matplotlib.colors import to_hex, to_rgb
+
+    from e3sfc.report import METHOD_COLORS, load_run, method_color, plot_runs, series_looks, _series
+
+    for m in ("fedavg", "3sfc", "e3sfc", "topk", "stc", "sign", "qsgd", "fedsynth", "powersgd"):
+        assert method_color(m) == METHOD_COLORS[m]
+    assert len(set(METHOD_COLORS.values())) == len(METHOD_COLORS)
+    assert method_color("newmethod") == method_color("newmethod") not in METHOD_COLORS.values()
+    e3 = load_run(_hand_run(tmp_path, "e3sfc", "e3sfc", [0.5, 0.6]))
+    plus = load_run(_hand_run(tmp_path, "e3sfc-plus", "e3sfc", [0.6, 0.8], samples=4, feature_bits=8))
+    tk = load_run(_hand_run(tmp_path, "topk", "topk", [0.4, 0.5]))
+    three = load_run(_hand_run(tmp_path, "3sfc", "3sfc", [0.4, 0.5]))
+    fa = load_run(_hand_run(tmp_path, "fedavg", "fedavg", [0.7, 0.8]))
+    # 3sfc first in one figure, last in another: the same colour (it was orange in one, blue in the next)
+    a = series_looks(_series([three, e3, tk]))
+    b = series_looks(_series([tk, fa, e3, three]))
+    assert a["3sfc"]["color"] == b["3sfc"]["color"] == to_rgb(METHOD_COLORS["3sfc"])
+    assert a["e3sfc"]["color"] == b["e3sfc"]["color"] == to_rgb(METHOD_COLORS["e3sfc"])
+    # a variant: a shade of the method's colour (not another method's), a marker and a style of its own
+    v = series_looks(_series([plus, e3]))  # the series named "e3sfc" takes the plain colour, wherever it sits
+    assert v["e3sfc"]["color"] == to_rgb(METHOD_COLORS["e3sfc"]) != v["e3sfc-plus"]["color"]
+    assert to_hex(v["e3sfc-plus"]["color"]) not in METHOD_COLORS.values()
+    assert v["e3sfc"]["marker"] != v["e3sfc-plus"]["marker"]
+    blue = to_rgb(METHOD_COLORS["e3sfc"])  # a shade keeps the hue: the channels in the same order
+    assert sorted(range(3), key=lambda i: blue[i]) == sorted(range(3), key=lambda i: v["e3sfc-plus"]["color"][i])
+    # and the figures draw what series_looks says, for every metric
+    figs = _drawn(monkeypatch)
+    plot_runs([e3, plus, three], tmp_path / "a.png")
+    plot_runs([three, tk], tmp_path / "b.png", "cosine")
+    colors = [{ln.get_label(): ln.get_color() for ln in f.axes[0].lines} for f in figs]
+    assert colors[0]["3sfc"] == colors[1]["3sfc"] == to_rgb(METHOD_COLORS["3sfc"])
+    assert colors[0]["e3sfc-plus"] == v["e3sfc-plus"]["color"]
+
+
+def test_a_series_without_the_metric_keeps_its_legend_entry(tmp_path, monkeypatch):
+    from e3sfc.report import load_run, plot_runs
+
+    runs = [load_run(_hand_run(tmp_path, m, m, [0.5, 0.6])) for m in ("fedavg", "topk")]
+    figs = _drawn(monkeypatch)
+    plot_runs(runs, tmp_path / "c.png", "cosine")
+    plot_runs(runs, tmp_path / "d.png", "aggregate_downlink_cosine")
+    cos = [t.get_text() for t in figs[0].legends[0].get_texts()]
+    assert cos[1] == "topk" and cos[0].startswith("fedavg: not drawn (cosine is 1 by definition")
+    agg = [t.get_text() for t in figs[1].legends[0].get_texts()]
+    assert agg[1] == "topk: no aggregate_downlink_cosine recorded"
+
+
+@pytest.fixture(scope="module")
+def seeded_runs(two_runs):
+    """two_runs and topk again with another seed: topk's two seeds make one frontier point."""
+    assert main(["run", *FAST, "--method", "topk", "--ratio", "0.05", "--seed", "7",
+                 "--out", str(two_runs / "topk-seed7")]) == 0
+    return [two_runs / "fedavg", two_runs / "topk", two_runs / "topk-seed7"]
+
+
+def test_plot_frontier_writes_png_with_seeds_as_mean_and_spread(seeded_runs, tmp_path, monkeypatch, capsys):
+    from e3sfc.report import frontier_points, load_run
+
+    out = tmp_path / "front.png"
+    assert main(["plot", "--frontier", *map(str, seeded_runs), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = [load_run(r) for r in seeded_runs]
+    fedavg, topk = frontier_points(runs)
+    assert fedavg["label"] == "fedavg" and fedavg["n"] == 1 and fedavg["acc_sd"] == 0
+    assert topk["label"] == "topk (2 seeds)" and topk["n"] == 2
+    finals = [sum(r["accuracy"] for r in run.rows) / len(run.rows) for run in runs[1:]]  # 4 rounds: all of them
+    assert topk["acc"] == pytest.approx(sum(finals) / 2)
+    assert topk["acc_sd"] == pytest.approx(abs(finals[0] - finals[1]) / 2 ** 0.5)
+    last = runs[0].rows[-1]
+    assert fedavg["mb"] == pytest.approx((last["cum_uplink_bytes"] + last["cum_downlink_bytes"]) / 1e6)
+    assert topk["mb"] < fedavg["mb"] / 1.5  # 20x fewer bytes up, dense down
+    figs = _drawn(monkeypatch)
+    assert main(["plot", "--frontier", *map(str, seeded_runs), "--out", str(out)]) == 0
+    (ax,) = figs[0].axes
+    assert ax.get_xscale() == "log" and "last 10 rounds" in ax.get_ylabel()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0].startswith("fedavg: ") and labels[1].startswith("topk (2 seeds): ") and " ± " in labels[1]
+    assert main(["plot", "--frontier", str(seeded_runs[0]), "--metric", "loss", "--out", str(out)]) == 2
+    assert "not allowed with --frontier" in capsys.readouterr().err
+
+
+def test_final_accuracy_is_the_mean_of_the_last_10_rounds(tmp_path):
+    from e3sfc.report import frontier_points, load_run
+
+    run = load_run(_hand_run(tmp_path, "r", "topk", [t / 100 for t in range(1, 31)]))
+    (p,) = frontier_points([run])
+    assert p["acc"] == pytest.approx(sum(range(21, 31)) / 1000) and p["mb"] == pytest.approx(30 * 200 / 1e6)

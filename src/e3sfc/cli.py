@@ -161,8 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("dataset", help="mnist, fmnist, emnist, cifar10, cifar100, digits, agnews, imdb, sogou")
     fetch.add_argument("--data-dir", default=None, help="folder to look in and download into")
     fetch.add_argument("--emnist-split", default="balanced")
-    plot = sub.add_parser("plot", help="plot runs: a metric against rounds and against megabytes sent")
+    plot = sub.add_parser("plot", help="plot runs: a metric against rounds and against megabytes sent; "
+                          "--frontier: final accuracy against total megabytes")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--frontier", action="store_true",
+                      help="one point per run: final accuracy (mean of the last 10 rounds) against the total MB "
+                      "sent both ways, log x; runs that differ only in their seed: their mean, ± 1 sd")
     plot.add_argument("--out", required=True, help="image file (.png, .pdf, .svg)")
     plot.add_argument("--metric", default="accuracy",
                       help="accuracy, loss, cosine (mean per-client compression cosine), downlink_cosine, "
@@ -182,12 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .report import METRICS, check_output, image_formats, load_run, plot_runs
+    from .report import METRICS, check_output, image_formats, load_run, plot_frontier, plot_runs
 
     check_output(args.out, "--out", image_formats())  # before any run is read
     if args.metric not in METRICS:
         raise ConfigError(f"--metric: {args.metric!r} is not allowed; expected one of {', '.join(METRICS)}")
-    out = plot_runs([load_run(r) for r in args.runs], args.out, args.metric)
+    if args.frontier and args.metric != "accuracy":
+        raise ConfigError(f"--metric: {args.metric!r} is not allowed with --frontier; expected accuracy (the "
+                          "frontier plots final accuracy against total megabytes)")
+    runs = [load_run(r) for r in args.runs]
+    out = plot_frontier(runs, args.out) if args.frontier else plot_runs(runs, args.out, args.metric)
     print(f"wrote {out}")
     return 0
 

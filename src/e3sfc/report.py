@@ -183,7 +183,7 @@ def _fmt(v, spec: str) -> str:
 # compare's columns: (key, header, format)
 COLUMNS = (("up_bytes_per_client_round", "up B / client-round", ",.0f"),
            ("down_bytes_per_client_round", "down B / client-round", ",.0f"),
-           ("ratio_vs_dense", "x less than dense", ",.1f"),
+           ("ratio_vs_dense", "x less than dense", ",.1f"), ("total_mb", "MB in all", ",.2f"),
            ("acc_25", "acc @25%", ".4f"), ("acc_50", "acc @50%", ".4f"), ("acc_100", "acc @100%", ".4f"),
            ("acc_last10", "mean acc, last 10%", ".4f"), ("rounds_to_target", "rounds to {t}", ".0f"),
            ("mb_to_target", "MB to {t}", ",.2f"), ("seconds_per_round", "s / round", ".2f"))
@@ -288,40 +288,114 @@ def _title(runs: Sequence[Run]) -> str:
     return " / ".join(p for p in parts if p)
 
 
+# One colour per method name, the same in every figure and for every metric (tab10's colours, FedAvg
+# black): a reader learns them once. A method not named here gets one of the spare colours, picked by
+# its name, so it too keeps its colour from one figure to the next.
+METHOD_COLORS = {
+    "fedavg": "#000000", "3sfc": "#ff7f0e", "e3sfc": "#1f77b4", "topk": "#2ca02c", "stc": "#d62728",
+    "sign": "#9467bd", "qsgd": "#8c564b", "fedsynth": "#e377c2", "powersgd": "#bcbd22",
+}
+_SPARE_COLORS = ("#17becf", "#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
+# the variants of a method (runs of it with other settings): shades of its colour, each with a marker
+# and a line style of its own, so two variants never differ by their dashes alone
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+_STYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 3)))
+
+
+def method_color(method: str) -> str:
+    """The colour of ``method`` in every figure: :data:`METHOD_COLORS`, else a spare colour picked by a
+    stable hash of the name (not Python's salted ``hash``)."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    import zlib
+    return _SPARE_COLORS[zlib.crc32(method.encode()) % len(_SPARE_COLORS)]
+
+
+def shade(color: str, n: int) -> tuple[float, float, float]:
+    """Variant ``n`` of a method's colour: 0 is the colour itself; then alternately darker and lighter,
+    further from it as ``n`` grows (black, FedAvg's, only lightens)."""
+    from matplotlib.colors import to_rgb
+    rgb = to_rgb(color)
+    if n == 0:
+        return rgb
+    step = (n + 1) // 2
+    darker = n % 2 == 1 and sum(rgb) > 0.3
+    f = min(0.75, 0.3 * step)
+    if darker:
+        return tuple(c * (1 - f) for c in rgb)
+    return tuple(c + (1 - c) * f for c in rgb)
+
+
+def series_looks(series: Sequence[tuple[str, list[Run]]]) -> dict[str, dict]:
+    """A look (colour, marker, line style) for each series of :func:`_series`, by its label: the colour
+    is the method's (:func:`method_color`) whatever else is in the figure; the method's series named
+    after it (else its first) has it plain with a round marker, its other series (variants: other
+    settings, other schedules) a shade of it, their own marker and their own line style."""
+    looks: dict[str, dict] = {}
+    seen: dict[str, int] = {}
+    # the series named after its method (e.g. run folder "e3sfc") takes the plain colour wherever it sits
+    plain = sorted(series, key=lambda s: s[0].split(" (")[0] != str(s[1][0].config.get("method", "?")))
+    for label, group in plain:
+        method = str(group[0].config.get("method", "?"))
+        n = seen[method] = seen.get(method, -1) + 1
+        looks[label] = {"color": shade(method_color(method), n), "marker": _MARKERS[n % len(_MARKERS)],
+                        "linestyle": _STYLES[n % len(_STYLES)]}
+    return looks
+
+
+def _log_axis(ax) -> None:
+    """A log x axis with labels that never overlap: plain numbers at 1, 2, 5 of each decade, no labels
+    on the minor ticks (matplotlib labels those when the data span less than a decade)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.4g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _legend_note(ax, label: str, look: dict, why: str):
+    """A legend entry for a series that has nothing to draw, saying why, instead of dropping it."""
+    (h,) = ax.plot([], [], label=f"{label}: {why}", color=look["color"], marker=look["marker"],
+                   linestyle="none", markerfacecolor="none")
+    return h
+
+
+def _save(fig, out: str | Path, plt) -> Path:
+    out = check_output(out, "--out", image_formats())
+    try:
+        write_output(out, "--out", lambda f: fig.savefig(f, format=out.suffix.lstrip(".").lower() or "png", dpi=120,
+                                                         bbox_inches="tight"), mode="wb")
+    finally:
+        plt.close(fig)
+    return out
+
+
 def plot_runs(runs: Sequence[Run], out: str | Path, metric: str = "accuracy") -> Path:
     """Three panels: ``metric`` against rounds, against cumulative uplink MB, and against up+down MB.
-    One colour per method (per method and schedule where the runs' schedules differ), one line style
-    per variant of it; runs that differ only in their
-    seed are drawn as their mean with a band from the lowest to the highest seed. The title says
-    what the runs share; the legend sits outside the data. Cosine metrics leave out FedAvg (1 by
-    definition)."""
+    Each method in its own colour, the same in every figure (:func:`series_looks`); its variants in
+    shades of it with markers of their own. Runs that differ only in their seed are drawn as their
+    mean with a band from the lowest to the highest seed. The title says what the runs share; the
+    legend sits outside the data. A series with no value of ``metric`` (FedAvg's cosines: it sends the
+    update itself, 1 by definition) keeps its legend entry, which says so."""
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
     if metric not in METRICS:
         raise ConfigError(f"--metric: {metric!r} is not allowed; expected one of {', '.join(METRICS)}")
-    if "cosine" in metric:
-        runs = [r for r in runs if r.config.get("method") != "fedavg"]
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     series = _series(runs)
-    by_schedule = len({r.config.get("schedule") for r in runs}) > 1
-
-    def key(run) -> str:
-        return run.config.get("method", "?") + (f" {run.config.get('schedule')}" if by_schedule else "")
-
-    methods = list(dict.fromkeys(key(group[0]) for _, group in series))
-    colors = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors
-    styles = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
-    variants: dict[str, int] = {}
+    looks = series_looks(series)
     for label, group in series:
-        method = key(group[0])
-        n = variants[method] = variants.get(method, -1) + 1
-        look = {"color": colors[methods.index(method) % len(colors)], "linestyle": styles[n % len(styles)],
-                "marker": None if n < len(styles) else "o", "markevery": 10, "markersize": 3}
+        look = {**looks[label], "markevery": 0.1, "markersize": 4}
+        if "cosine" in metric and group[0].config.get("method") == "fedavg":
+            _legend_note(axes[0], label, look, f"not drawn ({metric} is 1 by definition: it sends the update itself)")
+            continue
         rows = [{r["round"]: r for r in run.rows if r.get(metric) is not None} for run in group]
         common = sorted(set.intersection(*(set(r) for r in rows))) if rows else []
         if not common:
+            _legend_note(axes[0], label, look, f"no {metric} recorded")
             continue
         vals = np.array([[r[t][metric] for t in common] for r in rows], dtype=float)
         up = np.mean([[r[t]["cum_uplink_bytes"] / 1e6 for t in common] for r in rows], axis=0)
@@ -336,20 +410,75 @@ def plot_runs(runs: Sequence[Run], out: str | Path, metric: str = "accuracy") ->
         ax.set_ylabel(metric)
         ax.grid(True, alpha=0.3)
     axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[1].set_xscale("log")
-    axes[2].set_xscale("log")
+    _log_axis(axes[1])
+    _log_axis(axes[2])
     fig.suptitle(_title(runs))
     fig.tight_layout()
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
                ncol=max(1, (len(labels) + 19) // 20))
-    out = check_output(out, "--out", image_formats())
-    try:
-        write_output(out, "--out", lambda f: fig.savefig(f, format=out.suffix.lstrip(".").lower() or "png", dpi=120,
-                                                         bbox_inches="tight"), mode="wb")
-    finally:
-        plt.close(fig)
+    return _save(fig, out, plt)
+
+
+FRONTIER_ROUNDS = 10
+
+
+def _acc_final(run: Run, last: int = FRONTIER_ROUNDS) -> float:
+    """Final accuracy: the mean over the evaluated rounds among the run's last ``last`` rounds."""
+    end = run.rows[-1]["round"]
+    tail = [r["accuracy"] for r in run.rows if r["round"] > end - last]
+    return sum(tail) / len(tail)
+
+
+def frontier_points(runs: Sequence[Run]) -> list[dict]:
+    """One point per series (:func:`_series`: runs that differ only in their seed make one): ``mb``
+    the total megabytes sent (uplink + downlink) and ``acc`` the final accuracy (:func:`_acc_final`),
+    each the mean over the seeds, with ``mb_sd`` and ``acc_sd`` their sample standard deviations (0
+    for one run) and ``seeds`` each run's own (mb, acc)."""
+    out = []
+    for label, group in _series(runs):
+        pts = [((run.rows[-1]["cum_uplink_bytes"] + run.rows[-1]["cum_downlink_bytes"]) / 1e6, _acc_final(run))
+               for run in group]
+        n = len(pts)
+
+        def mean_sd(i):
+            m = sum(p[i] for p in pts) / n
+            return m, (math.sqrt(sum((p[i] - m) ** 2 for p in pts) / (n - 1)) if n > 1 else 0.0)
+
+        (mb, mb_sd), (acc, acc_sd) = mean_sd(0), mean_sd(1)
+        out.append({"label": label, "method": group[0].config.get("method"), "n": n, "mb": mb, "mb_sd": mb_sd,
+                    "acc": acc, "acc_sd": acc_sd, "seeds": pts})
     return out
+
+
+def plot_frontier(runs: Sequence[Run], out: str | Path) -> Path:
+    """Final accuracy (mean of the last 10 rounds) against the total megabytes sent, both ways, on a log
+    axis: one point per run, or per group of runs that differ only in their seed (their mean, error
+    bars of one sample standard deviation each way, each seed a small faint dot). Colours and markers
+    as in :func:`plot_runs`."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    series = _series(runs)
+    looks = series_looks(series)
+    for p in frontier_points(runs):
+        look = looks[p["label"]]
+        label = p["label"] + (f": {p['acc']:.3f} ± {p['acc_sd']:.3f}" if p["n"] > 1 else f": {p['acc']:.3f}")
+        ax.errorbar([p["mb"]], [p["acc"]], xerr=[p["mb_sd"]] if p["n"] > 1 else None,
+                    yerr=[p["acc_sd"]] if p["n"] > 1 else None, color=look["color"], marker=look["marker"],
+                    markersize=8, linestyle="none", capsize=3, label=label)
+        if p["n"] > 1:
+            ax.scatter([s[0] for s in p["seeds"]], [s[1] for s in p["seeds"]], color=look["color"],
+                       marker=look["marker"], s=12, alpha=0.35, linewidths=0)
+    _log_axis(ax)
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(lo / 1.5, hi * 1.5)
+    ax.set_xlabel("total MB sent, uplink + downlink (log)")
+    ax.set_ylabel(f"final accuracy (mean of the last {FRONTIER_ROUNDS} rounds)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(_title(runs), fontsize=10)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out, plt)
 
 
 def plot_partition(counts, out: str | Path, title: str) -> Path:
