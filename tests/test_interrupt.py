@@ -39,13 +39,21 @@ def test_sigint_finishes_the_round_checkpoints_and_resume_equals_no_stop(tmp_pat
     def ctrl_c(t, row):
         if t == 2:
             os.kill(os.getpid(), signal.SIGINT)  # arrives while round 2's records are written
-    with pytest.raises(Interrupted, match=f"after round 2; checkpoint written: resume with e3sfc run --resume "
-                                          f"{stopped}"):
-        Simulation(cfg, out_dir=stopped).run(progress=ctrl_c)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a shell's background
+    try:                                                               # job starts with SIGINT ignored)
+        _interrupted_run(cfg, stopped, ctrl_c)
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert (stopped / "checkpoint.pt").is_file() and len(_rows(stopped)) == 2
     assert not (stopped / "summary.json").exists()
     Simulation.resume(stopped).run()
     assert _rows(stopped) == _rows(whole)
+
+
+def _interrupted_run(cfg, stopped, ctrl_c):
+    with pytest.raises(Interrupted, match=f"after round 2; checkpoint written: resume with e3sfc run --resume "
+                                          f"{stopped}"):
+        Simulation(cfg, out_dir=stopped).run(progress=ctrl_c)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
 
 
@@ -53,7 +61,8 @@ def test_ctrl_c_on_the_command_line_names_the_folder_and_resumes(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "e3sfc.cli", "run", "--dataset", "digits", "--clients", "3", "--rounds", "400",
            "--batch-size", "32", "--method", "3sfc", "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,  # Ctrl-C as in a
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # terminal
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not ((out / "metrics.jsonl").is_file()
                                                and (out / "metrics.jsonl").read_text().count("\n") >= 2):
@@ -68,3 +77,15 @@ def test_ctrl_c_on_the_command_line_names_the_folder_and_resumes(tmp_path):
     assert lines[0].endswith(f"resume with e3sfc run --resume {out}"), err
     done = int(lines[0].split("after round ")[1].split(";")[0])
     assert (out / "checkpoint.pt").is_file() and len(_rows(out)) == done
+
+
+def test_a_run_started_ignoring_sigint_keeps_ignoring_it(tmp_path):
+    """A shell's background job starts with SIGINT ignored: the run does not take it back."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        seen = []
+        Simulation(RunConfig(**{**QUICK, "rounds": 2}), out_dir=tmp_path / "r").run(
+            progress=lambda t, row: seen.append(signal.getsignal(signal.SIGINT)))
+        assert seen == [signal.SIG_IGN, signal.SIG_IGN]
+    finally:
+        signal.signal(signal.SIGINT, before)

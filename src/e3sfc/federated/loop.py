@@ -43,7 +43,8 @@ class Interrupted(KeyboardInterrupt):
 def stop_after_round():
     """While inside: the first SIGINT or SIGTERM asks the loop to stop after the round in progress (the
     returned dict's ``stop`` turns True); a second one stops at once (KeyboardInterrupt). Where signals
-    cannot be caught (not the main thread) nothing changes."""
+    cannot be caught (not the main thread) nothing changes, and a signal the process ignores stays
+    ignored."""
     flag = {"stop": False}
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -54,7 +55,9 @@ def stop_after_round():
             raise KeyboardInterrupt
         flag["stop"] = True
 
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # a signal the process was started ignoring (SIGINT in a shell's background job) stays ignored
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)
+           if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield flag
     finally:
