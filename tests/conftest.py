@@ -86,3 +86,20 @@ def assert_resume_equals_no_stop(cfg, whole, out_dir: Path, stop_after: int) -> 
     assert torch.equal(resumed.weights, whole.weights)
     strip = [{k: v for k, v in r.items() if "seconds" not in k} for r in whole.metrics]
     assert [{k: v for k, v in r.items() if "seconds" not in k} for r in resumed.metrics] == strip
+
+
+def ef_round_trip(comp, ctx):
+    """A float64 error-feedback round through the wire: tau = e + delta compressed, encoded, decoded;
+    asserts decoded + new residual == tau exactly (to 1e-15); returns (tau, decoded, stats)."""
+    import torch
+
+    from e3sfc.compress import ErrorFeedback
+
+    ef = ErrorFeedback()
+    ef.residuals[0] = torch.randn(ctx.num_params, dtype=torch.float64) * 1e-3
+    tau = ef.target(0, torch.randn(ctx.num_params, dtype=torch.float64) * 1e-2)
+    payload, stats = comp.compress(tau, ctx)
+    decoded = comp.decompress(comp.decode(comp.encode(payload), ctx), ctx)
+    ef.update(0, tau, decoded)
+    torch.testing.assert_close(decoded + ef.residuals[0], tau, rtol=0, atol=1e-15)
+    return tau, decoded, stats

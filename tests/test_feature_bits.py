@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from e3sfc import wire
-from e3sfc.compress import ErrorFeedback, make_compressor
+from e3sfc.compress import make_compressor
 from e3sfc.compress.base import Context
 from e3sfc.config import RunConfig
 from e3sfc.errors import ConfigError, PayloadError
 from e3sfc.federated import Simulation, get_flat
 from e3sfc.models import build_model
 from conftest import assert_resume_equals_no_stop
+from conftest import ef_round_trip
 
 QUICK = dict(dataset="digits", model="mlp", batch_size=32, lr=0.05, steps=2, max_iter=5, threads=1)
 
@@ -39,13 +40,7 @@ def test_ef_identity_through_the_rounding_float64(bits):
     ctx = _ctx(shape=(1, 8, 8), dtype=torch.float64)
     ctx.client = 0
     comp = make_compressor("3sfc", samples=3, feature_bits=bits, steps=2, max_iter=8)
-    ef = ErrorFeedback()
-    ef.residuals[0] = torch.randn(ctx.num_params, dtype=torch.float64) * 1e-3
-    tau = ef.target(0, torch.randn(ctx.num_params, dtype=torch.float64) * 1e-2)
-    payload, stats = comp.compress(tau, ctx)
-    decoded = comp.decompress(comp.decode(comp.encode(payload), ctx), ctx)
-    ef.update(0, tau, decoded)
-    torch.testing.assert_close(decoded + ef.residuals[0], tau, rtol=0, atol=1e-15)
+    tau, decoded, stats = ef_round_trip(comp, ctx)
     # the reported cosine is that of what the decoder gets, not of the unrounded search result
     cos = abs(float(torch.nn.functional.cosine_similarity(decoded, tau, dim=0)))
     assert stats["cosine"] == pytest.approx(cos, rel=1e-6)

@@ -12,7 +12,7 @@ from torch import nn
 
 from conftest import CLI_FAST, assert_resume_equals_no_stop, one_line_error
 from e3sfc.cli import main
-from e3sfc.compress import ErrorFeedback, build_compressor, make_compressor
+from e3sfc.compress import build_compressor, make_compressor
 from e3sfc.compress.base import Context
 from e3sfc.compress.search import cosine_match
 from e3sfc.compress.synth import CosineMatchBatch, synth_grad, upsample
@@ -20,6 +20,7 @@ from e3sfc.config import RunConfig
 from e3sfc.errors import ConfigError
 from e3sfc.federated import Simulation, get_flat
 from e3sfc.models import batchnorm_to_groupnorm, build_model, has_batchnorm, num_params, synthetic_shape
+from conftest import ef_round_trip
 
 QUICK = dict(dataset="digits", batch_size=32, lr=0.05, steps=2, max_iter=5, threads=1)
 
@@ -86,13 +87,7 @@ def test_full_resolution_is_the_published_parametrization():
 def test_ef_identity_float64(name, bits):
     ctx = _ctx(name, (1, 8, 8), dtype=torch.float64)
     comp = make_compressor("3sfc", samples=3, feature_bits=bits, feature_res=4, steps=2, max_iter=8)
-    ef = ErrorFeedback()
-    ef.residuals[0] = torch.randn(ctx.num_params, dtype=torch.float64) * 1e-3
-    tau = ef.target(0, torch.randn(ctx.num_params, dtype=torch.float64) * 1e-2)
-    payload, stats = comp.compress(tau, ctx)
-    decoded = comp.decompress(comp.decode(comp.encode(payload), ctx), ctx)
-    ef.update(0, tau, decoded)
-    torch.testing.assert_close(decoded + ef.residuals[0], tau, rtol=0, atol=1e-15)
+    tau, decoded, stats = ef_round_trip(comp, ctx)
     cos = abs(float(torch.nn.functional.cosine_similarity(decoded, tau, dim=0)))
     assert stats["cosine"] == pytest.approx(cos, rel=1e-6) and cos > 0
 
