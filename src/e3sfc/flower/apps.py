@@ -27,7 +27,6 @@ framework overhead is visible.
 
 from __future__ import annotations
 
-import io as _io
 import json
 import logging
 import os
@@ -50,6 +49,7 @@ from ..federated.params import get_flat
 from ..federated.runtime import MODEL_INIT, ClientRuntime, TrainIns, derive_seed
 from ..federated.simulator import check_memory
 from ..models import build_model, synthetic_shape
+from .addon import load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -143,12 +143,9 @@ def client_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     pid = int(context.node_config["partition-id"])
     x, y, shape, classes, initial, work, train = _client_setup(cfg, pid)
     rt = ClientRuntime(cfg, pid, shape, classes, initial)
-    if "e3sfc" in context.state:
-        rt.load_state_dict(torch.load(_io.BytesIO(bytes(context.state["e3sfc"]["state"])), weights_only=True))
+    load_state(context, rt)
     u = rt.step(ins_from_record(msg.content), work, rt.sgd(train, x, y))
-    buf = _io.BytesIO()
-    torch.save(rt.state_dict(), buf)
-    context.state["e3sfc"] = ConfigRecord({"state": buf.getvalue()})
+    save_state(context, rt)
     if u is None:  # fault injection's "drop": this node sends no update
         raise RuntimeError(f"client {pid} drops its reply (--adversary drop)")
     content = RecordDict({
