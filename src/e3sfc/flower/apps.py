@@ -54,9 +54,7 @@ from .addon import load_state, save_state
 log = logging.getLogger(__name__)
 
 
-def config_from_run_config(run_config: dict[str, Any]) -> RunConfig:
-    """Flower run config (kebab-case keys mirroring the CLI flags) -> RunConfig; "" means unset."""
-    return RunConfig.from_dict({k: v for k, v in run_config.items() if v != ""})
+config_from_run_config = RunConfig.from_run_config  # Flower run config (kebab-case flags; "" unset) -> RunConfig
 
 
 # ---------------------------------------------------------------------------- messages
