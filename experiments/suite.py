@@ -88,6 +88,38 @@ def best_baseline(ref_dir: Path) -> str:
     return max(scores, key=scores.get) if len(scores) == len(MATCHED) else "stc-match"
 
 
+# The frontier (issue 30): each method's best setting from the rate-distortion map (benchmarks/RESULTS.md,
+# chosen on seed 42, then fixed), compressed both ways at three budgets a payload. Synthesis: 8-bit features,
+# M = 1, 4, 15 (833, 3,215 and 11,949 B); Top-k (Golomb positions, 8-bit values) and STC (Golomb positions)
+# take as many bytes as that synthesis payload at most (bytes:N); PowerSGD's rank is discrete: rank 1 (3,281 B)
+# and rank 6 (11,251 B) at 8 bits; it has no setting near 1 KB on the MLP (its float32 bias vectors alone
+# are 1,640 B), so it has no point there.
+FRONTIER_BUDGETS = (("1k", 1, 833, None), ("3k", 4, 3215, 1), ("12k", 15, 11949, 6))  # (name, M, bytes, rank)
+FRONTIER_ALPHAS = ("0.1", "1.0")
+
+
+def frontier_runs() -> dict[str, list[str]]:
+    base = ["--config", "configs/reference.toml", "--init", "seed"]
+    runs: dict[str, list[str]] = {}
+    for s in (42, 43):  # seed 42 first: the whole picture at one seed before the second
+        for a in FRONTIER_ALPHAS:
+            tail = ["--alpha", a, "--seed", str(s)]
+            runs[f"fedavg-alpha{a}-seed{s}"] = [*base, "--method", "fedavg", *tail]
+            runs[f"e3sfc-3k-alpha{a}-seed{s}"] = [*base, "--method", "e3sfc", "--samples", "1", "--steps", "10", *tail]
+            for b, m, size, rank in FRONTIER_BUDGETS:
+                synth = ["--samples", str(m), "--feature-bits", "8"]
+                runs[f"e3sfc-plus-{b}-alpha{a}-seed{s}"] = [*base, "--method", "e3sfc", *synth, "--steps", "10",
+                                                            *tail]
+                for meth, coding in (("topk", ["--index-coding", "golomb", "--value-bits", "8"]),
+                                     ("stc", ["--index-coding", "golomb"])):
+                    runs[f"{meth}-golomb-{b}-alpha{a}-seed{s}"] = [
+                        *base, "--method", meth, *coding, "--ratio", f"bytes:{size}", "--downlink", meth, *tail]
+                if rank is not None:
+                    runs[f"powersgd-{b}-alpha{a}-seed{s}"] = [*base, "--method", "powersgd", "--rank", str(rank),
+                                                              "--value-bits", "8", "--downlink", "powersgd", *tail]
+    return runs
+
+
 def groups(root: Path) -> dict[str, dict[str, list[str]]]:
     ref = reference_runs("configs/reference.toml")
     conv = {k: ["--config", "configs/convnet.toml", *v[2:]]
@@ -167,9 +199,10 @@ def groups(root: Path) -> dict[str, dict[str, list[str]]]:
         for name in ("fedavg", "3sfc"):
             text[f"{ds}-transformer-{name}"] = ["--config", "configs/text.toml", "--dataset", ds, "--model",
                                                 "transformer", "--method", name]
+    frontier = frontier_runs()
     return {"reference": ref, "convnet": conv, "noniid": sweep, "seeds": seeds, "twoway": twoway, "beyond": beyond,
             "options": options, "convnet-beyond": convnet_beyond, "faithful": faithful, "text": text,
-            "budget": budget}
+            "budget": budget, "frontier": frontier}
 
 
 def run_one(out: Path, args: list[str], extra: list[str]) -> tuple[str, int]:
@@ -202,6 +235,8 @@ def machine() -> str:
 
 
 TITLES = {
+    "frontier": "Accuracy per byte, both ways: each method's best setting at about 1 KB, 3.2 KB and 12 KB a payload "
+                "each way (MLP, Fashion-MNIST, Dirichlet 0.1 and 1.0, seeds 42 and 43)",
     "reference": "Reference setting: Fashion-MNIST, MLP, 10 clients, Dirichlet alpha 1.0, 100 rounds",
     "convnet": "ConvNet on Fashion-MNIST (otherwise the reference setting)",
     "noniid": "Non-IID sweep: Dirichlet alpha 0.1, 0.5, 1.0 (MLP, Fashion-MNIST)",

@@ -138,6 +138,30 @@ def test_match_fits_the_exact_coded_size(method, scope):
     assert k > 1.5 * plain.k(ctx)
 
 
+@pytest.mark.parametrize("coding", ["int32", "golomb"])
+def test_bytes_budget_fits_and_equals_match_at_the_same_size(coding):
+    """--ratio bytes:N is match:METHOD with the budget given in bytes: the same compressor, every payload <= N."""
+    ctx = _ctx((1, 28, 28))
+    budget = make_compressor("3sfc").payload_bytes(ctx)
+    a = build_compressor("topk", {"index_coding": coding}, f"bytes:{budget}", ctx)
+    b = build_compressor("topk", {"index_coding": coding}, "match:3sfc", ctx)
+    assert a.payload_bytes(ctx) == b.payload_bytes(ctx) <= budget
+    tau = _tau(ctx, 5)
+    blob = a.encode(a.compress(tau, ctx)[0])
+    assert blob == b.encode(b.compress(tau, ctx)[0]) and len(blob) <= budget
+    small = build_compressor("topk", {"index_coding": coding}, "bytes:900", ctx)
+    assert len(small.encode(small.compress(tau, ctx)[0])) <= 900
+
+
+@pytest.mark.parametrize("text", ["bytes:", "bytes:0", "bytes:-5", "bytes:1.5", "bytes:x", "bytes:99999999999999"])
+def test_bad_bytes_budget_is_one_config_error(text):
+    from e3sfc.compress import parse_ratio
+    from e3sfc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="bytes: followed by a whole number"):
+        parse_ratio(text)
+
+
 def test_match_with_a_budget_too_small_is_refused():
     from e3sfc.errors import ConfigError
     from e3sfc.compress import match_bytes

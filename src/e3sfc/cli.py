@@ -55,10 +55,11 @@ HELP = {
     "batch_search": "simulator: run a round's 3SFC searches together, their objective evaluations batched; "
                     "auto: on for any model on a GPU and for mlp, convnet, convnet-fast, lenet, regnet on a CPU",
     "ef": "error feedback for the biased methods (--no-ef for the ablation)",
-    "ratio": "topk/stc: kept fraction in (0, 1], or match:METHOD for equal uplink bytes",
+    "ratio": "topk/stc: kept fraction in (0, 1], match:METHOD for equal uplink bytes, or bytes:N (at most N "
+             "bytes a payload)",
     "downlink": "auto (the method's own: 3sfc for e3sfc, else dense), dense (full model), or a method that "
                 "compresses the server's aggregate with a server residual: 3sfc, topk, stc, sign, qsgd, fedsynth",
-    "downlink_ratio": "topk/stc downlink: kept fraction or match:METHOD (default: the uplink's --ratio)",
+    "downlink_ratio": "topk/stc downlink: kept fraction, match:METHOD or bytes:N (default: the uplink's --ratio)",
     "downlink_samples": "3sfc/fedsynth downlink: synthetic samples M of each broadcast (default 0: the uplink's M_t)",
     "init": "auto, seed (every party builds w_1 from the seed: nothing sent) or broadcast (w_1 shipped, counted)",
     "schedule": "budget schedule for the synthetic samples M_t: constant, decay or adaptive",

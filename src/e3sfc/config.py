@@ -105,7 +105,7 @@ class RunConfig:
     vocab_size: int = 0
     # compression (docs/design.md §1.1, §1.4): the run's own settings; the methods' knobs (samples, steps,
     # feature_bits, levels, ...) follow batch_search, added from each method's declared OPTIONS
-    ratio: str = "0.01"               # topk/stc: a fraction, or match:METHOD (resolved by build_compressor)
+    ratio: str = "0.01"               # topk/stc: a fraction, match:METHOD or bytes:N (resolved by build_compressor)
     ef: bool = True
     batch_search: bool | None = None  # None: automatic (resolved_batch_search)
     # double-way compression and budget (docs/design.md §1.2, §1.3)

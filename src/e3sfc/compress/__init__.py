@@ -41,9 +41,10 @@ def has_ratio(method: str) -> bool:
     return "ratio" in get_compressor_class(method).option_names()
 
 
-def parse_ratio(value: str, flag: str = "--ratio") -> float | str:
-    """A ratio setting: a fraction in (0, 1], or ``match:METHOD`` (as many bytes as METHOD, at most)."""
-    allowed = "a fraction in (0, 1] or match:METHOD (e.g. match:3sfc)"
+def parse_ratio(value: str, flag: str = "--ratio") -> float | str | int:
+    """A ratio setting: a fraction in (0, 1] (a float), ``match:METHOD`` (as many bytes as METHOD at most:
+    the method's name) or ``bytes:N`` (a payload of at most N bytes: the int N)."""
+    allowed = "a fraction in (0, 1], match:METHOD (e.g. match:3sfc) or bytes:N (e.g. bytes:1000)"
     text = str(value).strip()
     if text.startswith("match:"):
         target = text[len("match:"):]
@@ -51,6 +52,12 @@ def parse_ratio(value: str, flag: str = "--ratio") -> float | str:
             raise ConfigError(f"{flag}: {value!r} is not allowed; expected match: followed by one of "
                               f"{', '.join(_REGISTRY)}")
         return target
+    if text.startswith("bytes:"):
+        n = text[len("bytes:"):]
+        if not n.isdigit() or not 0 < int(n) < 2**40:
+            raise ConfigError(f"{flag}: {value!r} is not allowed; expected bytes: followed by a whole number of "
+                              f"bytes from 1 to 2^40")
+        return int(n)
     try:
         r = float(text)
     except ValueError:
@@ -63,8 +70,9 @@ def parse_ratio(value: str, flag: str = "--ratio") -> float | str:
 def build_compressor(method: str, options: dict[str, Any], ratio: str, ctx: Context,
                      flag: str = "--ratio") -> Compressor:
     """``method`` with ``options`` (those it does not have are left out) and, where it has one,
-    the ``ratio`` setting: a fraction, or ``match:M``, the largest ratio whose payload at ``ctx``
-    is no larger than method M's (equal-bytes comparisons). A method that decodes through the model
+    the ``ratio`` setting: a fraction; ``match:M``, the largest ratio whose payload at ``ctx``
+    is no larger than method M's (equal-bytes comparisons); or ``bytes:N``, the largest whose payload
+    fits in N bytes. A method that decodes through the model
     refuses a model with BatchNorm (:func:`e3sfc.models.check_decoder`)."""
     if get_compressor_class(method).decodes_through_model:
         from ..models import check_decoder
@@ -78,6 +86,8 @@ def build_compressor(method: str, options: dict[str, Any], ratio: str, ctx: Cont
         return comp
     if isinstance(r, float):
         return make_compressor(method, ratio=r, **opts)
+    if isinstance(r, int):
+        return match_bytes(method, r, ctx, opts, flag)
     if r == method:
         raise ConfigError(f"{flag}: match:{r} cannot match the method with itself")
     other = {k: v for k, v in options.items() if k in get_compressor_class(r).option_names() and k != "ratio"}
