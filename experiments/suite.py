@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from e3sfc.errors import ConfigError  # noqa: E402
-from e3sfc.report import compare_rows, load_run, markdown_table, plot_runs  # noqa: E402
+from e3sfc.report import compare_rows, load_run, markdown_table, plot_frontier, plot_runs  # noqa: E402
 
 BUDGET = 12_860_000  # 2x what E-3SFC at M = 1 sends in 100 rounds (20 payloads of 3,215 B a round)
 MATCHED = ("topk-match", "stc-match")
@@ -118,6 +118,77 @@ def frontier_runs() -> dict[str, list[str]]:
                     runs[f"powersgd-{b}-alpha{a}-seed{s}"] = [*base, "--method", "powersgd", "--rank", str(rank),
                                                               "--value-bits", "8", "--downlink", "powersgd", *tail]
     return runs
+
+
+FRONTIER_RIVALS = ("powersgd", "topk-golomb", "stc-golomb")
+FRONTIER_LABELS = {"1k": "about 1 KB", "3k": "3.2 KB", "12k": "12 KB"}
+
+
+def frontier_curve(run) -> str:
+    """The line a frontier run belongs to: its name without budget, alpha and seed."""
+    name = re.sub(r"-alpha[\d.]+-seed\d+$", "", run.path.name)
+    return "e3sfc (published: M = 1, float32)" if name == "e3sfc-3k" else re.sub(r"-(1k|3k|12k)$", "", name)
+
+
+def frontier_panel(run) -> str:
+    return f"Dirichlet alpha {run.config['alpha']}"
+
+
+def _frontier_seeds(by: dict[str, dict], name: str) -> dict[int, dict]:
+    return {s: by[f"{name}-seed{s}"] for s in (42, 43) if f"{name}-seed{s}" in by}
+
+
+def frontier_table(rows: list[dict]) -> str:
+    """Per alpha and budget: each method's final accuracy (mean of the last 10 rounds, mean over the seeds
+    run, their spread), its MB in all and its seconds a round against FedAvg's, and the winner."""
+    by = {r["run"]: r for r in rows}
+    head = ["setting", "method", "seeds", "final accuracy (spread)", "MB in all", "s / round vs FedAvg"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a in FRONTIER_ALPHAS:
+        fed = _frontier_seeds(by, f"fedavg-alpha{a}")
+        fed_s = sum(r["seconds_per_round"] for r in fed.values()) / len(fed) if fed else None
+        for b, *_ in FRONTIER_BUDGETS:
+            cells = []
+            for m in ("e3sfc-plus", *FRONTIER_RIVALS):
+                got = _frontier_seeds(by, f"{m}-{b}-alpha{a}")
+                if not got:
+                    continue
+                acc = [r["acc_last10"] for r in got.values()]
+                sec = sum(r["seconds_per_round"] for r in got.values()) / len(got)
+                cells.append((sum(acc) / len(acc), m, got, acc, sec))
+            cells.sort(key=lambda c: -c[0])
+            for i, (mean, m, got, acc, sec) in enumerate(cells):
+                spread = f" ({min(acc):.4f}-{max(acc):.4f})" if len(acc) > 1 else ""
+                win = f"**{m}**" if i == 0 and len(cells) > 1 else m
+                mb = sum(r["total_mb"] for r in got.values()) / len(got)
+                ratio = f"{sec / fed_s:.2f}x" if fed_s else "-"
+                lines.append(f"| alpha {a}, {FRONTIER_LABELS[b]} | {win} | {', '.join(map(str, sorted(got)))} | "
+                             f"{mean:.4f}{spread} | {mb:.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def frontier_verdicts(rows: list[dict]) -> list[str]:
+    """e3sfc-plus against each rival at the same budget (both ways), then the count of settings where it
+    beats every rival that has a point there (the issue's goal: 5 of 6)."""
+    by = {r["run"]: r for r in rows}
+    out, settings, won = [], 0, 0
+    for a in FRONTIER_ALPHAS:
+        for b, *_ in FRONTIER_BUDGETS:
+            me = _frontier_seeds(by, f"e3sfc-plus-{b}-alpha{a}")
+            beats = []
+            for o in FRONTIER_RIVALS:
+                them = _frontier_seeds(by, f"{o}-{b}-alpha{a}")
+                line = versus(f"alpha {a}, {FRONTIER_LABELS[b]} a payload each way", "e3sfc-plus", me, o, them)
+                if line:
+                    out.append(line)
+                    beats.append(" beats " in line)
+            if me and beats:
+                settings += 1
+                won += all(beats)
+    if settings:
+        out.append(f"- e3sfc-plus beats every rival run at its budget in {won} of the {settings} settings run so far "
+                   f"(mean of the last 10 rounds over the seeds both have; goal: 5 of 6).")
+    return out
 
 
 def groups(root: Path) -> dict[str, dict[str, list[str]]]:
@@ -620,14 +691,20 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
         missing = [n for n in runs if n not in done]
         if missing:
             parts.append(f"Not finished yet: {', '.join(missing)}" + progress(root / group, missing) + ".\n")
-        plot_runs(loaded, docs / f"{group}.png")
-        parts.append(f"![{group}]({group}.png)\n")
+        if group == "frontier":
+            plot_frontier(loaded, docs / "frontier.png", curve=frontier_curve, panel=frontier_panel)
+            parts.append("![frontier](frontier.png)\n")
+            parts.append("Each setting's methods, best first (final accuracy: mean of the last 10 rounds):\n\n"
+                         + frontier_table(rows) + "\n")
+        else:
+            plot_runs(loaded, docs / f"{group}.png")
+            parts.append(f"![{group}]({group}.png)\n")
         v = {"seeds": lambda: seed_verdicts(root), "noniid": lambda: noniid_verdicts(rows),
              "twoway": lambda: twoway_verdicts(rows), "beyond": lambda: beyond_verdicts(root, rows),
              "options": lambda: options_verdicts(root, rows),
              "convnet-beyond": lambda: convnet_beyond_verdicts(rows),
              "faithful": lambda: faithful_verdicts(rows, root),
-             "budget": lambda: budget_verdicts(rows, root)}.get(
+             "budget": lambda: budget_verdicts(rows, root), "frontier": lambda: frontier_verdicts(rows)}.get(
             group, lambda: verdicts(rows))()
         if v:
             parts.append("Where the synthesis methods win and lose:\n\n" + "\n".join(v) + "\n")

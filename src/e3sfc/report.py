@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .errors import ConfigError
 from .records import metrics_problem, read_rows
@@ -451,34 +451,64 @@ def frontier_points(runs: Sequence[Run]) -> list[dict]:
     return out
 
 
-def plot_frontier(runs: Sequence[Run], out: str | Path) -> Path:
+def plot_frontier(runs: Sequence[Run], out: str | Path, curve: Callable[[Run], str] | None = None,
+                  panel: Callable[[Run], str] | None = None) -> Path:
     """Final accuracy (mean of the last 10 rounds) against the total megabytes sent, both ways, on a log
     axis: one point per run, or per group of runs that differ only in their seed (their mean, error
     bars of one sample standard deviation each way, each seed a small faint dot). Colours and markers
-    as in :func:`plot_runs`."""
+    as in :func:`plot_runs`. ``curve(run)``, where given, names the line a run's point belongs to (the
+    same method at several budgets: one curve, its points joined in order of bytes, one label);
+    ``panel(run)`` splits the runs into side-by-side panels (e.g. by Dirichlet alpha)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    series = _series(runs)
-    looks = series_looks(series)
-    for p in frontier_points(runs):
-        look = looks[p["label"]]
-        label = p["label"] + (f": {p['acc']:.3f} ± {p['acc_sd']:.3f}" if p["n"] > 1 else f": {p['acc']:.3f}")
-        ax.errorbar([p["mb"]], [p["acc"]], xerr=[p["mb_sd"]] if p["n"] > 1 else None,
-                    yerr=[p["acc_sd"]] if p["n"] > 1 else None, color=look["color"], marker=look["marker"],
-                    markersize=8, linestyle="none", capsize=3, label=label)
-        if p["n"] > 1:
-            ax.scatter([s[0] for s in p["seeds"]], [s[1] for s in p["seeds"]], color=look["color"],
-                       marker=look["marker"], s=12, alpha=0.35, linewidths=0)
+    panels: dict[str, list[Run]] = {}
+    for run in runs:
+        panels.setdefault(panel(run) if panel else "", []).append(run)
+    names = sorted(panels)
+    fig, axes = plt.subplots(1, len(names), figsize=(7.5 if len(names) == 1 else 6.2 * len(names), 5),
+                             sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        _frontier_panel(ax, panels[name], curve)
+        ax.set_title(_title(panels[name]) if not panel else f"{name} / {_title(panels[name])}", fontsize=10)
+    axes[0][0].set_ylabel(f"final accuracy (mean of the last {FRONTIER_ROUNDS} rounds)")
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out, plt)
+
+
+def _frontier_panel(ax, runs: Sequence[Run], curve: Callable[[Run], str] | None) -> None:
+    points = frontier_points(runs)
+    if curve is None:
+        looks = series_looks(_series(runs))
+        lines = {p["label"]: [p] for p in points}
+    else:
+        by_label = {label: group[0] for label, group in _series(runs)}
+        lines: dict[str, list[dict]] = {}
+        for p in points:
+            lines.setdefault(curve(by_label[p["label"]]), []).append(p)
+        firsts = [(name, [by_label[ps[0]["label"]]]) for name, ps in lines.items()]
+        looks = series_looks(firsts)
+    for name, ps in lines.items():
+        ps = sorted(ps, key=lambda p: p["mb"])
+        look = looks[name]
+        n = max(p["n"] for p in ps)
+        if len(ps) == 1:
+            p = ps[0]
+            label = name + (f": {p['acc']:.3f} ± {p['acc_sd']:.3f}" if p["n"] > 1 else f": {p['acc']:.3f}")
+        else:
+            label = name + (f" ({n} seeds)" if n > 1 and "seeds)" not in name else "")
+        ax.errorbar([p["mb"] for p in ps], [p["acc"] for p in ps],
+                    xerr=[p["mb_sd"] for p in ps] if n > 1 else None,
+                    yerr=[p["acc_sd"] for p in ps] if n > 1 else None, color=look["color"], marker=look["marker"],
+                    markersize=7, linestyle=look["linestyle"] if len(ps) > 1 else "none", capsize=3, label=label)
+        for p in ps:
+            if p["n"] > 1:
+                ax.scatter([s[0] for s in p["seeds"]], [s[1] for s in p["seeds"]], color=look["color"],
+                           marker=look["marker"], s=12, alpha=0.35, linewidths=0)
     _log_axis(ax)
     lo, hi = ax.get_xlim()
     ax.set_xlim(lo / 1.5, hi * 1.5)
     ax.set_xlabel("total MB sent, uplink + downlink (log)")
-    ax.set_ylabel(f"final accuracy (mean of the last {FRONTIER_ROUNDS} rounds)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(_title(runs), fontsize=10)
-    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
-    fig.tight_layout()
-    return _save(fig, out, plt)
 
 
 def plot_partition(counts, out: str | Path, title: str) -> Path:
