@@ -272,15 +272,15 @@ def test_corrupt_run_folders_are_refused_not_drawn(name, text, needle, two_runs,
     assert not md.exists() and not fig.exists()
 
 
-def _hand_run(root, name, method, accs, seed=42, **config):
-    """A run folder written by hand: ``accs`` one accuracy a round, 100 bytes up and down a round."""
+def _hand_run(root, name, method, accs, seed=42, per_round=100, **config):
+    """A run folder written by hand: ``accs`` one accuracy a round, ``per_round`` bytes up and down a round."""
     import json
 
     run = root / name
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"method": method, "rounds": len(accs), "eval_every": 1,
                                                  "seed": seed, **config}))
-    rows = [{"round": t, "accuracy": a, "cum_uplink_bytes": 100 * t, "cum_downlink_bytes": 100 * t,
+    rows = [{"round": t, "accuracy": a, "cum_uplink_bytes": per_round * t, "cum_downlink_bytes": per_round * t,
              "participants": 1, "seconds": float(t), **({"cosine": 0.5} if method != "fedavg" else {})}
             for t, a in enumerate(accs, 1)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -376,6 +376,36 @@ def test_plot_frontier_writes_png_with_seeds_as_mean_and_spread(seeded_runs, tmp
     assert labels[0].startswith("fedavg: ") and labels[1].startswith("topk (2 seeds): ") and " ± " in labels[1]
     assert main(["plot", "--frontier", str(seeded_runs[0]), "--metric", "loss", "--out", str(out)]) == 2
     assert "not allowed with --frontier" in capsys.readouterr().err
+
+
+def test_plot_frontier_joins_a_methods_budgets_into_one_curve_per_panel(tmp_path, monkeypatch):
+    """curve= joins a method's points (several budgets, each the mean of its seeds) in order of bytes;
+    panel= puts each alpha in its own panel; a method keeps its colour in both."""
+    from matplotlib.colors import to_rgb
+
+    from e3sfc.report import METHOD_COLORS, load_run, plot_frontier
+
+    runs = []
+    for a in (0.1, 1.0):
+        for m, budgets in (("topk", (100, 400)), ("e3sfc", (100, 400, 1600))):
+            for b in budgets:
+                for s in (42, 43):
+                    acc = 0.5 + b / 10000 + (s - 42) / 100 + a / 10
+                    runs.append(load_run(_hand_run(tmp_path, f"{m}-{b}-alpha{a}-seed{s}", m, [acc] * 3, seed=s,
+                                                   per_round=b, alpha=a, samples=b)))
+    figs = _drawn(monkeypatch)
+    plot_frontier(runs, tmp_path / "f.png", curve=lambda r: r.path.name.split("-")[0],
+                  panel=lambda r: f"alpha {r.config['alpha']}")
+    (fig,) = figs
+    assert len(fig.axes) == 2 and [ax.get_title().split(" / ")[0] for ax in fig.axes] == ["alpha 0.1", "alpha 1.0"]
+    for ax, a in zip(fig.axes, (0.1, 1.0)):
+        lines = {c.get_label(): c.lines[0] for c in ax.containers}  # errorbar: (data line, caps, bars)
+        assert set(lines) == {"topk (2 seeds)", "e3sfc (2 seeds)"}
+        e3 = lines["e3sfc (2 seeds)"]
+        assert list(e3.get_xdata()) == pytest.approx([3 * 2 * b / 1e6 for b in (100, 400, 1600)])
+        assert list(e3.get_ydata()) == pytest.approx([0.5 + b / 10000 + 0.005 + a / 10 for b in (100, 400, 1600)])
+        assert e3.get_color() == to_rgb(METHOD_COLORS["e3sfc"]) and lines["topk (2 seeds)"].get_color() == to_rgb(
+            METHOD_COLORS["topk"])
 
 
 def test_final_accuracy_is_the_mean_of_the_last_10_rounds(tmp_path):
