@@ -7,11 +7,20 @@ run interleaved round by round, so a slow spell of the machine hits them alike.
 
     python benchmarks/round_time.py --methods fedavg,3sfc,3sfc@patience=0 --rounds 5 --threads 1
     python benchmarks/round_time.py --model convnet-fast --methods fedavg,3sfc,3sfc@batch_search=1 --rounds 3
+    python benchmarks/round_time.py --methods fedavg,e3sfc@samples=4@feature_bits=8 --profile 2
+
+``--profile P``: after the timed rounds, P more rounds of each method under cProfile, and a table of
+where a round's time goes: the cumulative time of the functions that make up each phase (local
+training, the uplink search, its quantization, the server's decoding, the downlink search, the
+clients' catch-up), per round; evaluation is timed apart (one call on the test set). Profiling
+slows every call it sees, so the timed rounds run first and without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import time
 
 import torch
@@ -19,6 +28,18 @@ import torch
 from _common import write_section
 from e3sfc.config import RunConfig
 from e3sfc.federated import Simulation
+from e3sfc.federated.evaluate import evaluate
+
+# a phase of the round: the functions whose cumulative time it is, as (file suffix, function name);
+# "of which" phases are parts of the one above them (quantization happens inside the search)
+PHASES = (
+    ("local training", (("federated/runtime.py", "train"),)),
+    ("uplink search (clients)", (("compress/threesfc.py", "compress_many"), ("compress/base.py", "compress_many"))),
+    ("  of which quantization", (("compress/threesfc.py", "_round"),)),
+    ("server decode + bound", (("federated/runtime.py", "screen"),)),
+    ("downlink (server compresses the move)", (("federated/runtime.py", "move"),)),
+    ("clients' catch-up (decode the broadcast)", (("federated/runtime.py", "catch_up"),)),
+)
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
@@ -58,6 +79,49 @@ def time_methods(specs: list[tuple[str, dict]], rounds: int, model: str = "mlp")
     return out
 
 
+def profile_rounds(sim: Simulation, first: int, rounds: int) -> dict[str, float]:
+    """Seconds per round of each :data:`PHASES` entry over ``rounds`` rounds run under cProfile, the
+    whole round's ("round") and one evaluation's ("evaluation (one call)")."""
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for t in range(first, first + rounds):
+        sim.run_round(t)
+    prof.disable()
+    total = time.perf_counter() - t0
+    stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
+    out = {"round (profiled)": total / rounds}
+    for phase, funcs in PHASES:
+        out[phase] = sum(ct for (f, _, name), (_, _, _, ct, _) in stats.items()
+                         if any(f.endswith(sfx) and name == fn for sfx, fn in funcs)) / rounds
+    t0 = time.perf_counter()
+    evaluate(sim.model, sim.test_x, sim.test_y)
+    out["evaluation (one call)"] = time.perf_counter() - t0
+    return out
+
+
+def profile_table(specs: list[tuple[str, dict]], rounds: int, model: str) -> str:
+    cols, names = [], []
+    for method, extra in specs:
+        cfg = RunConfig(method=method, dataset="fmnist", model=model, clients=10, alpha=1.0, rounds=rounds + 1,
+                        local_epochs=1, batch_size=64, lr=0.01, seed=42, eval_every=10_000, **extra)
+        sim = Simulation(cfg)
+        sim.run_round(1)  # warm-up, not profiled
+        cols.append(profile_rounds(sim, 2, rounds))
+        names.append("@".join([method, *(f"{k}={v}" for k, v in extra.items())]))
+    rows = ["round (profiled)", *(p for p, _ in PHASES), "evaluation (one call)"]
+    lines = ["| s / round | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = c[r]
+            whole = c["round (profiled)"]
+            share = f" ({100 * v / whole:.0f}%)" if r not in ("round (profiled)", "evaluation (one call)") else ""
+            cells.append(f"{v:.3f}{share}" if v else "-")
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default="fedavg")
@@ -66,6 +130,7 @@ def main() -> None:
     ap.add_argument("--model", default="mlp", help="model of the otherwise reference setting")
     ap.add_argument("--title", default="Seconds per round, reference setting",
                     help="section of benchmarks/RESULTS.md to write (replaced if it exists)")
+    ap.add_argument("--profile", type=int, default=0, help="rounds per method to profile after the timing (0: none)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = time_methods([parse_method(m) for m in args.methods.split(",")], args.rounds, args.model)
@@ -79,6 +144,12 @@ def main() -> None:
     print(table)
     note = ("Authors' code on this machine (from the issue, MLP): FedAvg 1.45 s/round, 3SFC 8.26 s/round (one thread)."
             if args.model == "mlp" else f"Model: {args.model}.")
+    if args.profile:
+        prof = profile_table([parse_method(m) for m in args.methods.split(",")], args.profile, args.model)
+        print(prof)
+        note += (f"\n\nWhere a round's time goes (cProfile, {args.profile} rounds of each method after the timed ones; "
+                 "a phase is the cumulative time of its functions, its share of the profiled round in brackets; "
+                 "profiling slows each call, so these seconds exceed the timed ones):\n\n" + prof)
     write_section(args.title, table + "\n\n" + note)
 
 
