@@ -7,7 +7,8 @@ interrupted one resumes from its checkpoint, so the suite can be stopped and
 started again. Each run uses one torch thread; ``--jobs`` runs that many at a
 time. docs/results.md gets a table per group and docs/GROUP.png its plot from
 whatever runs are finished (``--report-only`` rewrites the document from the
-runs on disk without running anything).
+runs on disk without running anything; a report whose only change would be its
+date leaves the file as it is). --help lists the groups and their runs.
 """
 
 from __future__ import annotations
@@ -387,21 +388,31 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
 }
 
 
+def seed_runs(root: Path) -> dict[str, dict[int, Path]]:
+    """The seed comparison's finished runs: for each run name of PAIRS and SERIAL, its folder by seed (seed 42
+    from the reference group where that group has the run, else the seeds group's). The seeds group's figure
+    draws these runs and :func:`seed_verdicts` averages them: the same seeds in both."""
+    out: dict[str, dict[int, Path]] = {}
+    for name in dict.fromkeys(n for pair in (*PAIRS, *SERIAL) for n in pair):
+        for s in (42, *SEEDS):
+            d = root / "seeds" / f"{name}-seed{s}"
+            if s == 42 and (root / "reference" / name / "summary.json").is_file():
+                d = root / "reference" / name
+            if (d / "summary.json").is_file():
+                out.setdefault(name, {})[s] = d
+    return out
+
+
 def seed_verdicts(root: Path) -> list[str]:
     """Early stop against the full L-BFGS search, per seed and on average, over every seed run so far
-    (seed 42 from the reference group where it has the run). Compared: the mean accuracy over the last
-    10% of rounds (the final round alone moves by points from round to round)."""
+    (:func:`seed_runs`). Compared: the mean accuracy over the last 10% of rounds (the final round alone
+    moves by points from round to round)."""
     out = []
+    runs = seed_runs(root)
     labelled = [(p, "early stop") for p in PAIRS] + [(p, "batched search, the default") for p in SERIAL]
     for (fast, full), what in labelled:
-        acc: dict[str, dict[int, float]] = {fast: {}, full: {}}
-        for name in acc:
-            for s in (42, *SEEDS):
-                d = root / "seeds" / f"{name}-seed{s}"
-                if s == 42 and (root / "reference" / name / "summary.json").is_file():
-                    d = root / "reference" / name
-                if (d / "summary.json").is_file():
-                    acc[name][s] = compare_rows([load_run(d)])[0]["acc_last10"]
+        acc = {name: {s: compare_rows([load_run(d)])[0]["acc_last10"] for s, d in runs.get(name, {}).items()}
+               for name in (fast, full)}
         both = sorted(set(acc[fast]) & set(acc[full]))
         if not both:
             continue
@@ -645,10 +656,14 @@ def previous_sections(path: Path) -> dict[str, str]:
     return {c.split("\n", 1)[0].strip(): "## " + c.rstrip() + "\n" for c in chunks}
 
 
-def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
+DATE_LINE = re.compile(r"^- date: .*$", re.M)
+
+
+def write_report(root: Path, names: dict[str, dict[str, list[str]]], docs: Path = REPO / "docs") -> Path:
+    """docs/results.md and docs/GROUP.png from the finished runs under ``root``. A report that differs
+    from the one there only in its date line leaves the file as it is (nothing new: nothing rewritten)."""
     from e3sfc.io import atomic_write
 
-    docs = REPO / "docs"
     docs.mkdir(exist_ok=True)
     parts = [
         "# Results\n",
@@ -697,7 +712,16 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
             parts.append("Each setting's methods, best first (final accuracy: mean of the last 10 rounds):\n\n"
                          + frontier_table(rows) + "\n")
         else:
-            plot_runs(loaded, docs / f"{group}.png")
+            figure = loaded
+            if group == "seeds":  # the runs the verdicts average, the reference group's seed 42 included
+                by_name = seed_runs(root)
+                figure = [load_run(d) for by_seed in by_name.values() for d in by_seed.values()]
+                borrowed = [n for n, by_seed in by_name.items()
+                            if by_seed.get(42, root).parent == root / "reference"]
+                if borrowed:
+                    parts.append(f"Seed 42 of {', '.join(borrowed)} is the reference group's run (its table); "
+                                 "the figure and the comparisons below include it.\n")
+            plot_runs(figure, docs / f"{group}.png")
             parts.append(f"![{group}]({group}.png)\n")
         v = {"seeds": lambda: seed_verdicts(root), "noniid": lambda: noniid_verdicts(rows),
              "twoway": lambda: twoway_verdicts(rows), "beyond": lambda: beyond_verdicts(root, rows),
@@ -709,17 +733,52 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]]) -> Path:
         if v:
             parts.append("Where the synthesis methods win and lose:\n\n" + "\n".join(v) + "\n")
     text = "\n".join(parts)
-    atomic_write(docs / "results.md", lambda f: f.write(text))
-    return docs / "results.md"
+    path = docs / "results.md"
+    if not (path.is_file() and DATE_LINE.sub("", path.read_text()) == DATE_LINE.sub("", text)):
+        atomic_write(path, lambda f: f.write(text))
+    return path
+
+
+def run_rounds(args: list[str]) -> int:
+    """The rounds a run of ``args`` has: its --rounds, else its --config file's, else the default 100."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    if "--rounds" in args:
+        return int(args[args.index("--rounds") + 1])
+    if "--config" in args:
+        with open(REPO / args[args.index("--config") + 1], "rb") as f:
+            return int(tomllib.load(f).get("rounds", 100))
+    return 100
+
+
+def groups_epilog(root: Path) -> str:
+    """--help's list of the groups and what each costs: how many runs of how many rounds."""
+    lines = ["groups (a finished run is skipped, so a group costs only its runs not yet done):"]
+    for g, runs in groups(root).items():
+        by_rounds: dict[int, int] = {}
+        for args in runs.values():
+            by_rounds[run_rounds(args)] = by_rounds.get(run_rounds(args), 0) + 1
+        cost = " and ".join(f"{n} run{'s' if n > 1 else ''} of {r} rounds" for r, n in sorted(by_rounds.items(),
+                                                                                                reverse=True))
+        lines.append(f"  {g:<15} about {cost}" + (" (only the datasets whose files are here)" if g == "text"
+                                                  else ""))
+    return "\n".join(lines)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--groups", default="reference,noniid,seeds,convnet")
-    ap.add_argument("--jobs", type=int, default=1)
-    ap.add_argument("--root", default="runs")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=groups_epilog(REPO / "runs"))
+    ap.add_argument("--groups", default="reference,noniid,seeds,convnet",
+                    help="comma-separated groups to run, of those listed below (default: %(default)s)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (default: %(default)s)")
+    ap.add_argument("--root", default="runs", help="folder of the runs, ROOT/GROUP/NAME (default: %(default)s)")
     ap.add_argument("--only", default=None, help="comma-separated run names to restrict to")
-    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: write docs/results.md and the figures from the runs on disk (the file is "
+                    "left as it is when only its date would change)")
     ap.add_argument("--extra", default="", help="flags added to every new run (e.g. '--device cuda --batch-search': "
                     "where the runs go and how fast, not what they compute)")
     args = ap.parse_args()

@@ -181,3 +181,20 @@ def test_tensorboard_logging(tmp_path):
     acc = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("accuracy")] == [1, 2] and "uplink_bytes" in acc.Tags()["scalars"]
+
+
+def test_a_budget_far_above_samples_warns_on_stderr_before_round_1(tmp_path):
+    """The CLI shows the budget warning (a log warning) on stderr, before round 1's progress line."""
+    import subprocess
+    import sys
+
+    # digits, 3 clients, E-3SFC: a round commits 3 payloads up and 3 broadcasts of 4 (74 M + 1) + 35 bytes
+    budget = 2 * 6 * (4 * (74 * 20 + 1) + 35)  # M = 20 in each of 2 rounds
+    r = subprocess.run([sys.executable, "-m", "e3sfc.cli", "run", "--method", "e3sfc", *FAST, "--steps", "1",
+                        "--max-iter", "2", "--budget-bytes", str(budget), "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    warned = [i for i, line in enumerate(lines) if line.startswith("WARNING") and "about M = 20" in line]
+    progress = [i for i, line in enumerate(lines) if line.startswith("round 1/2")]
+    assert len(warned) == 1 and progress and warned[0] < progress[0], r.stderr

@@ -288,3 +288,79 @@ def test_a_run_commits_95_to_100_percent_of_its_budget(schedule):
     sim.run()
     committed = sim.ledger.total("up") + sim.ledger.total("down") + int(sim.server.downlink.owed.sum())
     assert 0.95 * budget <= committed <= budget, (committed / budget, sim.schedule_log)
+
+
+def test_a_budget_that_buys_many_times_samples_warns_once_before_round_1(caplog):
+    """A budget whose even share a round buys M > 4x --samples: one warning when the run is built (before
+    round 1) with that M, the search-time factor and what keeps M near --samples; a modest budget: none."""
+    import logging
+
+    cfg = RunConfig(**QUICK, clients=4, rounds=3)
+    per_round = Simulation(cfg).server.round_cost  # (M, participants, dense syncs, last)
+    with caplog.at_level(logging.WARNING, logger="e3sfc"):
+        sim = Simulation(cfg.replace(budget_bytes=3 * per_round(10, 4, 0, last=False)))
+    warned = [r.getMessage() for r in caplog.records if "--budget-bytes" in r.getMessage()]
+    assert sim.round == 0 and len(warned) == 1, warned
+    assert "about M = 10 synthetic samples a payload, 10x --samples 1" in warned[0]
+    assert "search takes about 10x as long as at M = 1" in warned[0]
+    assert f"raise --rounds (to about {3 * per_round(10, 4, 0, False) // per_round(1, 4, 0, False):,})" in warned[0]
+    assert f"lower --budget-bytes (to about {3 * per_round(1, 4, 0, False):,})" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="e3sfc"):
+        Simulation(cfg.replace(budget_bytes=3 * per_round(4, 4, 0, last=False)))  # 4x: no warning
+        capped = Simulation(cfg.replace(budget_bytes=3 * per_round(12, 4, 0, last=False), max_samples=8))
+    warned = [r.getMessage() for r in caplog.records if "--budget-bytes" in r.getMessage()]
+    assert len(warned) == 1 and "M = 8 synthetic samples a payload (--max-samples 8: the budget buys more)" in \
+        warned[0] and capped.round == 0
+
+
+def test_uplink_bytes_per_client_round_is_the_ledgers_mean_when_m_varies():
+    """summary.json's uplink_bytes_per_client_round under a budget (M_t varies): the mean of what the
+    ledger counted, not one payload at --samples."""
+    cfg = RunConfig(**QUICK, clients=3, rounds=4, samples=1, schedule="decay", decay_rate=0.5,
+                    budget_bytes=4 * 6 * synth_bytes(6))
+    sim = Simulation(cfg)
+    s = sim.run()
+    assert len(set(s["samples_per_round"])) > 1, s["samples_per_round"]
+    mean = sum(3 * synth_bytes(m) for m in s["samples_per_round"]) / (3 * 4)
+    assert s["uplink_bytes_per_client_round"] == round(mean) == round(sim.ledger.total("up") / 12)
+    assert s["uplink_bytes_per_client_round"] != synth_bytes(1)
+
+
+def test_a_custom_model_on_the_autograd_search_gets_one_hint(caplog):
+    """A registered model of one's own that takes the autograd form of the search: one warning when the
+    run is built (E-3SFC searches both ways: still one); a custom Linear/ReLU chain (the closed form), a
+    built-in model and a method without the search: none."""
+    import logging
+
+    from torch import nn
+
+    from e3sfc.models import available_models, register_model
+
+    def cnn(shape, classes):
+        return nn.Sequential(nn.Conv2d(shape[0], 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(4 * shape[1] * shape[2], classes))
+
+    def chain(shape, classes):
+        return nn.Sequential(nn.Flatten(), nn.Linear(shape[0] * shape[1] * shape[2], 16), nn.ReLU(),
+                             nn.Linear(16, classes))
+
+    for name, builder in (("hint-cnn", cnn), ("hint-chain", chain)):
+        if name not in available_models():
+            register_model(name, builder)
+
+    def hints(**kw) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="e3sfc"):
+            Simulation(RunConfig(**{**QUICK, "clients": 2, "rounds": 1, **kw}))
+        return [r for r in caplog.records if "generic (autograd)" in r.getMessage()]
+
+    (hint,) = hints(model="hint-cnn")
+    assert hint.levelno == logging.WARNING and "--model hint-cnn takes the generic (autograd) form" in \
+        hint.getMessage() and "slower" in hint.getMessage()
+    assert "--batch-search, off for it unless set, may help" in hint.getMessage()
+    assert len(hints(model="hint-cnn", method="3sfc", batch_search=True)) == 1
+    assert "--batch-search" not in hints(model="hint-cnn", batch_search=True)[0].getMessage()
+    assert hints(model="hint-chain") == [] and hints(model="lenet") == []
+    assert hints(model="hint-cnn", method="topk") == []
+    assert len(hints(model="hint-chain", feature_res=4)) == 1  # upsampled features: the autograd form

@@ -125,3 +125,30 @@ def test_an_option_declared_in_a_new_method_is_a_flag_a_setting_and_a_key(tmp_pa
                        text=True, env=env, cwd=tmp_path, timeout=120)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == "e3sfc: error: --toy-knob: 0 is not allowed; expected an integer in 1..9"
+
+
+def test_runconfig_docstring_lists_every_setting_with_the_cli_help_text():
+    """help(RunConfig): every field, its description and default, the very text `e3sfc run --help` shows."""
+    from dataclasses import fields
+
+    from e3sfc.config import describe
+
+    doc = RunConfig.__doc__
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    helps = {a.dest: a.help for a in run._actions}
+    for f in fields(RunConfig):
+        text = describe(f.name)
+        assert len(text) > len("(default: x)") and helps[f.name] == text
+        entry = doc[doc.index(f"\n    {f.name} : "):].split("\n", 3)
+        assert " ".join(entry[2].split()).startswith(" ".join(text.split())[:40]), (f.name, entry)
+    assert "(default: 100)" in doc[doc.index("\n    rounds : int"):][:200]
+
+
+def test_cli_help_imports_no_torch():
+    """`e3sfc --help` (and the other commands' parsers but run's and plot-partition's) stay clear of torch."""
+    code = ("import sys, e3sfc.cli\n"
+            "try:\n    e3sfc.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "e3sfc.cli.build_parser(lazy=True).parse_args(['compare', 'x'])\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith(('torch', 'e3sfc')))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and "usage: e3sfc" in r.stdout, r.stderr[-2000:]

@@ -414,3 +414,84 @@ def test_final_accuracy_is_the_mean_of_the_last_10_rounds(tmp_path):
     run = load_run(_hand_run(tmp_path, "r", "topk", [t / 100 for t in range(1, 31)]))
     (p,) = frontier_points([run])
     assert p["acc"] == pytest.approx(sum(range(21, 31)) / 1000) and p["mb"] == pytest.approx(30 * 200 / 1e6)
+
+
+def _hand_made_run(path, seed: int, accs, **config) -> None:
+    """A finished run folder as e3sfc run writes it (the files report.load_run reads), made by hand."""
+    import json
+
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"method": "3sfc", "dataset": "fmnist", "model": "mlp",
+                                                  "rounds": len(accs), "eval_every": 1, "seed": seed, **config}))
+    rows = [{"round": t, "accuracy": a, "uplink_bytes": 100, "downlink_bytes": 300, "cum_uplink_bytes": 100 * t,
+             "cum_downlink_bytes": 300 * t, "participants": 1, "seconds": float(t)} for t, a in enumerate(accs, 1)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path / "summary.json").write_text(json.dumps({"dense_bytes_per_transfer": 1000}))
+
+
+def test_suite_seeds_figure_draws_the_seeds_its_verdicts_average(tmp_path):
+    """The seeds group's figure and its verdicts use the same runs: seed 42 from the reference group, the
+    others from the seeds group, so the legend's seed count is the count the text averages."""
+    from e3sfc.report import _series
+
+    suite = _suite()
+    root = tmp_path / "runs"
+    for name, extra in (("3sfc", {}), ("3sfc-reference-lbfgs", {"patience": 0})):
+        _hand_made_run(root / "reference" / name, 42, (0.5, 0.8), **extra)
+        _hand_made_run(root / "seeds" / f"{name}-seed43", 43, (0.5, 0.7), **extra)
+    drawn = []
+    suite.plot_runs = lambda runs, out: drawn.extend(runs)
+    suite.write_report(root, {"seeds": {"3sfc-seed43": [], "3sfc-reference-lbfgs-seed43": []}}, tmp_path / "docs")
+    text = (tmp_path / "docs" / "results.md").read_text()
+    assert "seeds 42, 43: 0.7500 against 0.7500" in text
+    assert "Seed 42 of 3sfc, 3sfc-reference-lbfgs is the reference group's run" in text
+    assert sorted(label for label, _ in _series(drawn)) == ["3sfc (2 seeds)", "3sfc-reference-lbfgs (2 seeds)"]
+
+
+def test_suite_report_with_nothing_new_leaves_results_md_alone(tmp_path):
+    """--report-only with nothing new: a report that would differ only in its date line is not written;
+    one with anything else new is."""
+    suite = _suite()
+    root, docs = tmp_path / "runs", tmp_path / "docs"
+    _hand_made_run(root / "seeds" / "3sfc-seed43", 43, (0.5, 0.7))
+    suite.plot_runs = lambda runs, out: None
+    names = {"seeds": {"3sfc-seed43": []}}
+    path = suite.write_report(root, names, docs)
+    old = suite.DATE_LINE.sub("- date: 2000-01-01 00:00 UTC", path.read_text())
+    path.write_text(old)
+    suite.write_report(root, names, docs)
+    assert path.read_text() == old  # nothing new: the old date stays
+    _hand_made_run(root / "seeds" / "3sfc-seed44", 44, (0.5, 0.9))
+    suite.write_report(root, {"seeds": {"3sfc-seed43": [], "3sfc-seed44": []}}, docs)
+    assert "3sfc-seed44" in path.read_text() and "2000-01-01" not in path.read_text()
+
+
+def test_suite_help_lists_the_groups_and_their_runs():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    suite = _suite()
+    r = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "experiments" / "suite.py"), "--help"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for g, runs in suite.groups(suite.REPO / "runs").items():
+        assert f"  {g} " in r.stdout
+    assert f"about {len(suite.groups(suite.REPO / 'runs')['reference'])} runs of 100 rounds" in r.stdout
+    assert "text            about 21 runs of 50 rounds" in r.stdout
+
+
+def test_every_markdown_table_in_the_docs_has_as_many_cells_in_each_row_as_its_header():
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).parents[1]
+    for doc in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]:
+        table: list[tuple[int, int]] = []
+        for i, line in enumerate([*doc.read_text().splitlines(), ""], 1):
+            if line.startswith("|"):
+                table.append((i, len(re.findall(r"(?<!\\)\|", line))))  # a \| inside a cell is text
+                continue
+            bad = [n for n, cells in table if cells != table[0][1]] if table else []
+            assert not bad, f"{doc.name}: lines {bad} have another cell count than the table's header"
+            table = []

@@ -3,6 +3,10 @@
 Errors in input (unknown names, impossible numbers, bad files) print one line
 naming the flag, the value and what is allowed, and exit with status 2. A run that
 started but cannot go on (every update of a round rejected) prints one line and exits 1.
+
+Importing this module imports no torch: the flags of ``run`` and ``plot-partition`` come from
+the run settings and the methods' declarations (which need torch) and are added when that
+subcommand is parsed (:func:`main`), so ``e3sfc --help`` is quick.
 """
 
 from __future__ import annotations
@@ -12,81 +16,15 @@ import logging
 import os
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-from .config import RunConfig, method_settings, takers
 from .errors import ConfigError, DataError, PayloadError, RunStopped
 
+if TYPE_CHECKING:
+    from .config import RunConfig
+
 log = logging.getLogger("e3sfc")
-
-# `e3sfc run --help` of the run-level settings; each method's own knobs carry their help in their
-# declaration (compress/*.py: OPTIONS) and are listed in groups by the methods that take them
-HELP = {
-    "protocol": "e3sfc (the project's training protocol) or authors (the authors' code, row by row: lr decay, "
-                "client 80/20 split, [0, 1] inputs, int(K f), ...; see configs/authors.toml and docs/deviations.md)",
-    "method": "compression method (fedavg, ...)",
-    "dataset": "mnist, fmnist, emnist, cifar10, cifar100, digits; text: agnews, imdb, sogou",
-    "emnist_split": "EMNIST split (balanced, byclass, bymerge, digits, letters, mnist)",
-    "model": "mlp, mnistnet, convnet (the authors'), convnet-fast, lenet, resnet18, vgg11, regnet; text: textbag, "
-             "transformer",
-    "clients": "number of clients K",
-    "fraction": "fraction of clients sampled per round, in (0, 1]",
-    "partition": "dirichlet (label skew) or iid",
-    "alpha": "Dirichlet concentration (smaller = more skewed)",
-    "rounds": "communication rounds T",
-    "weighted": "weight the mean by client sample counts (off: the uniform mean)",
-    "local_epochs": "local SGD epochs per round",
-    "batch_size": "local batch size",
-    "lr": "client SGD learning rate",
-    "lr_decay": "multiply a client's lr by this each time it trains (1 = off)",
-    "holdout": "hold out this fraction of train as the test set (authors' protocol); 0 = official test split",
-    "train_subset": "use a seeded random subset of this many training samples (0 = all)",
-    "test_subset": "use a seeded random subset of this many test samples (0 = all)",
-    "data_dir": "folder holding the dataset files",
-    "max_len": "text: tokens kept per document (the rest cut; shorter ones padded)",
-    "min_freq": "text: a word enters the vocabulary after this many occurrences in the training split",
-    "vocab_size": "text: cap on the vocabulary, the two specials included (0 = no cap)",
-    "downlink_patience": "E-3SFC: the same for the server's downlink search (default 0: its one search a round "
-                         "reaches every client, so it runs all evaluations)",
-    "state_memory": "simulator: MB of client state (error-feedback residuals, replicas) kept in memory; the least "
-                    "recently used clients beyond it are spilled to <out>/spill (0 = no limit)",
-    "batch_search": "simulator: run a round's 3SFC searches together, their objective evaluations batched; "
-                    "auto: on for any model on a GPU and for mlp, convnet, convnet-fast, lenet, regnet on a CPU",
-    "ef": "error feedback for the biased methods (--no-ef for the ablation)",
-    "ratio": "topk/stc: kept fraction in (0, 1], match:METHOD for equal uplink bytes, or bytes:N (at most N "
-             "bytes a payload)",
-    "downlink": "auto (the method's own: 3sfc for e3sfc, else dense), dense (full model), or a method that "
-                "compresses the server's aggregate with a server residual: 3sfc, topk, stc, sign, qsgd, fedsynth",
-    "downlink_ratio": "topk/stc downlink: kept fraction, match:METHOD or bytes:N (default: the uplink's --ratio)",
-    "downlink_samples": "3sfc/fedsynth downlink: synthetic samples M of each broadcast (default 0: the uplink's M_t)",
-    "init": "auto, seed (every party builds w_1 from the seed: nothing sent) or broadcast (w_1 shipped, counted)",
-    "schedule": "budget schedule for the synthetic samples M_t: constant, decay or adaptive",
-    "budget_bytes": "total bytes (up + down) for the whole run; 0 = no budget",
-    "target_cosine": "adaptive schedule: raise M_t below this mean cosine, lower it above",
-    "max_samples": "largest M_t a schedule may choose",
-    "decay_rate": "decay schedule: gamma, the per-round factor of the budget share",
-    "norm_clip": "robust aggregation: scale each decoded update down to at most this multiple of the round's "
-                 "median update norm (0 = off)",
-    "aggregate": "robust aggregation: mean (of the bounded updates) or cclip (centered clipping around a robust "
-                 "center: holds colluding clients to a bounded pull)",
-    "adversary": "fault injection: what the hostile clients send (nan, huge, scale, collude, garbage, wrong-shape, "
-                 "drop)",
-    "adversaries": "fault injection: how many of the K clients are hostile (a seeded choice)",
-    "round_timeout": "Flower: seconds the server waits for a round's replies before it goes on without the rest",
-    "engine": "inprocess (this process) or flower (Flower's simulation engine, one virtual node per client)",
-    "seed": "the run's seed; all randomness derives from it",
-    "device": "auto (cuda where available, else cpu), cpu or cuda; config.json records the device used",
-    "threads": "torch CPU threads (0 = torch default)",
-    "eval_every": "evaluate on the test split every N rounds (and at the end)",
-    "checkpoint_every": "write a checkpoint every N rounds (0 = only at the end); Ctrl-C or SIGTERM always "
-                        "finishes the round in progress and writes one (a second Ctrl-C stops at once)",
-    "tensorboard": "also log every metric to TensorBoard event files in <run folder>/tensorboard (needs the "
-                   "tensorboard extra)",
-    "out": "run folder (default runs/<method>-<dataset>-<model>-<time>)",
-}
-
 
 # `e3sfc run --help`: the run settings in groups, in this order (the methods' knobs follow "compression",
 # in groups of their own: method_groups)
@@ -107,6 +45,8 @@ GROUPS = {
 def method_groups() -> dict[str, tuple[str, ...]]:
     """The methods' declared settings in help groups, one for each set of methods that take them
     (``options of 3sfc, e3sfc``), in the order of :func:`~e3sfc.config.method_settings`."""
+    from .config import method_settings, takers
+
     groups: dict[str, tuple[str, ...]] = {}
     for name in method_settings():
         title = "options of " + ", ".join(takers(name))
@@ -127,16 +67,39 @@ def _version() -> str:
 
 
 class _Parser(argparse.ArgumentParser):
+    """One-line errors; ``fill``, where set, adds the parser's arguments the first time it parses or
+    formats its help (a subcommand whose flags need torch: :func:`build_parser` with ``lazy``)."""
+
+    fill: Callable[[argparse.ArgumentParser], None] | None = None
+
     def error(self, message: str) -> None:  # one line, status 2
         self.exit(2, f"e3sfc: error: {message}\n")
 
+    def _filled(self) -> None:
+        if self.fill is not None:
+            fill, self.fill = self.fill, None
+            fill(self)
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="e3sfc", description="Communication-efficient FL by synthesizing features (3SFC / E-3SFC).")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    p.add_argument("--version", action="version", version=f"e3sfc {_version()}")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
-    run = sub.add_parser("run", help="run one federated training")
+    def parse_known_args(self, args=None, namespace=None):
+        self._filled()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._filled()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._filled()
+        return super().format_usage()
+
+
+def _run_arguments(run: argparse.ArgumentParser) -> None:
+    """``e3sfc run``'s flags: one per RunConfig field, in the help groups, each with its description
+    and default (:func:`~e3sfc.config.describe`, also RunConfig's docstring)."""
+    from dataclasses import fields
+
+    from .config import RunConfig, describe
+
     run.add_argument("--config", help="TOML file with settings (flags override it)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     titles = list(GROUPS)
@@ -144,20 +107,36 @@ def build_parser() -> argparse.ArgumentParser:
     groups = {**GROUPS, **method_groups()}
     boxes = {title: run.add_argument_group(title) for title in titles}
     where = {name: title for title, names in groups.items() for name in names}
-    options = method_settings()
     for f in fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         box = boxes[where.get(f.name, "run control")]
-        boolean = str(f.type) in ("bool", "bool | None")
-        default = ("auto" if boolean else "unset") if f.default in (None, "") else \
-            str(f.default).lower() if boolean else f.default
-        about = options[f.name].help if f.name in options else HELP.get(f.name, "")
         # flags default to None (config files layer): the help says the setting's default, once
-        helptext = about if "(default" in about else f"{about} (default: {default})"
-        if boolean:
-            box.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        if str(f.type) in ("bool", "bool | None"):
+            box.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                             help=describe(f.name))
         else:
-            box.add_argument(flag, dest=f.name, default=None, help=helptext, metavar=_metavar(f.name))
+            box.add_argument(flag, dest=f.name, default=None, help=describe(f.name), metavar=_metavar(f.name))
+
+
+PARTITION_SETTINGS = ("dataset", "clients", "partition", "alpha", "seed", "data_dir", "emnist_split", "train_subset")
+
+
+def _partition_arguments(part: argparse.ArgumentParser) -> None:
+    from .config import describe
+
+    part.add_argument("--out", required=True, help="image file (.png, .pdf, .svg)")
+    for name in PARTITION_SETTINGS:
+        part.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=describe(name))
+
+
+def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
+    """The command line's parser. ``lazy``: the flags of ``run`` and ``plot-partition`` (they import torch)
+    are added when that subcommand is parsed or its help shown, not now."""
+    p = _Parser(prog="e3sfc", description="Communication-efficient FL by synthesizing features (3SFC / E-3SFC).")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument("--version", action="version", version=f"e3sfc {_version()}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    run = sub.add_parser("run", help="run one federated training")
     fetch = sub.add_parser("fetch", help="find or download a dataset (SHA-256 checked) and report where it is")
     fetch.add_argument("dataset", help="mnist, fmnist, emnist, cifar10, cifar100, digits, agnews, imdb, sogou")
     fetch.add_argument("--data-dir", default=None, help="folder to look in and download into")
@@ -180,9 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--markdown", default=None, metavar="FILE",
                       help="also write the table as markdown to FILE ('-': print markdown instead of the text table)")
     part = sub.add_parser("plot-partition", help="plot the label distribution of a partition")
-    part.add_argument("--out", required=True)
-    for name in ("dataset", "clients", "partition", "alpha", "seed", "data_dir", "emnist_split", "train_subset"):
-        part.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=HELP.get(name))
+    for parser, fill in ((run, _run_arguments), (part, _partition_arguments)):
+        if lazy:
+            parser.fill = fill
+        else:
+            fill(parser)
     return p
 
 
@@ -224,13 +205,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_plot_partition(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .config import RunConfig
     from .data import load_dataset, partition
     from .report import check_output, image_formats, plot_partition
 
     check_output(args.out, "--out", image_formats())  # before the dataset is read
-    overrides = {k: getattr(args, k) for k in ("dataset", "clients", "partition", "alpha", "seed", "data_dir",
-                                                "emnist_split", "train_subset")}
-    cfg = RunConfig.from_sources(None, **overrides)
+    cfg = RunConfig.from_sources(None, **{k: getattr(args, k) for k in PARTITION_SETTINGS})
     data = load_dataset(cfg.dataset, cfg.data_dir, emnist_split=cfg.emnist_split, train_subset=cfg.train_subset,
                         seed=cfg.seed)
     labels = data.train_y.numpy()
@@ -243,6 +223,7 @@ def cmd_plot_partition(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    from .config import RunConfig
     from .data import load_dataset, locate
 
     RunConfig.from_sources(None, dataset=args.dataset, emnist_split=args.emnist_split)  # names: one line, exit 2
@@ -327,6 +308,9 @@ def _duration(s: float) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from .config import RunConfig
     from .federated import Simulation
 
     overrides = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
@@ -466,7 +450,7 @@ def _print_summary(s: dict, out: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(lazy=True)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],

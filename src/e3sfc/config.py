@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import textwrap
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -75,8 +76,82 @@ def _with_method_settings(after: str):
     return wrap
 
 
+# The run-level settings' one-line descriptions, the one text of RunConfig's docstring (its "Settings"
+# section) and of `e3sfc run --help`; each method's own knobs carry theirs in their declaration
+# (compress/*.py: OPTIONS). A description that states its default itself says "(default".
+HELP = {
+    "protocol": "e3sfc (the project's training protocol) or authors (the authors' code, row by row: lr decay, "
+                "client 80/20 split, [0, 1] inputs, int(K f), ...; see configs/authors.toml and docs/deviations.md)",
+    "method": "compression method (fedavg, ...)",
+    "dataset": "mnist, fmnist, emnist, cifar10, cifar100, digits; text: agnews, imdb, sogou",
+    "emnist_split": "EMNIST split (balanced, byclass, bymerge, digits, letters, mnist)",
+    "model": "mlp, mnistnet, convnet (the authors'), convnet-fast, lenet, resnet18, vgg11, regnet; text: textbag, "
+             "transformer",
+    "clients": "number of clients K",
+    "fraction": "fraction of clients sampled per round, in (0, 1]",
+    "partition": "dirichlet (label skew) or iid",
+    "alpha": "Dirichlet concentration (smaller = more skewed)",
+    "rounds": "communication rounds T",
+    "weighted": "weight the mean by client sample counts (off: the uniform mean)",
+    "local_epochs": "local SGD epochs per round",
+    "batch_size": "local batch size",
+    "lr": "client SGD learning rate",
+    "lr_decay": "multiply a client's lr by this each time it trains (1 = off)",
+    "holdout": "hold out this fraction of train as the test set (authors' protocol); 0 = official test split",
+    "train_subset": "use a seeded random subset of this many training samples (0 = all)",
+    "test_subset": "use a seeded random subset of this many test samples (0 = all)",
+    "data_dir": "folder holding the dataset files",
+    "max_len": "text: tokens kept per document (the rest cut; shorter ones padded)",
+    "min_freq": "text: a word enters the vocabulary after this many occurrences in the training split",
+    "vocab_size": "text: cap on the vocabulary, the two specials included (0 = no cap)",
+    "downlink_patience": "E-3SFC: the same for the server's downlink search (default 0: its one search a round "
+                         "reaches every client, so it runs all evaluations)",
+    "state_memory": "simulator: MB of client state (error-feedback residuals, replicas) kept in memory; the least "
+                    "recently used clients beyond it are spilled to <out>/spill (0 = no limit)",
+    "batch_search": "simulator: run a round's 3SFC searches together, their objective evaluations batched; "
+                    "auto: on for any model on a GPU and for mlp, convnet, convnet-fast, lenet, regnet on a CPU",
+    "ef": "error feedback for the biased methods (--no-ef for the ablation)",
+    "ratio": "topk/stc: kept fraction in (0, 1], match:METHOD for equal uplink bytes, or bytes:N (at most N "
+             "bytes a payload)",
+    "downlink": "auto (the method's own: 3sfc for e3sfc, else dense), dense (full model), or a method that "
+                "compresses the server's aggregate with a server residual: 3sfc, topk, stc, sign, qsgd, fedsynth",
+    "downlink_ratio": "topk/stc downlink: kept fraction, match:METHOD or bytes:N (default: the uplink's --ratio)",
+    "downlink_samples": "3sfc/fedsynth downlink: synthetic samples M of each broadcast (default 0: the uplink's M_t)",
+    "init": "auto, seed (every party builds w_1 from the seed: nothing sent) or broadcast (w_1 shipped, counted)",
+    "schedule": "budget schedule for the synthetic samples M_t: constant, decay or adaptive",
+    "budget_bytes": "total bytes (up + down) for the whole run; 0 = no budget",
+    "target_cosine": "adaptive schedule: raise M_t below this mean cosine, lower it above",
+    "max_samples": "largest M_t a schedule may choose",
+    "decay_rate": "decay schedule: gamma, the per-round factor of the budget share",
+    "norm_clip": "robust aggregation: scale each decoded update down to at most this multiple of the round's "
+                 "median update norm (0 = off)",
+    "aggregate": "robust aggregation: mean (of the bounded updates) or cclip (centered clipping around a robust "
+                 "center: holds colluding clients to a bounded pull)",
+    "adversary": "fault injection: what the hostile clients send (nan, huge, scale, collude, garbage, wrong-shape, "
+                 "drop)",
+    "adversaries": "fault injection: how many of the K clients are hostile (a seeded choice)",
+    "round_timeout": "Flower: seconds the server waits for a round's replies before it goes on without the rest",
+    "engine": "inprocess (this process) or flower (Flower's simulation engine, one virtual node per client)",
+    "seed": "the run's seed; all randomness derives from it",
+    "device": "auto (cuda where available, else cpu), cpu or cuda; config.json records the device used",
+    "threads": "torch CPU threads (0 = torch default)",
+    "eval_every": "evaluate on the test split every N rounds (and at the end)",
+    "checkpoint_every": "write a checkpoint every N rounds (0 = only at the end); Ctrl-C or SIGTERM always "
+                        "finishes the round in progress and writes one (a second Ctrl-C stops at once)",
+    "tensorboard": "also log every metric to TensorBoard event files in <run folder>/tensorboard (needs the "
+                   "tensorboard extra)",
+    "out": "run folder (default runs/<method>-<dataset>-<model>-<time>)",
+}
+
+
 @_with_method_settings(after="batch_search")
 class RunConfig:
+    """One run's settings, frozen and validated when made (a ConfigError names the flag, the value and
+    what is allowed). ``RunConfig.from_sources(file, **overrides)``: defaults, then a TOML file, then
+    keyword overrides; ``replace(**changes)``: a copy with changes. Every setting is also a TOML key and
+    an ``e3sfc run`` flag (``local_epochs``: ``--local-epochs``); the Settings section below is made from
+    the same descriptions as ``e3sfc run --help``."""
+
     # what to run
     protocol: str = "e3sfc"
     method: str = "fedavg"
@@ -208,6 +283,36 @@ class RunConfig:
                 )
             clean[name] = _coerce(name, value, known[name].type)
         return cls(**clean)
+
+
+def default_text(name: str) -> str:
+    """The default of the setting ``name`` as the help shows it: ``true``/``false``, ``auto`` for an unset
+    switch (None: decided by the run), ``unset`` for an unset value, else the value."""
+    f = {f.name: f for f in fields(RunConfig)}[name]
+    boolean = str(f.type) in ("bool", "bool | None")
+    if f.default in (None, ""):
+        return "auto" if boolean else "unset"
+    return str(f.default).lower() if boolean else str(f.default)
+
+
+def describe(name: str) -> str:
+    """The setting ``name``'s one-line description with its default, once: a method knob's declared help
+    or the run setting's (``HELP``), then ``(default: ...)`` unless it says its default itself."""
+    options = method_settings()
+    about = options[name].help if name in options else HELP.get(name, "")
+    return about if "(default" in about else f"{about} (default: {default_text(name)})"
+
+
+def _settings_doc() -> str:
+    """RunConfig's "Settings" section: each field, its type and :func:`describe`'s text."""
+    lines = ["", "", "    Settings (each also a TOML key and the flag --name-with-dashes):", ""]
+    for f in fields(RunConfig):
+        lines += [f"    {f.name} : {f.type}",
+                  textwrap.fill(describe(f.name), 100, initial_indent=" " * 8, subsequent_indent=" " * 8)]
+    return "\n".join(lines) + "\n"
+
+
+RunConfig.__doc__ = (RunConfig.__doc__ or "").rstrip() + _settings_doc()
 
 
 def options_from_run_config(method: str, run_config: Mapping[str, Any]) -> dict[str, Any]:

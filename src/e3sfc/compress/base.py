@@ -223,6 +223,11 @@ class Compressor(ABC):
         :meth:`carry` could have kept at ``ctx``. By default a method keeps nothing."""
         raise ValueError(f"a warm start is {getattr(value, 'shape', type(value).__name__)}; {self.name} keeps none")
 
+    def search_form(self, ctx: Context) -> str | None:
+        """How this method's search evaluates its objective on ``ctx``'s model where the form depends on
+        the model: ``closed form`` or ``autograd`` (slower); None: it has no such choice."""
+        return None
+
     def check_context(self, ctx: Context) -> None:
         """A ConfigError (naming the flag) where this method's options cannot work on ``ctx``'s model;
         :func:`~e3sfc.compress.build_compressor` asks once, when a run builds the compressor."""

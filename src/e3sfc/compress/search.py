@@ -75,3 +75,9 @@ def cosine_match(model: nn.Module, target: torch.Tensor, x_shape: tuple[int, ...
     if lins is not None:
         return MLPCosineMatch(lins, model, target, x_shape, y_shape, lambd, per_tensor)
     return CosineMatch(model, target, x_shape, y_shape, lambd, per_tensor, size)
+
+
+def closed_form(model: nn.Module, size: tuple[int, int] | None = None) -> bool:
+    """Whether :func:`cosine_match` gives ``model`` (with upsampling to ``size``) the closed form; else
+    it takes the autograd form, about 3x slower an evaluation on the MLP."""
+    return size is None and linear_relu_chain(model) is not None

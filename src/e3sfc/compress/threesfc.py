@@ -105,7 +105,7 @@ from ..errors import ConfigError
 from ._bits import dequantize4, dequantize8, quantize4, quantize8
 from .base import SAMPLES, Compressor, Context, Option, Steps, run_steps
 from .lbfgs import FlatLBFGS
-from .search import cosine_match, run_together, start
+from .search import closed_form, cosine_match, run_together, start
 from .synth import block_scales, ls_scale, synth_grad, upsample
 
 FEATURE_BITS = (32, 16, 8, 4)
@@ -194,6 +194,10 @@ class ThreeSFC(Compressor):
         """(H, W) to upsample the sent features to, or None where they are the model's inputs as they are."""
         shape = self.feature_shape(ctx)
         return None if shape == tuple(ctx.input_shape) else tuple(ctx.input_shape[1:])
+
+    def search_form(self, ctx: Context) -> str | None:
+        """``closed form`` for a Linear/ReLU chain at the input's own resolution, else ``autograd``."""
+        return "closed form" if closed_form(ctx.model, self.upsample_size(ctx)) else "autograd"
 
     fitted: tuple[int, int, int, int] | None = None   # (R, M, bits, bytes) that payload_bytes picked
 

@@ -117,6 +117,7 @@ class RunRecorder:
         """The run's summary after ``rounds`` rounds."""
         cfg, server = self.cfg, self.server
         accs = [m["accuracy"] for m in self.metrics]
+        sent = server.participations()
         return {
             "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model,
             "rounds": rounds,
@@ -126,8 +127,8 @@ class RunRecorder:
             "total_downlink_bytes": server.ledger.total(DOWN),
             "dense_bytes_per_transfer": server.dense_bytes,
             # what FedAvg sends for the same participants: the dense update up, the model down
-            "fedavg_uplink_bytes": server.participations() * server.dense_bytes,
-            "fedavg_downlink_bytes": server.participations() * server.dense_bytes,
+            "fedavg_uplink_bytes": sent * server.dense_bytes,
+            "fedavg_downlink_bytes": sent * server.dense_bytes,
             "downlink": cfg.resolved_downlink, "init": cfg.resolved_init,
             "schedule": cfg.schedule if cfg.sized_by_samples else None,
             "budget_bytes": cfg.budget_bytes or None,
@@ -137,7 +138,8 @@ class RunRecorder:
             "wall_seconds": round(self.elapsed, 4),
             "seconds_per_round": round(self.elapsed / rounds, 4) if rounds else None,
             "num_params": self.num_params,
-            "uplink_bytes_per_client_round": server.compressor.payload_bytes(server.context(0, None)),
+            # the ledger's mean, to the byte, over the client-rounds that sent something (M_t and coded sizes vary)
+            "uplink_bytes_per_client_round": round(server.ledger.total(UP) / sent) if sent else None,
         }
 
     def state_dict(self) -> dict:

@@ -45,6 +45,10 @@ _TEXT: dict[str, Callable[[int, int, int], nn.Module]] = {
 }
 
 
+# the models e3sfc builds itself (register_model adds others: BUILTIN_MODELS never holds them)
+BUILTIN_MODELS = (*_REGISTRY, *_TEXT)
+
+
 def register_model(name: str, builder: Builder) -> None:
     """Make ``--model name`` build ``builder(input_shape, num_classes)`` (input_shape = (C, H, W)).
     A model with BatchNorm is refused by the synthesis methods (3sfc, e3sfc, fedsynth), which decode
