@@ -147,6 +147,36 @@ def test_transformer_one_hot_soft_tokens_are_real_tokens():
 
 
 @pytest.mark.parametrize("model", ["textbag", "transformer"])
+def test_on_vocab_is_the_dense_input_it_represents(model):
+    """OnVocab (benchmarks/text_synthesis.py): w on K ids, or in a basis, decodes to the gradient of the dense
+    x it stands for, bit for bit, and the 3SFC search's gradient by w is the dense one's on those ids (the
+    chain rule through the scatter); token ids pass through."""
+    from e3sfc.compress.synth import CosineMatch, synth_grad
+    from e3sfc.models.text import OnVocab
+    V, C, K = 30, 3, 5
+    g = torch.Generator().manual_seed(0)
+    net = build_model(model, (8,), C, 0, vocab_size=V).double().eval()
+    ids = torch.tensor([2, 3, 11, 17, 29])
+    w = torch.randn(2, *net.synthetic_shape[:-1], K, dtype=torch.float64, generator=g)
+    y = torch.randn(2, C, dtype=torch.float64, generator=g)
+    x = torch.zeros(*w.shape[:-1], V, dtype=torch.float64)
+    x[..., ids] = w
+    sparse = OnVocab(net, ids=ids)
+    assert sparse.synthetic_shape == (*net.synthetic_shape[:-1], K)
+    assert [p is q for p, q in zip(sparse.parameters(), net.parameters())] == [True] * len(list(net.parameters()))
+    assert torch.equal(synth_grad(sparse, w, y), synth_grad(net, x, y))
+    basis = torch.randn(K, V, dtype=torch.float64, generator=g)
+    assert torch.equal(synth_grad(OnVocab(net, basis=basis), w, y), synth_grad(net, w @ basis, y))
+    tau = torch.randn(get_flat(net).numel(), dtype=torch.float64, generator=g)
+    _, _, dz = CosineMatch(sparse, tau, tuple(w.shape), tuple(y.shape))(torch.cat([w.reshape(-1), y.reshape(-1)]))
+    _, _, dzx = CosineMatch(net, tau, tuple(x.shape), tuple(y.shape))(torch.cat([x.reshape(-1), y.reshape(-1)]))
+    torch.testing.assert_close(dz[:w.numel()].view(w.shape), dzx[:x.numel()].view(x.shape)[..., ids])
+    torch.testing.assert_close(dz[w.numel():], dzx[x.numel():])
+    tokens = torch.tensor([[4, 9, 2, 0, 0, 0, 0, 0]])
+    assert torch.equal(sparse(tokens), net(tokens))
+
+
+@pytest.mark.parametrize("model", ["textbag", "transformer"])
 def test_3sfc_payload_bytes_and_the_embedding_moves(model):
     V, C = 40, 4
     net = build_model(model, (8,), C, 0, vocab_size=V).double().eval()

@@ -17,6 +17,10 @@ Why soft tokens: they reach the token embedding (synthetic embeddings would leav
 most of the parameters, undecodable) and the positional embedding of the first 4 positions. The
 cost is 4 V numbers a sample: 4 x 98,635 x 4 = 1,578,160 bytes in float32, 394,540 with 8-bit
 features, against 25.8 MB for the dense model at V = 98,635.
+
+``OnVocab`` wraps either model so that a synthetic sample is K numbers, whatever V: weights on K token
+ids (x = scatter into the vocabulary) or coordinates in a (K, V) basis (x = w B). Not wired into the CLI;
+measured by benchmarks/text_synthesis.py (issue 31).
 """
 
 from __future__ import annotations
@@ -72,3 +76,30 @@ class TextTransformer(nn.Module):
             h = self.encoder(h, src_key_padding_mask=pad)
         h = (h * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp_min(1.0)
         return self.fc(h)
+
+
+class OnVocab(nn.Module):
+    """A text model whose synthetic samples are small: w (..., K) becomes x (..., V) by a scatter onto K
+    token ids, x = scatter(w, ``ids``) into zeros (``ids`` (K,) distinct), or by a shared basis, x = w
+    ``basis`` (``basis`` (K, V)); the model sees x. Real inputs (token ids) pass through. Its parameters
+    are the model's, in the same order, so 3SFC's search and decoder take it as the model and search
+    over w: a payload of M K numbers, whatever V (benchmarks/text_synthesis.py, issue 31)."""
+
+    def __init__(self, model: nn.Module, ids: torch.Tensor | None = None, basis: torch.Tensor | None = None):
+        super().__init__()
+        if (ids is None) == (basis is None):
+            raise ValueError("OnVocab: give exactly one of ids and basis")
+        self.model = model
+        self.vocab_size = model.embedding.weight.shape[0]
+        self.ids, self.basis = ids, basis
+        k = len(ids) if ids is not None else basis.shape[0]
+        self.synthetic_shape = (*model.synthetic_shape[:-1], k)
+
+    def lift(self, w: torch.Tensor) -> torch.Tensor:
+        """x (..., V) from w (..., K): linear in w."""
+        if self.basis is not None:
+            return w @ self.basis.to(device=w.device, dtype=w.dtype)
+        return w.new_zeros(*w.shape[:-1], self.vocab_size).index_copy(-1, self.ids.to(w.device), w)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.model(self.lift(w) if w.is_floating_point() else w)
