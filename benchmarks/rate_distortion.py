@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -177,15 +178,20 @@ def settings(method: str, budget: int, ev: Evaluator, args) -> list[tuple[str, o
                 out.append(best)
     elif method == "3sfc":
         for scales in args.scales:
-            for bits in (32, 16, 8):
-                best = None
-                for m in range(1, args.max_samples + 1):
-                    comp = make_compressor("3sfc", samples=m, feature_bits=bits, scales=scales, batch_search=True)
-                    if comp.payload_bytes(ctx) > budget:
-                        break
-                    best = (f"{bits}-bit, M={m}{', scale/tensor' if scales == 'tensor' else ''}", comp)
-                if best:
-                    out.append(best)
+            for res in args.feature_res:
+                if res and (len(ev.shape) != 3 or res > min(ev.shape[1:])):
+                    continue
+                for bits in args.feature_bits:
+                    best = None
+                    for m in range(1, args.max_samples + 1):
+                        comp = make_compressor("3sfc", samples=m, feature_bits=bits, feature_res=res, scales=scales,
+                                               batch_search=True)
+                        if comp.payload_bytes(ctx) > budget:
+                            break
+                        best = (f"{bits}-bit{f', R={res}' if res else ''}, M={m}"
+                                f"{', scale/tensor' if scales == 'tensor' else ''}", comp)
+                    if best:
+                        out.append(best)
     elif method in POINTS:  # one size: scored once, shown at the budgets it fits
         out.append(("16 levels" if method == "qsgd" else "scaled sign", make_compressor(method)))
     return out
@@ -302,11 +308,19 @@ def main() -> None:
     ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
     ap.add_argument("--max-samples", type=int, default=64, help="3SFC: largest M tried")
     ap.add_argument("--scales", default="one", help="3SFC: one, or one,tensor")
+    ap.add_argument("--feature-res", default="0", help="3SFC: feature resolutions R tried (0: the input's own), "
+                    "e.g. 0,20,14,10,7; anything but 0 writes its own section, JSON and figure (suffix -res)")
+    ap.add_argument("--feature-bits", default="32,16,8", help="3SFC: feature bits tried (32, 16, 8, 4)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--from-json", action="store_true", help="only the table and figure, from the JSON")
     args = ap.parse_args()
+    args.feature_res = [int(r) for r in args.feature_res.split(",")]
+    args.feature_bits = [int(b) for b in args.feature_bits.split(",")]
+    lowres = args.feature_res != [0]
+    json_path = JSON.with_name(JSON.stem + "-res.json") if lowres else JSON
+    fig_path = FIG.with_name(FIG.stem + "-res.png") if lowres else FIG
     if args.from_json:
-        res = json.loads(JSON.read_text())
+        res = json.loads(json_path.read_text())
     else:
         torch.set_num_threads(args.threads)
         args.methods, args.scales = args.methods.split(","), args.scales.split(",")
@@ -334,12 +348,22 @@ def main() -> None:
                                     "seconds": time.perf_counter() - t0, **out}
             log(f"{model}: done in {time.perf_counter() - t0:.1f} s")
         res["seconds"] = time.perf_counter() - t_start
-        JSON.parent.mkdir(parents=True, exist_ok=True)
-        JSON.write_text(json.dumps(res, indent=1))
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(res, indent=1))
     body = table(res)
     print(body)
-    figure(res, FIG)
-    if not args.from_json:
+    figure(res, fig_path)
+    if not args.from_json and lowres:
+        write_section(
+            "Synthesis at lower feature resolution: captured cos^2 against payload bytes (issues 30, 31)",
+            f"- command: `python benchmarks/rate_distortion.py {' '.join(sys.argv[1:])}`\n\n" + body
+            + f"\nThe updates and scoring of the section above; 3sfc at feature resolutions R "
+            f"{'/'.join(str(r or 'own') for r in args.feature_res)} (`--feature-res`: the search runs over R x R "
+            f"features, bilinearly upsampled to the input) and {'/'.join(map(str, args.feature_bits))}-bit "
+            f"features, the largest M (<= {args.max_samples}) that fits; the cell names the best. "
+            f"Figure: docs/{fig_path.name}; every setting: benchmarks/logs/{json_path.name}. "
+            f"Whole run: {res['seconds']:.0f} s.")
+    elif not args.from_json:
         write_section(
             "Rate-distortion: captured cos^2 against payload bytes (issue 30)",
             body + f"\nReal FedAvg updates (Fashion-MNIST, 10 clients, Dirichlet 1.0, {args.fraction:.0%} a round, "

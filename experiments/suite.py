@@ -96,6 +96,10 @@ def best_baseline(ref_dir: Path) -> str:
 # and rank 6 (11,251 B) at 8 bits; it has no setting near 1 KB on the MLP (its float32 bias vectors alone
 # are 1,640 B), so it has no point there.
 FRONTIER_BUDGETS = (("1k", 1, 833, None), ("3k", 4, 3215, 1), ("12k", 15, 11949, 6))  # (name, M, bytes, rank)
+# synthesis at a lower feature resolution (--feature-res R, 8-bit): the best (R, M) within each budget by the
+# same map, extended to R (benchmarks/RESULTS.md, "Synthesis at lower feature resolution"); 4-bit features
+# at twice the samples captured within 0.01 of these for twice the search, so 8-bit is kept
+FRONTIER_RES = {"1k": (10, 7), "3k": (14, 15), "12k": (20, 29)}  # budget -> (R, M)
 FRONTIER_ALPHAS = ("0.1", "1.0")
 
 
@@ -111,6 +115,10 @@ def frontier_runs() -> dict[str, list[str]]:
                 synth = ["--samples", str(m), "--feature-bits", "8"]
                 runs[f"e3sfc-plus-{b}-alpha{a}-seed{s}"] = [*base, "--method", "e3sfc", *synth, "--steps", "10",
                                                             *tail]
+                r, mr = FRONTIER_RES[b]
+                runs[f"e3sfc-res-{b}-alpha{a}-seed{s}"] = [*base, "--method", "e3sfc", "--samples", str(mr),
+                                                           "--feature-bits", "8", "--feature-res", str(r),
+                                                           "--steps", "10", *tail]
                 for meth, coding in (("topk", ["--index-coding", "golomb", "--value-bits", "8"]),
                                      ("stc", ["--index-coding", "golomb"])):
                     runs[f"{meth}-golomb-{b}-alpha{a}-seed{s}"] = [
@@ -150,7 +158,7 @@ def frontier_table(rows: list[dict]) -> str:
         fed_s = sum(r["seconds_per_round"] for r in fed.values()) / len(fed) if fed else None
         for b, *_ in FRONTIER_BUDGETS:
             cells = []
-            for m in ("e3sfc-plus", *FRONTIER_RIVALS):
+            for m in ("e3sfc-plus", "e3sfc-res", *FRONTIER_RIVALS):
                 got = _frontier_seeds(by, f"{m}-{b}-alpha{a}")
                 if not got:
                     continue
