@@ -349,7 +349,9 @@ def _log_axis(ax) -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
+    lo, hi = ax.get_xlim()
+    wide = hi > 0 and lo > 0 and hi / lo > 300  # more than 2.5 decades: 1, 2, 5 labels would touch
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0,) if wide else (1.0, 2.0, 5.0), numticks=8))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.4g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
@@ -468,9 +470,15 @@ def plot_frontier(runs: Sequence[Run], out: str | Path, curve: Callable[[Run], s
                              sharey=True, squeeze=False)
     for ax, name in zip(axes[0], names):
         _frontier_panel(ax, panels[name], curve)
-        ax.set_title(_title(panels[name]) if not panel else f"{name} / {_title(panels[name])}", fontsize=10)
+        if panel:  # each panel its own legend (a point's label carries its value in that panel)
+            ax.set_title(name, fontsize=10)
+            ax.legend(loc="lower right", fontsize=7)
+        else:
+            ax.set_title(_title(runs), fontsize=10)
+            ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     axes[0][0].set_ylabel(f"final accuracy (mean of the last {FRONTIER_ROUNDS} rounds)")
-    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    if panel:
+        fig.suptitle(_title(runs), fontsize=10)
     fig.tight_layout()
     return _save(fig, out, plt)
 
