@@ -69,8 +69,9 @@ HELP = {
     "decay_rate": "decay schedule: gamma, the per-round factor of the budget share",
     "norm_clip": "robust aggregation: scale each decoded update down to at most this multiple of the round's "
                  "median update norm (0 = off)",
-    "aggregate": "robust aggregation: mean (of the bounded updates) or cclip (centered clipping around a robust "
-                 "center: holds colluding clients to a bounded pull)",
+    "aggregate": "robust aggregation: mean (of the bounded updates), cclip (centered clipping around a robust "
+                 "center: holds colluding clients to a bounded pull) or direction (the mean of the updates whose "
+                 "cosine with the round's geometric median is >= 0; leaves out sign-flipped ones)",
     "adversary": "fault injection: what the hostile clients send (nan, huge, scale, collude, garbage, wrong-shape, "
                  "drop)",
     "adversaries": "fault injection: how many of the K clients are hostile (a seeded choice)",

@@ -121,7 +121,7 @@ class RunConfig:
     decay_rate: float = 0.97
     # robustness and fault injection
     norm_clip: float = 3.0
-    aggregate: str = "mean"          # mean or cclip (centered clipping): federated.server.AGGREGATES
+    aggregate: str = "mean"          # mean, cclip (centered clipping) or direction: federated.server.AGGREGATES
     adversary: str = "none"
     adversaries: int = 0
     round_timeout: float = 120.0
@@ -358,7 +358,7 @@ def _run_choices() -> dict[str, tuple[str, ...]]:
         "init": ("auto", "seed", "broadcast"),
         "schedule": ("constant", "decay", "adaptive"),
         "engine": ("inprocess", "flower"),
-        "aggregate": ("mean", "cclip"),
+        "aggregate": ("mean", "cclip", "direction"),
         "adversary": ("none", *ADVERSARY_KINDS),
     }
 

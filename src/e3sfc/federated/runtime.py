@@ -44,7 +44,7 @@ from .. import protocol
 from .client import ClientUpdate, Prepared, ef_target, finish_update, local_train
 from .downlink import Downlink, TrainIns, apply_broadcast, downlink_compressor
 from .params import set_flat
-from .server import Screened, admit, aggregate, cap_samples, screen
+from .server import Screened, admit, aggregate, cap_samples, history, screen
 
 Train = Callable[[torch.Tensor, int], tuple[torch.Tensor, int]]
 """A client's local training: (w_t, round t) -> (Delta = w_k - w_t, the number of samples trained on)."""
@@ -337,8 +337,10 @@ class ServerRuntime:
         s, admitted, refused, received = self.screen(t, M, updates)
         agg = aggregate(self.context(t, M), s, self.compressor, weighted=self.cfg.weighted,
                         rule=self.cfg.aggregate, start=self.center)
-        if self.cfg.aggregate != "mean" and agg.accepted:
+        if self.cfg.aggregate == "cclip" and agg.accepted:
             self.center = agg.delta.clone()
+        elif self.cfg.aggregate == "direction" and agg.accepted:
+            self.center = history(self.center, agg.delta)
         agg_up = _cosine(agg.delta, true_mean)
         Md, down_cos, applied = self.move(t, M, agg.delta)
         agg_down = _cosine(applied, true_mean) if applied is not None else float("nan")
@@ -353,6 +355,7 @@ class ServerRuntime:
             "rejected": len(agg.rejected) + len(refused),
             "missing": len(set(self.asked) - set(received)),
             "clipped": len(agg.clipped),
+            "screened": len(agg.screened),
             "cosine": float(np.mean(cos)) if cos else float("nan"),
             "downlink_cosine": down_cos,
             "aggregate_cosine": agg_up,

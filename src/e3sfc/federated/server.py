@@ -46,8 +46,11 @@ log = logging.getLogger(__name__)
 
 # a well-formed payload may still fail in a method's decoder; none of these may stop a round
 DECODE_ERRORS = (PayloadError, ValueError, RuntimeError, IndexError, TypeError, OverflowError)
-AGGREGATES = ("mean", "cclip")  # --aggregate
+AGGREGATES = ("mean", "cclip", "direction")  # --aggregate
 CCLIP_ITERS = 3                  # centered-clipping iterations per round
+GM_ITERS = 10                    # Weiszfeld iterations for the direction screen's first-round reference
+MIN_COSINE = 0.0                 # the direction screen leaves out an update whose cosine with its reference is below
+HISTORY_DECAY = 0.9              # the direction screen's reference: h <- 0.9 h + the round's aggregate
 KEEP_DECODED_BYTES = 1 << 28  # decoded updates held between the two passes up to this size, else decoded again
 
 
@@ -57,6 +60,7 @@ class Aggregate:
     accepted: list[int]
     rejected: dict[int, str]
     clipped: list[int] = field(default_factory=list)
+    screened: dict[int, float] = field(default_factory=dict)  # left out by the direction screen: client -> cosine
 
 
 def _clean_stats(stats: Any) -> dict[str, float]:
@@ -191,20 +195,125 @@ def server_step(
 def aggregate(ctx: Context, s: Screened, compressor: Compressor, *, weighted: bool = False, rule: str = "mean",
               start: torch.Tensor | None = None) -> Aggregate:
     """The (uniform or sample-weighted) mean of the screened updates, each held to the round's bound
-    (``rule`` "mean"), or their centered-clipping aggregate from ``start`` (``rule`` "cclip", see
-    :func:`robust`)."""
-    if rule != "mean":
-        _, delta = robust(ctx, s, compressor, weighted=weighted, rule=rule, start=start)
+    (``rule`` "mean"); their centered-clipping aggregate from ``start`` (``rule`` "cclip", see
+    :func:`robust`); or the mean of those that pass the direction screen (``rule`` "direction",
+    :func:`direction_screen`; a round where it leaves nobody out is bit-identical to "mean")."""
+    if rule == "mean":
+        delta = _mean(ctx, ((u, upd, norm) for (u, upd, _), norm in zip(bounded(ctx, s, compressor), s.norms)),
+                      s.bound, weighted)
         return Aggregate(delta, [u.client for u in s.updates], s.rejected, s.clipped)
+    if rule == "direction":
+        items = [(u, upd, norm) for (u, upd, _), norm in zip(bounded(ctx, s, compressor), s.norms)]
+        keep, cos = _screen_directions(ctx.round, items, s.bound, start)
+        delta = _mean(ctx, (it for it, k in zip(items, keep) if k), s.bound, weighted)
+        return Aggregate(delta, [u.client for (u, _, _), k in zip(items, keep) if k], s.rejected, s.clipped,
+                         {u.client: c for (u, _, _), k, c in zip(items, keep, cos) if not k})
+    _, delta = robust(ctx, s, compressor, weighted=weighted, rule=rule, start=start)
+    return Aggregate(delta, [u.client for u in s.updates], s.rejected, s.clipped)
+
+
+def _mean(ctx: Context, items, bound: float, weighted: bool) -> torch.Tensor:
+    """The (uniform or sample-weighted) mean of ``items`` (update, decoded update, its norm), each held to
+    ``bound``: added one by one into a running sum (the same float operations for every rule that uses it)."""
     delta = torch.zeros_like(ctx.weights)
     total = 0.0
-    for (u, upd, _), norm in zip(bounded(ctx, s, compressor), s.norms):
+    for u, upd, norm in items:
         a = float(u.num_samples) if weighted else 1.0
-        delta.add_(upd, alpha=a * s.bound / norm if norm > s.bound else a)
+        delta.add_(upd, alpha=a * bound / norm if norm > bound else a)
         total += a
     if total > 0:
         delta.div_(total)
-    return Aggregate(delta, [u.client for u in s.updates], s.rejected, s.clipped)
+    return delta
+
+
+def geometric_median(xs: torch.Tensor, iters: int = GM_ITERS) -> torch.Tensor:
+    """The geometric median of the rows of ``xs`` (n, P), approximated by ``iters`` Weiszfeld iterations
+    from their mean (v <- sum_i x_i / ||x_i - v|| / sum_i 1 / ||x_i - v||), in float64. Unweighted: a
+    client's claimed sample count does not move it. Its breakdown point is 1/2: fewer than half the
+    rows, however placed, cannot carry it arbitrarily far from the others."""
+    xs = xs.double()
+    scale = float(torch.linalg.vector_norm(xs, dim=1).max()) if xs.shape[0] else 0.0
+    v = xs.mean(0)
+    if not scale > 0:
+        return v
+    for _ in range(max(0, iters)):
+        w = 1.0 / torch.linalg.vector_norm(xs - v, dim=1).clamp_min(1e-12 * scale)
+        v = w @ xs / w.sum()
+    return v
+
+
+def _cosines(xs: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """The cosine of each row of ``xs`` with ``ref`` (0 where either is zero), float64."""
+    xs, ref = xs.double(), ref.double()
+    norms = torch.linalg.vector_norm(xs, dim=1) * torch.linalg.vector_norm(ref)
+    return torch.where(norms > 0, (xs @ ref) / norms.clamp_min(1e-300), torch.zeros_like(norms)).clamp(-1.0, 1.0)
+
+
+def cosines_to_others(xs: torch.Tensor, iters: int = GM_ITERS) -> torch.Tensor:
+    """Each row's cosine with the geometric median of the other rows, float64: from v, the
+    :func:`geometric_median` of all rows, one Weiszfeld step without the row's own term, whose direction
+    is sum_{j != i} w_j x_j with w_j = 1 / ||x_j - v|| (O(n P) for all rows together). Leaving the row out
+    matters: n nearly orthogonal rows (sparse updates of different supports) each have cosine about
+    1 / sqrt(n) with a median that contains them, and none with one that does not."""
+    xs = xs.double()
+    v = geometric_median(xs, iters)
+    scale = float(torch.linalg.vector_norm(xs, dim=1).max()) if xs.shape[0] else 0.0
+    if not scale > 0:
+        return torch.zeros(xs.shape[0], dtype=torch.float64)
+    w = 1.0 / torch.linalg.vector_norm(xs - v, dim=1).clamp_min(1e-12 * scale)
+    total = w @ xs
+    dots, sq = xs @ total, (xs * xs).sum(1)
+    num = dots - w * sq                                                 # x_i . (total - w_i x_i)
+    rest = (total @ total - 2 * w * dots + w * w * sq).clamp_min(0.0)   # ||total - w_i x_i||^2
+    den = (sq * rest).sqrt()
+    return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(den)).clamp(-1.0, 1.0)
+
+
+def history(prev: torch.Tensor | None, delta: torch.Tensor) -> torch.Tensor:
+    """The direction screen's reference after a round whose aggregate was ``delta``: h <- ``HISTORY_DECAY``
+    x h + delta (the server's own record of where the model has been moving; no client sets it alone)."""
+    return delta.clone() if prev is None else prev.mul(HISTORY_DECAY).add_(delta)
+
+
+def direction_screen(xs: torch.Tensor, reference: torch.Tensor | None = None, min_cosine: float = MIN_COSINE,
+                     iters: int = GM_ITERS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which rows of ``xs`` (n, P: the round's bounded updates) the direction screen keeps, and each row's
+    cosine with its reference direction: ``reference`` (the server's :func:`history`) where there is a
+    nonzero one, else (the first round) the geometric median of the other rows (:func:`cosines_to_others`).
+    A row whose cosine is below ``min_cosine`` is left out, unless that would leave out half the rows or
+    more: then most of the round disagrees with the reference, which can no longer tell honest from
+    hostile (a majority of hostile clients, or a change of direction), and every row is kept (the round
+    is the plain mean: no worse than the default rule)."""
+    if reference is not None and bool(torch.linalg.vector_norm(reference.double()) > 0):
+        cos = _cosines(xs, reference)
+    else:
+        cos = cosines_to_others(xs, iters)
+    keep = cos >= min_cosine
+    if 2 * int((~keep).sum()) >= xs.shape[0]:
+        keep = torch.ones_like(keep)
+    return keep, cos
+
+
+def _screen_directions(t: int, items, bound: float, reference: torch.Tensor | None = None
+                       ) -> tuple[list[bool], list[float]]:
+    """:func:`direction_screen` of the round's bounded updates (``items``: update, decoded update, norm),
+    with what it left out (or would have) logged."""
+    if not items:
+        return [], []
+    xs = torch.stack([upd.double() * (bound / norm if norm > bound else 1.0) for _, upd, norm in items])
+    keep, cos = direction_screen(xs, reference)
+    del xs
+    ref = "the server's history" if reference is not None and bool(reference.abs().sum() > 0) else \
+        "the geometric median of the others"
+    below = [(u.client, round(float(c), 3)) for (u, _, _), c in zip(items, cos) if c < MIN_COSINE]
+    if below and bool(keep.all()):
+        log.warning("round %d: the direction screen would leave out %d of %d updates (clients %s, cosines %s with %s):"
+                    " half or more, so it cannot tell honest from hostile; this round takes the mean of all", t,
+                    len(below), len(items), [k for k, _ in below], [c for _, c in below], ref)
+    elif below:
+        log.warning("round %d: the direction screen left out the updates of clients %s (cosines %s with %s)", t,
+                    [k for k, _ in below], [c for _, c in below], ref)
+    return keep.tolist(), cos.tolist()
 
 
 def _lower_median(x: torch.Tensor) -> torch.Tensor:
@@ -241,8 +350,15 @@ def robust(ctx: Context, s: Screened, compressor: Compressor, *, weighted: bool 
     """Each screened update as the rule ``rule`` counts it, and the round's aggregate (their mean,
     sample-weighted where ``weighted``). "mean": the bounded update; "cclip": the update's clipped
     deviation around the last center, v' + c_k (x_k - v') (:func:`centered_clip` of the bounded
-    updates from ``start``), whose mean is the centered-clipping aggregate. Holds every decoded update
-    of the round at once (n x P floats)."""
+    updates from ``start``), whose mean is the centered-clipping aggregate; "direction": the bounded
+    update, where it passes the direction screen (those it leaves out are not in the list; their mean is
+    the aggregate). Holds every decoded update of the round at once (n x P floats)."""
+    if rule == "direction":
+        items = [(u, upd, norm) for (u, upd, _), norm in zip(bounded(ctx, s, compressor), s.norms)]
+        keep, _ = _screen_directions(ctx.round, items, s.bound, start)
+        items = [it for it, k in zip(items, keep) if k]
+        return ([(u, upd * (s.bound / norm) if norm > s.bound else upd) for u, upd, norm in items],
+                _mean(ctx, items, s.bound, weighted))
     pairs = [(u, upd * factor if factor != 1.0 else upd) for u, upd, factor in bounded(ctx, s, compressor)]
     if not pairs:
         return [], torch.zeros_like(ctx.weights)
