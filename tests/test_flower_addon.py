@@ -431,7 +431,7 @@ def _flipped(replies):
 def test_direction_hands_the_strategy_only_the_updates_that_pass_the_screen():
     """Node 1 sends its update sign-flipped in rounds 1 (no history: against the median of the others) and 2
     (against the history the wrapper keeps from the strategy's move): the strategy gets the other three, so the
-    model is where nodes 2, 3 and 4 alone take it."""
+    model is where nodes 2, 3 and 4 alone take it; the wrapper keeps each node's standing too."""
     strategy, mod = _pair("fedavg", aggregate="direction")
     fed = Federation(strategy, mod, nodes=(1, 2, 3, 4), n=100)
     alone, mod2 = _pair("fedavg", aggregate="direction")
@@ -445,5 +445,6 @@ def test_direction_hands_the_strategy_only_the_updates_that_pass_the_screen():
         ws.append(_flat(fed.arrays))
     # the screen's reference: 0.9 x the first move + the second
     torch.testing.assert_close(strategy.server.center, 0.9 * (ws[1] - ws[0]) + (ws[2] - ws[1]), rtol=1e-5, atol=1e-7)
-    _, _, metrics = fed.round(3)  # nobody hostile: all four
-    assert metrics["e3sfc-screened"] == 0
+    # node 1 honest again: left out while its mean pull over its rounds is below -0.1, then taken back
+    screened = [fed.round(t)[2]["e3sfc-screened"] for t in range(3, 7)]
+    assert screened[0] == 1 and screened[-1] == 0 and screened == sorted(screened, reverse=True)

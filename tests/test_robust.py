@@ -131,17 +131,40 @@ def test_direction_screen_by_hand_leaves_out_three_identical_flipped_updates():
     assert float(mean.delta[0]) == pytest.approx(0.1)  # the mean: 7 x 1 - 3 x 2, over 10
 
 
-def test_direction_screen_keeps_everything_when_half_or_more_disagree():
-    """5 of 10 against the reference: the screen cannot tell honest from hostile, so it keeps every row."""
+def test_direction_screen_takes_the_geometric_median_when_half_or_more_disagree():
+    """5 of 10 against the reference: the screen cannot tell honest from hostile, so it keeps every row and
+    the round's aggregate is their geometric median; 4 of 9 are left out."""
     P = 8
     e = torch.eye(P)
     xs = torch.stack([e[0] + 0.1 * e[k + 1] for k in range(5)] + [-e[0]] * 5)
-    keep, cos = direction_screen(xs, e[0])
-    assert bool(keep.all()) and int((cos < 0).sum()) == 5
-    keep, _ = direction_screen(xs[:9], e[0])  # 4 of 9: left out
-    assert keep.tolist() == [True] * 5 + [False] * 4
+    d = direction_screen(xs, e[0])
+    assert bool(d.keep.all()) and int((d.cosine < 0).sum()) == 5
+    assert d.median is not None and torch.allclose(d.median, geometric_median(xs))
+    d = direction_screen(xs[:9], e[0])
+    assert d.keep.tolist() == [True] * 5 + [False] * 4 and d.median is None
+    ctx, dense, ups = _dense_updates([torch.nn.functional.pad(x, (0, 55210 - P)) for x in xs])
+    agg = aggregate(ctx, screen(ctx, ups, dense, norm_clip=3.0), dense, rule="direction",
+                    start=torch.nn.functional.pad(e[0], (0, 55210 - P)))
+    assert agg.screened == {} and len(agg.accepted) == 10
+    torch.testing.assert_close(agg.delta[:P], geometric_median(xs).float())
 
 
+def test_direction_screen_tolerates_a_small_pull_back_and_remembers_each_client():
+    """Against the reference e_0, median norm sqrt 2: an update pulling back by 0.07 median norms is kept, one
+    pulling back by 0.35 is left out; a client whose mean pull over its rounds is below -0.1 is left out even in a
+    round where it pulls forward a little."""
+    P = 8
+    e = torch.eye(P)
+    honest = [e[0] + e[k + 1] for k in range(6)]
+    xs = torch.stack(honest + [-0.1 * e[0] + e[7], -0.5 * e[0] + e[7]])
+    d = direction_screen(xs, e[0])
+    assert d.keep.tolist() == [True] * 7 + [False]
+    assert float(d.pull[6]) == pytest.approx(-0.1 / 2 ** 0.5) and float(d.pull[7]) == pytest.approx(-0.5 / 2 ** 0.5)
+    past = torch.zeros(8, 2, dtype=torch.float64)
+    past[7] = torch.tensor([-1.5, 3.0])  # three rounds at -0.5 on average
+    xs[7] = 0.05 * e[0] + e[7]
+    d = direction_screen(xs, e[0], past)
+    assert d.keep.tolist() == [True] * 7 + [False] and float(d.standing[7]) < -0.1
 def test_cosines_to_others_leave_the_row_out():
     """Orthogonal rows (sparse updates of disjoint supports): each has cosine 1/sqrt(n) with a median that
     contains it, 0 with the median of the others; a flipped copy of one honest row comes out negative."""
@@ -195,7 +218,8 @@ def test_direction_clean_run_is_the_mean_run_bit_for_bit():
 
 def test_three_colluders_of_ten_direction_leaves_them_out_and_learns(tmp_path):
     """Measured (digits, MLP, 10 clients, lr 0.05, 10 rounds, seed 42): clean 0.661 (mean and direction alike);
-    3 colluders: mean 0.42, cclip 0.53, direction 0.594; the 3 clients sending nothing at all: 0.597."""
+    3 colluders: mean 0.42, cclip 0.53, direction 0.597 (every hostile update left out), as much as when the 3
+    clients send nothing at all (0.597)."""
     hostile = dict(adversary="collude", adversaries=3)
     cfg = {**BASE, "rounds": 10, **hostile}
     del cfg["batch_size"]

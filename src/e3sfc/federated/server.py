@@ -20,12 +20,23 @@ w_{t+1} = w_t + sum_k a_k * clip(decoded_k) with a_k = 1/|S| (uniform) or n_k / 
 - :func:`aggregate` averages the bounded updates (``aggregate="mean"``, the default), or
   (``aggregate="cclip"``) takes their centered-clipping aggregate (:func:`centered_clip`,
   Karimireddy, He and Jaggi, ICML 2021): a direction-aware rule that holds a group of clients
-  sending one shared update to a bounded pull on the result (:func:`server_step` is screen +
-  aggregate); the Flower add-on hands the updates as the rule counts them (:func:`robust`) to the
-  wrapped strategy instead.
+  sending one shared update to a bounded pull on the result, or (``aggregate="direction"``)
+  averages those that pass the direction screen (:func:`direction_screen`): an update whose cosine
+  with the server's history h (h <- 0.9 h + the round's aggregate: where the model has been
+  moving, which no client of this round can move) is below 0 is left out; in the first round,
+  with no history, each update is held against the geometric median of the others (a few
+  Weiszfeld iterations, float64; :func:`cosines_to_others`). If the screen would leave out half
+  the updates or more, it keeps them all (that round is the mean). A round it leaves nobody out
+  of is bit-identical to the mean; the history is checkpointed (``ServerRuntime.center``).
+  :func:`server_step` is screen + aggregate; the Flower add-on hands the updates as the rule
+  counts them (:func:`robust`) to the wrapped strategy instead (under direction: those that
+  pass; the history follows the strategy's move).
 
 Every rejection is logged with its reason and counted in the round's ``rejected``; a reply from a
 client the server did not ask, or a second reply of a client, is dropped and logged (not counted).
+An update the direction screen leaves out was well-formed: it is logged with its cosine and counted
+in the round's ``screened`` (summary.json: ``screened_updates``), not in ``rejected`` (a round the
+screen leaves out of is never a round whose every update was rejected).
 """
 
 from __future__ import annotations
@@ -49,7 +60,9 @@ DECODE_ERRORS = (PayloadError, ValueError, RuntimeError, IndexError, TypeError, 
 AGGREGATES = ("mean", "cclip", "direction")  # --aggregate
 CCLIP_ITERS = 3                  # centered-clipping iterations per round
 GM_ITERS = 10                    # Weiszfeld iterations for the direction screen's first-round reference
-MIN_COSINE = 0.0                 # the direction screen leaves out an update whose cosine with its reference is below
+PULL = 0.2                       # the direction screen leaves out an update pulling back along its reference by more
+                                 # than this x the round's median update norm
+STANDING = 0.1                   # ... or whose client's mean pull over the rounds it took part in is below -STANDING
 HISTORY_DECAY = 0.9              # the direction screen's reference: h <- 0.9 h + the round's aggregate
 KEEP_DECODED_BYTES = 1 << 28  # decoded updates held between the two passes up to this size, else decoded again
 
@@ -193,7 +206,7 @@ def server_step(
 
 
 def aggregate(ctx: Context, s: Screened, compressor: Compressor, *, weighted: bool = False, rule: str = "mean",
-              start: torch.Tensor | None = None) -> Aggregate:
+              start: torch.Tensor | None = None, standing: dict[int, tuple[float, int]] | None = None) -> Aggregate:
     """The (uniform or sample-weighted) mean of the screened updates, each held to the round's bound
     (``rule`` "mean"); their centered-clipping aggregate from ``start`` (``rule`` "cclip", see
     :func:`robust`); or the mean of those that pass the direction screen (``rule`` "direction",
@@ -204,10 +217,14 @@ def aggregate(ctx: Context, s: Screened, compressor: Compressor, *, weighted: bo
         return Aggregate(delta, [u.client for u in s.updates], s.rejected, s.clipped)
     if rule == "direction":
         items = [(u, upd, norm) for (u, upd, _), norm in zip(bounded(ctx, s, compressor), s.norms)]
-        keep, cos = _screen_directions(ctx.round, items, s.bound, start)
-        delta = _mean(ctx, (it for it, k in zip(items, keep) if k), s.bound, weighted)
+        if not items:
+            return Aggregate(torch.zeros_like(ctx.weights), [], s.rejected, s.clipped)
+        d = _screen_directions(ctx.round, items, s.bound, start, standing)
+        keep = d.keep.tolist()
+        delta = _mean(ctx, (it for it, k in zip(items, keep) if k), s.bound, weighted) if d.median is None \
+            else d.median.to(ctx.weights.dtype)
         return Aggregate(delta, [u.client for (u, _, _), k in zip(items, keep) if k], s.rejected, s.clipped,
-                         {u.client: c for (u, _, _), k, c in zip(items, keep, cos) if not k})
+                         {u.client: float(c) for (u, _, _), k, c in zip(items, keep, d.cosine) if not k})
     _, delta = robust(ctx, s, compressor, weighted=weighted, rule=rule, start=start)
     return Aggregate(delta, [u.client for u in s.updates], s.rejected, s.clipped)
 
@@ -275,45 +292,74 @@ def history(prev: torch.Tensor | None, delta: torch.Tensor) -> torch.Tensor:
     return delta.clone() if prev is None else prev.mul(HISTORY_DECAY).add_(delta)
 
 
-def direction_screen(xs: torch.Tensor, reference: torch.Tensor | None = None, min_cosine: float = MIN_COSINE,
-                     iters: int = GM_ITERS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which rows of ``xs`` (n, P: the round's bounded updates) the direction screen keeps, and each row's
-    cosine with its reference direction: ``reference`` (the server's :func:`history`) where there is a
-    nonzero one, else (the first round) the geometric median of the other rows (:func:`cosines_to_others`).
-    A row whose cosine is below ``min_cosine`` is left out, unless that would leave out half the rows or
-    more: then most of the round disagrees with the reference, which can no longer tell honest from
-    hostile (a majority of hostile clients, or a change of direction), and every row is kept (the round
-    is the plain mean: no worse than the default rule)."""
+@dataclass
+class DirectionScreen:
+    """What :func:`direction_screen` decided for the rows of a round."""
+
+    keep: torch.Tensor                    # (n,) bool: the rows the mean takes
+    cosine: torch.Tensor                  # (n,) each row's cosine with its reference
+    pull: torch.Tensor                    # (n,) each row's component along its reference, in median norms
+    standing: torch.Tensor                # (n,) its client's mean pull (each clamped to [-1, 1]), this round's in
+    median: torch.Tensor | None = None    # where the screen could not decide: the rows' geometric median
+
+
+def direction_screen(xs: torch.Tensor, reference: torch.Tensor | None = None, past: torch.Tensor | None = None,
+                     tolerance: float = PULL, iters: int = GM_ITERS) -> DirectionScreen:
+    """The direction screen of ``xs`` (n, P: the round's bounded updates). Each row's reference direction:
+    ``reference`` (the server's :func:`history`) where there is a nonzero one, else (the first round) the
+    geometric median of the other rows (:func:`cosines_to_others`). A row whose component along it is below
+    -``tolerance`` x the rows' (lower) median norm (it pulls the model back the way it has been moving by more
+    than a fraction of an honest step: a sign-flipped update) is left out; an honest update that disagrees a
+    little (a noisy, compressed or sparse one, a cosine slightly below 0 at about the median norm) is kept.
+    If that would leave out half the rows or more, most of the round disagrees with the reference, which can
+    no longer tell honest from hostile (a poisoned history, a change of direction, or a hostile majority):
+    every row is kept, and the round's aggregate is their geometric median (``median``; its breakdown point is
+    1/2, where the mean's is 0). ``past`` (n, 2): each row's client's sum of (clamped) pulls and rounds before
+    this one; a row whose client's mean pull, this round's in, is below -``STANDING`` is left out too (a
+    hostile client whose updates are noisy, a compressed one say, points back on average even in a round
+    where it does not)."""
+    xs = xs.double()
+    norms = torch.linalg.vector_norm(xs, dim=1)
     if reference is not None and bool(torch.linalg.vector_norm(reference.double()) > 0):
         cos = _cosines(xs, reference)
     else:
         cos = cosines_to_others(xs, iters)
-    keep = cos >= min_cosine
-    if 2 * int((~keep).sum()) >= xs.shape[0]:
-        keep = torch.ones_like(keep)
-    return keep, cos
+    m = _lower_median(norms) if xs.shape[0] else torch.zeros((), dtype=torch.float64)
+    pull = cos * norms / m if m > 0 else torch.zeros_like(cos)
+    past = torch.zeros(xs.shape[0], 2, dtype=torch.float64) if past is None else past.double()
+    standing = (past[:, 0] + pull.clamp(-1.0, 1.0)) / (past[:, 1] + 1.0)
+    keep = (pull >= -tolerance) & (standing >= -STANDING)
+    if 2 * int((~keep).sum()) >= xs.shape[0] and xs.shape[0] > 0 and not bool(keep.all()):
+        return DirectionScreen(torch.ones_like(keep), cos, pull, standing, geometric_median(xs, iters))
+    return DirectionScreen(keep, cos, pull, standing)
 
 
-def _screen_directions(t: int, items, bound: float, reference: torch.Tensor | None = None
-                       ) -> tuple[list[bool], list[float]]:
+def _screen_directions(t: int, items, bound: float, reference: torch.Tensor | None = None,
+                       standing: dict[int, tuple[float, int]] | None = None) -> DirectionScreen:
     """:func:`direction_screen` of the round's bounded updates (``items``: update, decoded update, norm),
-    with what it left out (or would have) logged."""
-    if not items:
-        return [], []
+    with what it left out (or would have) logged; ``standing`` (client -> sum of clamped pulls, rounds) is
+    read and updated with this round's pulls."""
     xs = torch.stack([upd.double() * (bound / norm if norm > bound else 1.0) for _, upd, norm in items])
-    keep, cos = direction_screen(xs, reference)
+    standing = {} if standing is None else standing
+    past = torch.tensor([list(standing.get(u.client, (0.0, 0))) for u, _, _ in items], dtype=torch.float64)
+    d = direction_screen(xs, reference, past)
     del xs
+    for (u, _, _), p in zip(items, d.pull.clamp(-1.0, 1.0).tolist()):
+        s, n = standing.get(u.client, (0.0, 0))
+        standing[u.client] = (s + p, n + 1)
     ref = "the server's history" if reference is not None and bool(reference.abs().sum() > 0) else \
         "the geometric median of the others"
-    below = [(u.client, round(float(c), 3)) for (u, _, _), c in zip(items, cos) if c < MIN_COSINE]
-    if below and bool(keep.all()):
-        log.warning("round %d: the direction screen would leave out %d of %d updates (clients %s, cosines %s with %s):"
-                    " half or more, so it cannot tell honest from hostile; this round takes the mean of all", t,
-                    len(below), len(items), [k for k, _ in below], [c for _, c in below], ref)
+    below = [(u.client, round(float(c), 3), round(float(p), 3), round(float(a), 3))
+             for (u, _, _), c, p, a in zip(items, d.cosine, d.pull, d.standing) if p < -PULL or a < -STANDING]
+    what = f"clients {[b[0] for b in below]}, cosines {[b[1] for b in below]} with {ref}, pulls " \
+           f"{[b[2] for b in below]} median norms, mean pulls {[b[3] for b in below]}"
+    if d.median is not None:
+        log.warning("round %d: the direction screen would leave out %d of %d updates (%s): half or more, so it "
+                    "cannot tell honest from hostile; this round's aggregate is the geometric median of all", t,
+                    len(below), len(items), what)
     elif below:
-        log.warning("round %d: the direction screen left out the updates of clients %s (cosines %s with %s)", t,
-                    [k for k, _ in below], [c for _, c in below], ref)
-    return keep.tolist(), cos.tolist()
+        log.warning("round %d: the direction screen left out %d of %d updates (%s)", t, len(below), len(items), what)
+    return d
 
 
 def _lower_median(x: torch.Tensor) -> torch.Tensor:
@@ -346,7 +392,8 @@ def centered_clip(xs: torch.Tensor, a: torch.Tensor, start: torch.Tensor | None 
 
 
 def robust(ctx: Context, s: Screened, compressor: Compressor, *, weighted: bool = False, rule: str = "mean",
-           start: torch.Tensor | None = None) -> tuple[list[tuple[ClientUpdate, torch.Tensor]], torch.Tensor]:
+           start: torch.Tensor | None = None, standing: dict[int, tuple[float, int]] | None = None
+           ) -> tuple[list[tuple[ClientUpdate, torch.Tensor]], torch.Tensor]:
     """Each screened update as the rule ``rule`` counts it, and the round's aggregate (their mean,
     sample-weighted where ``weighted``). "mean": the bounded update; "cclip": the update's clipped
     deviation around the last center, v' + c_k (x_k - v') (:func:`centered_clip` of the bounded
@@ -355,8 +402,13 @@ def robust(ctx: Context, s: Screened, compressor: Compressor, *, weighted: bool 
     the aggregate). Holds every decoded update of the round at once (n x P floats)."""
     if rule == "direction":
         items = [(u, upd, norm) for (u, upd, _), norm in zip(bounded(ctx, s, compressor), s.norms)]
-        keep, _ = _screen_directions(ctx.round, items, s.bound, start)
-        items = [it for it, k in zip(items, keep) if k]
+        if not items:
+            return [], torch.zeros_like(ctx.weights)
+        d = _screen_directions(ctx.round, items, s.bound, start, standing)
+        if d.median is not None:  # the screen could not decide: every update counted as the geometric median
+            gm = d.median.to(ctx.weights.dtype)
+            return [(u, gm) for u, _, _ in items], gm
+        items = [it for it, k in zip(items, d.keep.tolist()) if k]
         return ([(u, upd * (s.bound / norm) if norm > s.bound else upd) for u, upd, norm in items],
                 _mean(ctx, items, s.bound, weighted))
     pairs = [(u, upd * factor if factor != 1.0 else upd) for u, upd, factor in bounded(ctx, s, compressor)]

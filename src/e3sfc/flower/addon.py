@@ -420,7 +420,7 @@ class CompressedStrategy(Strategy):
         # passes the direction screen (direction: the updates it leaves out are not handed over)
         cclip = server.cfg.aggregate == "cclip"
         counted, center = robust(server.context(t, None), s, server.compressor, weighted=cclip,
-                                 rule=server.cfg.aggregate, start=server.center)
+                                 rule=server.cfg.aggregate, start=server.center, standing=server.standing)
         if cclip and counted:
             server.center = center.clone()
         screened = len(s.updates) - len(counted)
