@@ -70,8 +70,8 @@ HELP = {
     "norm_clip": "robust aggregation: scale each decoded update down to at most this multiple of the round's "
                  "median update norm (0 = off)",
     "aggregate": "robust aggregation: mean (of the bounded updates), cclip (centered clipping around a robust "
-                 "center: holds colluding clients to a bounded pull) or direction (the mean of the updates whose "
-                 "cosine with the round's geometric median is >= 0; leaves out sign-flipped ones)",
+                 "center: holds colluding clients to a bounded pull) or direction (the mean of the updates that do not "
+                 "pull back against the way the model has been moving: leaves out sign-flipped ones)",
     "adversary": "fault injection: what the hostile clients send (nan, huge, scale, collude, garbage, wrong-shape, "
                  "drop)",
     "adversaries": "fault injection: how many of the K clients are hostile (a seeded choice)",

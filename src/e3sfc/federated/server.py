@@ -21,16 +21,22 @@ w_{t+1} = w_t + sum_k a_k * clip(decoded_k) with a_k = 1/|S| (uniform) or n_k / 
   (``aggregate="cclip"``) takes their centered-clipping aggregate (:func:`centered_clip`,
   Karimireddy, He and Jaggi, ICML 2021): a direction-aware rule that holds a group of clients
   sending one shared update to a bounded pull on the result, or (``aggregate="direction"``)
-  averages those that pass the direction screen (:func:`direction_screen`): an update whose cosine
-  with the server's history h (h <- 0.9 h + the round's aggregate: where the model has been
-  moving, which no client of this round can move) is below 0 is left out; in the first round,
-  with no history, each update is held against the geometric median of the others (a few
-  Weiszfeld iterations, float64; :func:`cosines_to_others`). If the screen would leave out half
-  the updates or more, it keeps them all (that round is the mean). A round it leaves nobody out
-  of is bit-identical to the mean; the history is checkpointed (``ServerRuntime.center``).
+  averages those that pass the direction screen (:func:`direction_screen`). Each update's
+  reference direction is the server's history h (h <- 0.9 h + the round's aggregate: where the
+  model has been moving, which no client of this round can move); in the first round, with no
+  history, the geometric median of the other updates (a few Weiszfeld iterations, float64;
+  :func:`cosines_to_others`: leaving the update itself out matters for sparse updates). An update
+  is left out when its component along the reference is below -0.2 x the round's median update
+  norm (``PULL``: it pulls back the way the model has been going; a noisy honest update that
+  disagrees a little is kept), or when its client's mean pull over the rounds it took part in is
+  below -0.1 (``STANDING``: a hostile client with noisy, compressed updates points back on
+  average, even in a round where it does not; kept in ``ServerRuntime.standing``). If that would
+  leave out half the updates or more, the screen cannot tell honest from hostile: it keeps them
+  all and the round's aggregate is their geometric median (breakdown point 1/2). A round it leaves
+  nobody out of is bit-identical to the mean; history and standing are checkpointed.
   :func:`server_step` is screen + aggregate; the Flower add-on hands the updates as the rule
   counts them (:func:`robust`) to the wrapped strategy instead (under direction: those that
-  pass; the history follows the strategy's move).
+  pass, or every one as the geometric median; the history follows the strategy's move).
 
 Every rejection is logged with its reason and counted in the round's ``rejected``; a reply from a
 client the server did not ask, or a second reply of a client, is dropped and logged (not counted).
@@ -399,7 +405,9 @@ def robust(ctx: Context, s: Screened, compressor: Compressor, *, weighted: bool 
     deviation around the last center, v' + c_k (x_k - v') (:func:`centered_clip` of the bounded
     updates from ``start``), whose mean is the centered-clipping aggregate; "direction": the bounded
     update, where it passes the direction screen (those it leaves out are not in the list; their mean is
-    the aggregate). Holds every decoded update of the round at once (n x P floats)."""
+    the aggregate), or, where the screen cannot decide, every update as the round's geometric median
+    (``start``: the history, ``standing``: read and updated). Holds every decoded update of the round at
+    once (n x P floats)."""
     if rule == "direction":
         items = [(u, upd, norm) for (u, upd, _), norm in zip(bounded(ctx, s, compressor), s.norms)]
         if not items:

@@ -42,7 +42,8 @@ A training round t:
   by sample counts, as FedAvg does, lands on the centered-clipping aggregate; one that does
   something else, FedAdam say, gets the clipped updates as its input; under ``aggregate`` direction:
   w_t + bounded update for the replies that pass the direction screen only, the others are left out
-  and counted in ``e3sfc-screened``) and lets the inner strategy aggregate
+  and counted in ``e3sfc-screened``; w_t + the geometric median for every reply in a round the screen
+  cannot decide) and lets the inner strategy aggregate
   (FedAvg, FedAdam, FedYogi, FedProx, ...). Under a compressed downlink it then compresses the
   move the strategy made, plus its residual, and the model moves by exactly the decoded
   broadcast, which every node's replica reproduces bit for bit.
