@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
+from e3sfc import wire  # noqa: E402
 from e3sfc.config import RunConfig  # noqa: E402
 from e3sfc.errors import ConfigError  # noqa: E402
 from e3sfc.federated.runtime import ClientRuntime, StaleReplica  # noqa: E402
@@ -418,3 +419,32 @@ def test_cclip_hands_the_strategy_updates_whose_weighted_mean_is_the_centered_cl
     assert torch.allclose(_flat(fed.arrays) - w0, center, atol=1e-5)
     fed.round(2)
     assert torch.allclose(_flat(fed.arrays) - w0 - center, strategy.server.center, atol=1e-5)
+
+
+def _flipped(replies):
+    """Node 1's fedavg payload replaced by twice its update, sign-flipped (under the 3x median norm bound)."""
+    r = next(r for r in replies if r.metadata.src_node_id == 1)
+    p = wire.decode(r.content[RECORD]["payload"])
+    r.content[RECORD] = ConfigRecord({"payload": wire.encode(wire.Payload(p.method, (-2 * p.fields[0],)))})
+
+
+def test_direction_hands_the_strategy_only_the_updates_that_pass_the_screen():
+    """Node 1 sends its update sign-flipped in rounds 1 (no history: against the median of the others) and 2
+    (against the history the wrapper keeps from the strategy's move): the strategy gets the other three, so the
+    model is where nodes 2, 3 and 4 alone take it; the wrapper keeps each node's standing too."""
+    strategy, mod = _pair("fedavg", aggregate="direction")
+    fed = Federation(strategy, mod, nodes=(1, 2, 3, 4), n=100)
+    alone, mod2 = _pair("fedavg", aggregate="direction")
+    ref = Federation(alone, mod2, nodes=(2, 3, 4), n=100)
+    ws = [_flat(fed.arrays)]
+    for t in (1, 2):
+        _, _, metrics = fed.round(t, tamper=_flipped)
+        ref.round(t)
+        assert metrics["e3sfc-screened"] == 1 and metrics["e3sfc-refused"] == 0
+        torch.testing.assert_close(_flat(fed.arrays), _flat(ref.arrays), rtol=1e-6, atol=1e-7)
+        ws.append(_flat(fed.arrays))
+    # the screen's reference: 0.9 x the first move + the second
+    torch.testing.assert_close(strategy.server.center, 0.9 * (ws[1] - ws[0]) + (ws[2] - ws[1]), rtol=1e-5, atol=1e-7)
+    # node 1 honest again: left out while its mean pull over its rounds is below -0.1, then taken back
+    screened = [fed.round(t)[2]["e3sfc-screened"] for t in range(3, 7)]
+    assert screened[0] == 1 and screened[-1] == 0 and screened == sorted(screened, reverse=True)

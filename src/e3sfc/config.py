@@ -125,8 +125,9 @@ HELP = {
     "decay_rate": "decay schedule: gamma, the per-round factor of the budget share",
     "norm_clip": "robust aggregation: scale each decoded update down to at most this multiple of the round's "
                  "median update norm (0 = off)",
-    "aggregate": "robust aggregation: mean (of the bounded updates) or cclip (centered clipping around a robust "
-                 "center: holds colluding clients to a bounded pull)",
+    "aggregate": "robust aggregation: mean (of the bounded updates), cclip (centered clipping around a robust "
+                 "center: holds colluding clients to a bounded pull) or direction (the mean of the updates that do "
+                 "not pull back against the way the model has been moving: leaves out sign-flipped ones)",
     "adversary": "fault injection: what the hostile clients send (nan, huge, scale, collude, garbage, wrong-shape, "
                  "drop)",
     "adversaries": "fault injection: how many of the K clients are hostile (a seeded choice)",
@@ -196,7 +197,7 @@ class RunConfig:
     decay_rate: float = 0.97
     # robustness and fault injection
     norm_clip: float = 3.0
-    aggregate: str = "mean"          # mean or cclip (centered clipping): federated.server.AGGREGATES
+    aggregate: str = "mean"          # mean, cclip (centered clipping) or direction: federated.server.AGGREGATES
     adversary: str = "none"
     adversaries: int = 0
     round_timeout: float = 120.0
@@ -463,7 +464,7 @@ def _run_choices() -> dict[str, tuple[str, ...]]:
         "init": ("auto", "seed", "broadcast"),
         "schedule": ("constant", "decay", "adaptive"),
         "engine": ("inprocess", "flower"),
-        "aggregate": ("mean", "cclip"),
+        "aggregate": ("mean", "cclip", "direction"),
         "adversary": ("none", *ADVERSARY_KINDS),
     }
 

@@ -10,7 +10,8 @@ from .metrics import DOWN, UP
 
 BYTE_COUNTS = ("cum_uplink_bytes", "cum_downlink_bytes")
 NUMBERS = ("loss", "cosine", "downlink_cosine", "aggregate_cosine", "aggregate_downlink_cosine", "client_accuracy",
-           "uplink_bytes", "downlink_bytes", "participants", "rejected", "missing", "clipped")
+           "uplink_bytes", "downlink_bytes", "participants", "rejected", "missing", "clipped",
+           "screened")
 
 
 def _int(v) -> bool:

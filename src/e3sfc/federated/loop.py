@@ -165,6 +165,7 @@ class RoundLoop:
             if not stats.get("participants") and stats.get("rejected"):
                 self._stop(t, stats)
             self.recorder.rejected += int(stats.get("rejected") or 0)
+            self.recorder.screened += int(stats.get("screened") or 0)
             if client_acc is not None:
                 stats["client_accuracy"] = client_acc
             self.round = t

@@ -46,6 +46,7 @@ class RunRecorder:
         self.metrics: list[dict] = []
         self.elapsed = 0.0
         self.rejected = 0  # updates rejected over the run (every round, evaluated or not)
+        self.screened = 0  # updates the direction screen (--aggregate direction) left out over the run
         self.device_asked = cfg.device  # --device as given (auto, cpu, cuda); cfg.device: the one used
         self.extended = False  # a resume with --rounds: config.json is rewritten with the new rounds
         self._tb = None
@@ -106,11 +107,13 @@ class RunRecorder:
 
     def finish(self, summary: dict, done: bool) -> None:
         """Write ledger.jsonl and, once the run is ``done``, summary.json (the summary and
-        ``rejected_updates``, the updates the server rejected over the run)."""
+        ``rejected_updates``, the updates the server rejected over the run, and ``screened_updates``, those
+        the direction screen left out)."""
         assert self.out_dir is not None
         io.write_jsonl(self.out_dir / "ledger.jsonl", self.server.ledger.rows())
         if done:
             io.write_json(self.out_dir / "summary.json", {**summary, "rejected_updates": self.rejected,
+                                                          "screened_updates": self.screened,
                                                           "device": self.cfg.device, "device_asked": self.device_asked})
 
     def summary(self, rounds: int) -> dict:
@@ -143,10 +146,12 @@ class RunRecorder:
         }
 
     def state_dict(self) -> dict:
-        return {"metrics": list(self.metrics), "elapsed": self.elapsed, "rejected": self.rejected}
+        return {"metrics": list(self.metrics), "elapsed": self.elapsed, "rejected": self.rejected,
+                "screened": self.screened}
 
     def load_state_dict(self, state: dict) -> None:
         self.metrics[:] = state["metrics"]  # the same list: drivers hand it out as their ``metrics``
         self.elapsed = float(state["elapsed"])
         # checkpoints from before the count: the evaluated rounds' (all of them at --eval-every 1)
         self.rejected = int(state.get("rejected", sum(int(r.get("rejected") or 0) for r in self.metrics)))
+        self.screened = int(state.get("screened", sum(int(r.get("screened") or 0) for r in self.metrics)))

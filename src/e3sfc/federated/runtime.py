@@ -46,7 +46,7 @@ from .. import protocol
 from .client import ClientUpdate, Prepared, ef_target, finish_update, local_train
 from .downlink import Downlink, TrainIns, apply_broadcast, downlink_compressor
 from .params import set_flat
-from .server import Screened, admit, aggregate, cap_samples, screen
+from .server import Screened, admit, aggregate, cap_samples, history, screen
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,9 @@ class ServerRuntime:
         self.schedule_log: list[int] = []           # uplink M per round
         self.down_log: list[int] = []               # broadcast M per round (under a compressed downlink)
         self.last_rejected: dict[int, str] = {}     # the last round's rejected replies: client -> reason
-        self.center: torch.Tensor | None = None      # --aggregate cclip: the last aggregate, next round's start
+        self.center: torch.Tensor | None = None      # --aggregate cclip: the last aggregate, next round's start;
+        #                                              direction: the history the screen holds updates against
+        self.standing: dict[int, tuple[float, int]] = {}  # --aggregate direction: client -> sum of pulls, rounds
         if self.scheduler.budget is not None:
             m = protocol.clients_per_round(cfg)
             need_dense = not self.downlink.compressed or cfg.resolved_init == "broadcast"
@@ -380,9 +382,11 @@ class ServerRuntime:
         driver has them (in-process); then the aggregate cosines compare what was applied with it."""
         s, admitted, refused, received = self.screen(t, M, updates)
         agg = aggregate(self.context(t, M), s, self.compressor, weighted=self.cfg.weighted,
-                        rule=self.cfg.aggregate, start=self.center)
-        if self.cfg.aggregate != "mean" and agg.accepted:
+                        rule=self.cfg.aggregate, start=self.center, standing=self.standing)
+        if self.cfg.aggregate == "cclip" and agg.accepted:
             self.center = agg.delta.clone()
+        elif self.cfg.aggregate == "direction" and agg.accepted:
+            self.center = history(self.center, agg.delta)
         agg_up = _cosine(agg.delta, true_mean)
         Md, down_cos, applied = self.move(t, M, agg.delta)
         agg_down = _cosine(applied, true_mean) if applied is not None else float("nan")
@@ -397,6 +401,7 @@ class ServerRuntime:
             "rejected": len(agg.rejected) + len(refused),
             "missing": len(set(self.asked) - set(received)),
             "clipped": len(agg.clipped),
+            "screened": len(agg.screened),
             "cosine": float(np.mean(cos)) if cos else float("nan"),
             "downlink_cosine": down_cos,
             "aggregate_cosine": agg_up,
@@ -452,6 +457,7 @@ class ServerRuntime:
             "schedule_log": list(self.schedule_log),
             "down_log": list(self.down_log),
             "center": None if self.center is None else self.center.cpu(),
+            "standing": {k: list(v) for k, v in self.standing.items()},
         }
 
     def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
@@ -467,3 +473,4 @@ class ServerRuntime:
         self.down_log = list(state.get("down_log", []))
         center = state.get("center")
         self.center = None if center is None else center.to(device)
+        self.standing = {int(k): (float(v[0]), int(v[1])) for k, v in (state.get("standing") or {}).items()}

@@ -40,7 +40,10 @@ A training round t:
   w_t + bounded update back as each reply's ArrayRecord (under ``aggregate`` cclip: w_t + the
   update's clipped deviation around the centered-clipping center, so that a strategy that averages
   by sample counts, as FedAvg does, lands on the centered-clipping aggregate; one that does
-  something else, FedAdam say, gets the clipped updates as its input) and lets the inner strategy aggregate
+  something else, FedAdam say, gets the clipped updates as its input; under ``aggregate`` direction:
+  w_t + bounded update for the replies that pass the direction screen only, the others are left out
+  and counted in ``e3sfc-screened``; w_t + the geometric median for every reply in a round the screen
+  cannot decide) and lets the inner strategy aggregate
   (FedAvg, FedAdam, FedYogi, FedProx, ...). Under a compressed downlink it then compresses the
   move the strategy made, plus its residual, and the model moves by exactly the decoded
   broadcast, which every node's replica reproduces bit for bit.
@@ -75,7 +78,7 @@ from ..federated.client import ClientUpdate
 from ..federated.downlink import TrainIns
 from ..federated.params import get_flat, set_flat
 from ..federated.runtime import ClientRuntime, ServerRuntime, StaleReplica
-from ..federated.server import robust
+from ..federated.server import history, robust
 from ..metrics import DOWN
 from ..models import check_decoder
 
@@ -414,12 +417,14 @@ class CompressedStrategy(Strategy):
         w_t, kept = server.weights, []
         # as the server step counts each update: bounded (--aggregate mean), or its clipped deviation around
         # the centered-clipping center (cclip; weighted by the sample counts the strategy weighs by, so a
-        # FedAvg-like strategy's weighted mean of them is the centered-clipping aggregate)
-        cclip = server.cfg.aggregate != "mean"
+        # FedAvg-like strategy's weighted mean of them is the centered-clipping aggregate), or bounded where it
+        # passes the direction screen (direction: the updates it leaves out are not handed over)
+        cclip = server.cfg.aggregate == "cclip"
         counted, center = robust(server.context(t, None), s, server.compressor, weighted=cclip,
-                                 rule=server.cfg.aggregate, start=server.center)
+                                 rule=server.cfg.aggregate, start=server.center, standing=server.standing)
         if cclip and counted:
             server.center = center.clone()
+        screened = len(s.updates) - len(counted)
         for u, upd in counted:
             r = by_client[u.client]
             key = next(iter(r.content.array_records.keys()))
@@ -429,19 +434,22 @@ class CompressedStrategy(Strategy):
             del r.content[RECORD]
             next(iter(r.content.metric_records.values()))[weight_key] = u.num_samples
             kept.append(r)
-        if len(kept) < len(updates):
-            log.warning("round %d: %d of %d replies refused", t, len(updates) - len(kept), len(updates))
+        if len(kept) + screened < len(updates):
+            log.warning("round %d: %d of %d replies refused", t, len(updates) - len(kept) - screened, len(updates))
         arrays, metrics = self.strategy.aggregate_train(t, kept) if kept else (None, None)
         metrics = metrics if metrics is not None else MetricRecord({})
         metrics["e3sfc-uplink-bytes"], metrics["e3sfc-dense-bytes"] = up, dense
         metrics["e3sfc-downlink-bytes"], metrics["e3sfc-dense-downlink-bytes"] = self.down_bytes, self.dense_down_bytes
         metrics["e3sfc-refused"] = len(refused) + len(s.rejected)
+        metrics["e3sfc-screened"] = screened  # left out by --aggregate direction (sent, decoded, not averaged)
         if arrays is None:
             return None, metrics
         w = codec.flat(arrays)
         if not torch.isfinite(w).all():
             log.warning("round %d: the strategy's aggregate is not finite; the model stays at w_t", t)
             return None, metrics
+        if server.cfg.aggregate == "direction":  # the screen's reference: where the strategy moved the model
+            server.center = history(server.center, w - w_t)
         if not server.downlink.compressed:
             server.weights = w
             set_flat(server.model, w)
