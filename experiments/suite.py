@@ -136,7 +136,8 @@ FRONTIER_LABELS = {"1k": "about 1 KB", "3k": "3.2 KB", "12k": "12 KB"}
 def frontier_convnet_runs() -> dict[str, list[str]]:
     """The ConvNet at 3.2 KB a payload (issue 30, item 4): each method one way (uplink compressed, dense
     downlink) and both ways, seeds 42 and 43. Synthesis: 8-bit M = 4 at full resolution (3,215 B) and
-    8-bit R = 14, M = 15 (3,129 B; the MLP map's choice at 3.2 KB, not yet mapped on the ConvNet); PowerSGD rank 1 (its largest under 3.2 KB, 2,682 B); Top-k and STC
+    8-bit R = 14, M = 15 (3,129 B; the MLP map's choice at 3.2 KB, not yet mapped on the ConvNet);
+    PowerSGD rank 1 (its largest under 3.2 KB, 2,682 B); Top-k and STC
     with Golomb positions at 3,215 B. Slow on a CPU (a 3SFC round of the ConvNet: tens of seconds):
     meant for a GPU (--extra '--device cuda')."""
     base = ["--config", "configs/convnet.toml"]
