@@ -418,6 +418,12 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
                "from the server's in the last bits (cuDNN's default weight-gradient kernels are not deterministic); "
                "decoding now runs with deterministic cuDNN, not yet re-run on a GPU. The s / round column compares "
                "machines, not methods; float rounding differs between machines about as much as a change of seed.",
+    "frontier": "Seed 42 first (the whole map at one seed), seed 43 after; the synthesis settings were chosen on seed 42 "
+                "(e3sfc-plus: the published payload size, 8-bit M = 4 at full resolution, and its 1 and 12 KB "
+                "siblings; e3sfc-res: the lower feature resolution the rate-distortion map picked), so seed 43 is "
+                "the check. These runs shared the machine with other jobs (load 4 to 6 on 2 cores), so the "
+                "s / round column measures the load more than the methods; benchmarks/round_time.py times methods "
+                "side by side.",
     "reference": "Made with the batched search the default (it was off before 2026-11-27), on the 16 CPU cores of a "
                  "GPU machine lent for one session (NVIDIA H200 host, Intel Xeon, torch 2.11, one run per core), "
                  "except e3sfc-budget-adaptive (the current adaptive rule), made on the machine above.",
