@@ -418,8 +418,8 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
                "from the server's in the last bits (cuDNN's default weight-gradient kernels are not deterministic); "
                "decoding now runs with deterministic cuDNN, not yet re-run on a GPU. The s / round column compares "
                "machines, not methods; float rounding differs between machines about as much as a change of seed.",
-    "frontier": "Seed 42 first (the whole map at one seed), seed 43 after; the synthesis settings were chosen on seed 42 "
-                "(e3sfc-plus: the published payload size, 8-bit M = 4 at full resolution, and its 1 and 12 KB "
+    "frontier": "Seed 42 first (the whole map at one seed), seed 43 after; the synthesis settings were chosen on seed "
+                "42 (e3sfc-plus: the published payload size, 8-bit M = 4 at full resolution, and its 1 and 12 KB "
                 "siblings; e3sfc-res: the lower feature resolution the rate-distortion map picked), so seed 43 is "
                 "the check. These runs shared the machine with other jobs (load 4 to 6 on 2 cores), so the "
                 "s / round column measures the load more than the methods; benchmarks/round_time.py times methods "
