@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -251,6 +250,17 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def settings_table(res: dict) -> str:
+    """Every setting scored, one row each (the largest M that fit at each budget), for each model."""
+    lines = []
+    for model, r in res["models"].items():
+        lines += [f"Every setting, {LABELS.get(model, model)}:", "", "| setting | bytes | cos^2 |", "|---|---|---|"]
+        for c in sorted(r["settings"], key=lambda c: c["bytes"]):
+            lines.append(f"| {c['setting']} | {c['bytes']:,.0f} | {c['cos2']:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def figure(res: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -352,16 +362,19 @@ def main() -> None:
         json_path.write_text(json.dumps(res, indent=1))
     body = table(res)
     print(body)
-    figure(res, fig_path)
-    if not args.from_json and lowres:
+    if lowres:  # one method: a table of every setting says more than a figure of one curve
+        body += "\n" + settings_table(res)
+    else:
+        figure(res, fig_path)
+    if lowres:  # written from the JSON too: the section is the table, nothing drawn
         write_section(
             "Synthesis at lower feature resolution: captured cos^2 against payload bytes (issues 30, 31)",
-            f"- command: `python benchmarks/rate_distortion.py {' '.join(sys.argv[1:])}`\n\n" + body
+            body
             + f"\nThe updates and scoring of the section above; 3sfc at feature resolutions R "
             f"{'/'.join(str(r or 'own') for r in args.feature_res)} (`--feature-res`: the search runs over R x R "
             f"features, bilinearly upsampled to the input) and {'/'.join(map(str, args.feature_bits))}-bit "
-            f"features, the largest M (<= {args.max_samples}) that fits; the cell names the best. "
-            f"Figure: docs/{fig_path.name}; every setting: benchmarks/logs/{json_path.name}. "
+            f"features, the largest M (<= {args.max_samples}) that fits; the first table names the best, the "
+            f"second lists every setting (R: own = the input's). Every number: benchmarks/logs/{json_path.name}. "
             f"Whole run: {res['seconds']:.0f} s.")
     elif not args.from_json:
         write_section(

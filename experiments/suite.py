@@ -98,7 +98,7 @@ def best_baseline(ref_dir: Path) -> str:
 FRONTIER_BUDGETS = (("1k", 1, 833, None), ("3k", 4, 3215, 1), ("12k", 15, 11949, 6))  # (name, M, bytes, rank)
 # synthesis at a lower feature resolution (--feature-res R, 8-bit): the best (R, M) within each budget by the
 # same map, extended to R (benchmarks/RESULTS.md, "Synthesis at lower feature resolution"); 4-bit features
-# at twice the samples captured within 0.01 of these for twice the search, so 8-bit is kept
+# at twice the samples captured at most 0.013 more, for twice the search, so 8-bit is kept
 FRONTIER_RES = {"1k": (10, 7), "3k": (14, 15), "12k": (20, 29)}  # budget -> (R, M)
 FRONTIER_ALPHAS = ("0.1", "1.0")
 
