@@ -16,6 +16,13 @@ import torch
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
+def cos2(u: torch.Tensor, d: torch.Tensor) -> float:
+    """The share of ``u``'s energy that ``d`` captures, cos^2(u, d), in float64 (0 where either is zero)."""
+    u, d = u.double(), d.double()
+    nu, nd = float(u.norm()), float(d.norm())
+    return float(u @ d) ** 2 / (nu * nd) ** 2 if nu > 0 and nd > 0 else 0.0
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:

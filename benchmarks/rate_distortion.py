@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import machine, write_section
+from _common import cos2, machine, write_section
 from e3sfc.compress import make_compressor, match_bytes
 from e3sfc.compress.base import Context
 from e3sfc.config import RunConfig
@@ -112,12 +112,6 @@ def capture(model: str, data: FedData, rounds: list[int], per_round: int, args) 
         sim.run_round(t)
     del comp.compress_many
     return sim, got
-
-
-def cos2(u: torch.Tensor, d: torch.Tensor) -> float:
-    u, d = u.double(), d.double()
-    nu, nd = float(u.norm()), float(d.norm())
-    return float(u @ d) ** 2 / (nu * nd) ** 2 if nu > 0 and nd > 0 else 0.0
 
 
 class Evaluator:

@@ -66,7 +66,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import machine, write_section
+from _common import cos2, machine, write_section
 from e3sfc import wire
 from e3sfc.compress import make_compressor, match_bytes
 from e3sfc.compress._bits import golomb_best_b, golomb_decode, golomb_encode, golomb_gaps
@@ -132,12 +132,6 @@ def capture(model: str, root: Path, rounds: list[int], per_round: int) -> tuple[
 
 
 # ------------------------------------------------------------------------------------------ scoring
-def cos2(u: torch.Tensor, d: torch.Tensor) -> float:
-    u, d = u.double(), d.double()
-    nu, nd = float(u.norm()), float(d.norm())
-    return float(u @ d) ** 2 / (nu * nd) ** 2 if nu > 0 and nd > 0 else 0.0
-
-
 def embedding_rows(target: torch.Tensor, model) -> torch.Tensor:
     """The target's embedding block as (V, d) (the embedding is the models' first tensor)."""
     e = model.embedding.weight
