@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import write_idx, write_mnist_like
-from e3sfc.data import load_dataset, read_cifar_batch, read_idx
+from e3sfc.data import load_dataset, locate, read_cifar_batch, read_idx
 from e3sfc.data.sources import Remote, Source, download, resolve
 from e3sfc.errors import DataError
 
@@ -66,6 +66,21 @@ def test_load_mnist_format_from_data_dir(tmp_path):
     assert d.num_classes == 10 and d.train_y.dtype == torch.int64
     # standardised with the training statistics
     assert abs(float(d.train_x.mean())) < 1e-4 and abs(float(d.train_x.std()) - 1) < 1e-2
+
+
+def test_fmnist_rgb32_is_fmnist_padded_to_three_channels(tmp_path):
+    """The stand-in for CIFAR-sized inputs: the same images, a 2-pixel black border, three equal channels."""
+    write_mnist_like(tmp_path, n_train=50, n_test=20)
+    grey = load_dataset("fmnist", str(tmp_path), scaling="authors")  # [0, 1] pixels: no statistics to compare
+    rgb = load_dataset("fmnist-rgb32", str(tmp_path), scaling="authors")
+    assert rgb.train_x.shape == (50, 3, 32, 32) and rgb.test_x.shape == (20, 3, 32, 32)
+    assert torch.equal(rgb.train_y, grey.train_y) and torch.equal(rgb.test_y, grey.test_y)
+    for c in range(3):
+        assert torch.equal(rgb.train_x[:, c, 2:30, 2:30], grey.train_x[:, 0])
+    border = torch.ones(32, 32, dtype=torch.bool)
+    border[2:30, 2:30] = False
+    assert (rgb.test_x[:, :, border] == 0).all()
+    assert locate("fmnist-rgb32", str(tmp_path)) == locate("fmnist", str(tmp_path))
 
 
 def test_subdir_named_after_dataset_is_found(tmp_path):

@@ -28,6 +28,16 @@ def test_mlp_parameter_count_matches_design():
     assert num_params(build_model("mlp", (1, 28, 28), 10, seed=0)) == 199_210
 
 
+def test_quickcnn_is_flowers_quickstart_net():
+    """Flower's quickstart-pytorch CNN: 62,006 parameters at 3x32x32 with 10 classes (its README's count);
+    16 * 5 * 5 features reach the first linear layer."""
+    m = build_model("quickcnn", (3, 32, 32), 10, seed=0)
+    assert num_params(m) == 62_006
+    assert m.classifier[0].in_features == 400
+    assert [type(x).__name__ for x in m.features] == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d",
+                                                       "Flatten"]
+
+
 def test_seeded_init_and_global_rng_untouched():
     state = torch.random.get_rng_state()
     a = build_model("lenet", (1, 28, 28), 10, seed=5)

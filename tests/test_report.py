@@ -164,6 +164,31 @@ def test_suite_convnet_beyond_verdicts_on_hand_made_rows():
                  "rounds over seed 42: 0.8600 against 0.8100; MB in all at seed 42: 13.00 against 13.00)."]
 
 
+def test_suite_settings_table_and_verdicts_on_hand_made_anymodel_rows():
+    """The anymodel group's table (winner first, seeds' spread, seconds against FedAvg's) and its count: the
+    synthesis chosen on seed 42 against every rival of its setting."""
+    suite = _suite()
+
+    def row(run, acc, sec=2.0):
+        return {"run": run, "acc_last10": acc, "total_mb": 0.6, "seconds_per_round": sec}
+
+    rows = [row("fedavg-seed42", 0.80, 1.0), row("fedavg-seed43", 0.82, 1.0),
+            row("e3sfc-cnn-3k-twoway-seed42", 0.70), row("e3sfc-cnn-3k-twoway-seed43", 0.72),
+            row("powersgd-3k-twoway-seed42", 0.69, 1.0), row("powersgd-3k-twoway-seed43", 0.69, 1.0),
+            row("stc-golomb-3k-twoway-seed42", 0.60), row("e3sfc-cnn-1k-twoway-seed42", 0.50),
+            row("topk-golomb-1k-twoway-seed42", 0.55)]
+    settings = suite.anymodel_settings()
+    table = suite.settings_table(rows, settings).splitlines()
+    assert table[2] == "| quickcnn both ways, 3.2 KB | **e3sfc-cnn** | 42, 43 | 0.7100 (0.7000-0.7200) | 0.60 | 2.00x |"
+    assert table[3] == "| quickcnn both ways, 3.2 KB | powersgd | 42, 43 | 0.6900 (0.6900-0.6900) | 0.60 | 1.00x |"
+    assert table[5].startswith("| quickcnn both ways, about 1 KB | **topk-golomb** | 42 | 0.5500 |")
+    v = suite.settings_verdicts(rows, settings, "the goal")
+    assert v[0].startswith("- quickcnn both ways, 3.2 KB: e3sfc-cnn beats powersgd by 2.0 points")
+    assert v[-1] == ("- The synthesis chosen on seed 42 (e3sfc-cnn at quickcnn both ways, 3.2 KB; e3sfc-cnn at "
+                     "quickcnn both ways, about 1 KB) beats every rival run in its setting in 1 of the 2 settings run "
+                     "so far (mean of the last 10 rounds over the seeds both have; goal: the goal).")
+
+
 def test_suite_keeps_the_sections_of_groups_not_on_this_machine(tmp_path):
     suite = _suite()
     old = tmp_path / "results.md"
@@ -478,7 +503,7 @@ def test_suite_help_lists_the_groups_and_their_runs():
     for g, runs in suite.groups(suite.REPO / "runs").items():
         assert f"  {g} " in r.stdout
     assert f"about {len(suite.groups(suite.REPO / 'runs')['reference'])} runs of 100 rounds" in r.stdout
-    assert "text            about 21 runs of 50 rounds" in r.stdout
+    assert "text             about 21 runs of 50 rounds" in r.stdout
 
 
 def test_every_markdown_table_in_the_docs_has_as_many_cells_in_each_row_as_its_header():

@@ -83,10 +83,11 @@ HELP = {
     "protocol": "e3sfc (the project's training protocol) or authors (the authors' code, row by row: lr decay, "
                 "client 80/20 split, [0, 1] inputs, int(K f), ...; see configs/authors.toml and docs/deviations.md)",
     "method": "compression method (fedavg, ...)",
-    "dataset": "mnist, fmnist, emnist, cifar10, cifar100, digits; text: agnews, imdb, sogou",
+    "dataset": "mnist, fmnist, fmnist-rgb32 (Fashion-MNIST padded to 3x32x32), emnist, cifar10, cifar100, digits; "
+               "text: agnews, imdb, sogou",
     "emnist_split": "EMNIST split (balanced, byclass, bymerge, digits, letters, mnist)",
-    "model": "mlp, mnistnet, convnet (the authors'), convnet-fast, lenet, resnet18, vgg11, regnet; text: textbag, "
-             "transformer",
+    "model": "mlp, mnistnet, convnet (the authors'), convnet-fast, lenet, quickcnn (Flower's quickstart CNN), "
+             "resnet18, vgg11, regnet; text: textbag, transformer",
     "clients": "number of clients K",
     "fraction": "fraction of clients sampled per round, in (0, 1]",
     "partition": "dirichlet (label skew) or iid",

@@ -167,6 +167,22 @@ def _mnist_like(name: str) -> Callable[..., tuple]:
     return load
 
 
+def _rgb32(name: str) -> Callable[..., tuple]:
+    """``name`` (28x28 grey) padded with 2 black pixels a side to 32x32 and repeated to 3 channels: a
+    stand-in for CIFAR-sized inputs (3x32x32) built from files this machine has."""
+    inner = _mnist_like(name)
+
+    def load(data_dir, emnist_split):
+        xtr, ytr, xte, yte, classes, scale = inner(data_dir, emnist_split)
+        xtr, xte = (np.repeat(np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2))), 3, axis=1) for x in (xtr, xte))
+        return xtr, ytr, xte, yte, classes, scale
+    return load
+
+
+# a dataset built from another's files: its name -> the files' source
+DERIVED = {"fmnist-rgb32": "fmnist"}
+
+
 def _emnist(data_dir, emnist_split):
     src = _emnist_source(emnist_split)
     root = resolve(src, data_dir)
@@ -207,6 +223,7 @@ def _digits(data_dir, emnist_split):
 _LOADERS: dict[str, Callable[..., tuple]] = {
     "mnist": _mnist_like("mnist"),
     "fmnist": _mnist_like("fmnist"),
+    "fmnist-rgb32": _rgb32("fmnist"),
     "emnist": _emnist,
     "cifar10": _cifar("cifar10", SOURCES["cifar10"].files[:5], SOURCES["cifar10"].files[5:], b"labels", 10),
     "cifar100": _cifar("cifar100", SOURCES["cifar100"].files[:1], SOURCES["cifar100"].files[1:], b"fine_labels", 100),
@@ -244,8 +261,8 @@ def locate(name: str, data_dir: str | None = None, emnist_split: str = "balanced
         return "scikit-learn's bundled copy (sklearn.datasets.load_digits)"
     if name == "emnist":
         return str(resolve(_emnist_source(emnist_split), data_dir))
-    if name in SOURCES:
-        return str(resolve(SOURCES[name], data_dir))
+    if name in SOURCES or name in DERIVED:
+        return str(resolve(SOURCES[DERIVED.get(name, name)], data_dir))
     if name in _LOADERS:
         return "memory (registered with e3sfc.register_dataset)"
     raise ConfigError(f"--dataset: {name!r} is not allowed; expected one of {', '.join(available_datasets())}")

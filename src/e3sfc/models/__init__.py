@@ -19,6 +19,7 @@ from .convnet import AuthorsConvNet, ConvNet
 from .lenet import LeNet5
 from .mlp import MLP
 from .mnistnet import MnistNet
+from .quickcnn import QuickCNN
 from .regnet import regnetx_200mf
 from .resnet import resnet18
 from .text import TextBag, TextTransformer
@@ -32,6 +33,7 @@ _REGISTRY: dict[str, Builder] = {
     "convnet": AuthorsConvNet,
     "convnet-fast": ConvNet,
     "lenet": LeNet5,
+    "quickcnn": QuickCNN,
     "resnet18": resnet18,
     "vgg11": vgg11,
     "regnet": regnetx_200mf,
