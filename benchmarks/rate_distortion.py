@@ -6,8 +6,8 @@ one local epoch, batch 64, lr 0.01, seed 42) captures the true updates Delta_k o
 and the model w_t at a few rounds (default 1, 5, 10, 20): the server's FedAvg compressor is wrapped
 on the instance, so nothing in the library changes. Models: ``mlp`` (the reference, 199,210
 parameters), ``convnet-fast`` (the ConvNet, 28,650) and ``quickcnn``, Flower's quickstart-pytorch
-Net (conv 3->6 k5, max-pool 2, conv 6->16 k5, fc 400->120->84->10: 62,006 parameters), registered
-here through ``e3sfc.models.register_model``, on Fashion-MNIST padded to 32x32 and repeated to 3
+Net (conv 3->6 k5, max-pool 2, conv 6->16 k5, fc 400->120->84->10: 62,006 parameters; ``--model
+quickcnn``), on Fashion-MNIST padded to 32x32 and repeated to 3
 channels: a stand-in for CIFAR-sized inputs (no CIFAR on this machine).
 
 Each update u is compressed at its own w_t with error feedback off (the update itself is the
@@ -41,7 +41,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from _common import cos2, machine, write_section
 from e3sfc.compress import make_compressor, match_bytes
@@ -51,7 +50,6 @@ from e3sfc.data import FedData, load_dataset
 from e3sfc.errors import ConfigError
 from e3sfc.federated import Simulation
 from e3sfc.federated.params import set_flat
-from e3sfc.models import register_model
 
 ROOT = Path(__file__).resolve().parent.parent
 JSON = ROOT / "benchmarks" / "logs" / "rate_distortion.json"
@@ -62,27 +60,9 @@ LABELS = {"mlp": "MLP (199,210 params, 1x28x28)", "convnet-fast": "ConvNet (conv
           "quickcnn": "quickcnn (Flower's Net, 62,006 params, 3x32x32*)"}
 
 
-class QuickCNN(nn.Module):
-    """Flower's quickstart-pytorch Net (62,006 parameters on 3x32x32 with 10 classes)."""
-
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int):
-        super().__init__()
-        c, h, w = input_shape
-        self.conv1, self.conv2 = nn.Conv2d(c, 6, 5), nn.Conv2d(6, 16, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        side = lambda n: ((n - 4) // 2 - 4) // 2  # noqa: E731
-        self.fc1 = nn.Linear(16 * side(h) * side(w), 120)
-        self.fc2, self.fc3 = nn.Linear(120, 84), nn.Linear(84, num_classes)
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        x = F.relu(self.fc1(x.flatten(1)))
-        return self.fc3(F.relu(self.fc2(x)))
-
-
 def cifar_shaped(d: FedData) -> FedData:
-    """Fashion-MNIST as 3x32x32: padded by 2 with the background value, repeated to 3 channels."""
+    """Fashion-MNIST as 3x32x32: padded by 2 with the background value, repeated to 3 channels (standardised
+    before padding; ``--dataset fmnist-rgb32`` pads first, so its statistics count the border)."""
     bg = float(d.train_x.min())
 
     def f(x):
@@ -332,7 +312,6 @@ def main() -> None:
         rounds = [int(r) for r in args.rounds.split(",")]
         t_start = time.perf_counter()
         fm = load_dataset("fmnist", train_subset=args.train_subset, test_subset=1000, seed=42)
-        register_model("quickcnn", QuickCNN)
         res = {"budgets": args.budgets, "models": {}, "machine": machine()}
 
         def log(msg):
