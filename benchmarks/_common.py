@@ -53,6 +53,28 @@ def write_section(title: str, body: str, path: Path = RESULTS) -> None:
     atomic_write(path, lambda f: f.write(text))
 
 
+def true_updates(sim, rounds: list[int], per_round: int) -> list:
+    """Run FedAvg ``sim`` to max(rounds); the true updates (u, w_t, t, k) of the first ``per_round``
+    participants at each of ``rounds``. The server's FedAvg compressor is wrapped on this instance only
+    (FedAvg's target is the true update: no error feedback), so nothing in the library changes."""
+    comp, got = sim.server.compressor, []
+    orig = comp.compress_many
+
+    def spy(targets, ctxs):
+        for u, c in zip(targets, ctxs):
+            if c.round in rounds and sum(t == c.round for *_, t, _ in got) < per_round:
+                got.append((u.clone(), c.weights.clone(), c.round, c.client))
+        return orig(targets, ctxs)
+
+    comp.compress_many = spy
+    try:
+        for t in range(1, max(rounds) + 1):
+            sim.run_round(t)
+    finally:
+        del comp.compress_many
+    return got
+
+
 @contextmanager
 def captured_targets(min_round: int = 1):
     """While active, every 3SFC compression records (EF target, global weights, round, client) into

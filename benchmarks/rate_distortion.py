@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from _common import cos2, machine, write_section
+from _common import cos2, machine, true_updates, write_section
 from e3sfc.compress import make_compressor, match_bytes
 from e3sfc.compress.base import Context
 from e3sfc.config import RunConfig
@@ -78,20 +78,7 @@ def capture(model: str, data: FedData, rounds: list[int], per_round: int, args) 
                     rounds=max(rounds), local_epochs=1, batch_size=64, lr=0.01, seed=42, eval_every=10_000,
                     train_subset=args.train_subset, test_subset=1000)
     sim = Simulation(cfg, data=data)
-    comp, got = sim.server.compressor, []
-    orig = comp.compress_many
-
-    def spy(targets, ctxs):
-        for u, c in zip(targets, ctxs):
-            if c.round in rounds and sum(t == c.round for *_, t, _ in got) < per_round:
-                got.append((u.clone(), c.weights.clone(), c.round, c.client))
-        return orig(targets, ctxs)
-
-    comp.compress_many = spy  # this instance only: FedAvg's target is the true update (no EF)
-    for t in range(1, max(rounds) + 1):
-        sim.run_round(t)
-    del comp.compress_many
-    return sim, got
+    return sim, true_updates(sim, rounds, per_round)
 
 
 class Evaluator:

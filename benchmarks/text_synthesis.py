@@ -66,7 +66,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import cos2, machine, write_section
+from _common import cos2, machine, true_updates, write_section
 from e3sfc import wire
 from e3sfc.compress import make_compressor, match_bytes
 from e3sfc.compress._bits import golomb_best_b, golomb_decode, golomb_encode, golomb_gaps
@@ -111,24 +111,12 @@ LR = {"textbag": 0.5, "transformer": 0.1}  # configs/text.toml's 0.5; the transf
 
 def capture(model: str, root: Path, rounds: list[int], per_round: int) -> tuple[Simulation, list]:
     """FedAvg to max(rounds); the true updates (u, w_t, t, k) of ``per_round`` participants at each of
-    ``rounds`` (the server's FedAvg compressor wrapped on the instance, as benchmarks/rate_distortion.py)."""
+    ``rounds`` (:func:`_common.true_updates`)."""
     cfg = RunConfig(dataset="agnews", data_dir=str(root), model=model, method="fedavg", clients=10, fraction=0.5,
                     alpha=1.0, rounds=max(rounds), local_epochs=1, batch_size=64, lr=LR[model], max_len=48, seed=42,
                     eval_every=max(rounds), threads=torch.get_num_threads())
     sim = Simulation(cfg)
-    comp, got = sim.server.compressor, []
-    orig = comp.compress_many
-
-    def spy(targets, ctxs):
-        for u, c in zip(targets, ctxs):
-            if c.round in rounds and sum(t == c.round for *_, t, _ in got) < per_round:
-                got.append((u.clone(), c.weights.clone(), c.round, c.client))
-        return orig(targets, ctxs)
-
-    comp.compress_many = spy
-    sim.run()
-    del comp.compress_many
-    return sim, got
+    return sim, true_updates(sim, rounds, per_round)
 
 
 # ------------------------------------------------------------------------------------------ scoring

@@ -801,14 +801,16 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]], docs: Path 
                          "them under `$E3SFC_DATA` or the user cache (see the README); then run "
                          "`python experiments/suite.py --groups text`.\n")
             continue
-        if not (root / group).is_dir() and TITLES[group] in kept:
-            parts.append(kept[TITLES[group]])  # its runs are not on this machine: the last report's section
+        if not (root / group).is_dir() and "\n|" in kept.get(TITLES[group], ""):
+            parts.append(kept[TITLES[group]])  # its runs (a table of them) are not on this machine: kept
             continue
         parts.append(f"## {TITLES[group]}\n")
         if group in NOTES:
             parts.append(f"_{NOTES[group]}_\n")
         if not done:
-            parts.append("Not finished yet" + progress(root / group, runs) + ".\n")
+            started = (root / group).is_dir() and any((root / group / n).is_dir() for n in runs)
+            parts.append(("Not finished yet" + progress(root / group, runs) if started else
+                          f"Not run yet (`python experiments/suite.py --groups {group}`)") + ".\n")
             continue
         loaded = [load_run(root / group / n) for n in done]
         rows = compare_rows(loaded, 0.70)

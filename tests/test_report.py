@@ -473,6 +473,17 @@ def test_suite_seeds_figure_draws_the_seeds_its_verdicts_average(tmp_path):
     assert sorted(label for label, _ in _series(drawn)) == ["3sfc (2 seeds)", "3sfc-reference-lbfgs (2 seeds)"]
 
 
+def test_suite_report_says_a_group_not_started_is_not_run_yet(tmp_path):
+    """A group with no run folder: "Not run yet" with its command; one with a started run: "Not finished yet"."""
+    suite = _suite()
+    root, docs = tmp_path / "runs", tmp_path / "docs"
+    path = suite.write_report(root, {"frontier-convnet": {"fedavg-seed42": []}}, docs)
+    assert "Not run yet (`python experiments/suite.py --groups frontier-convnet`)." in path.read_text()
+    (root / "frontier-convnet" / "fedavg-seed42").mkdir(parents=True)
+    path = suite.write_report(root, {"frontier-convnet": {"fedavg-seed42": []}}, docs)
+    assert "Not finished yet." in path.read_text() and "Not run yet" not in path.read_text()
+
+
 def test_suite_report_with_nothing_new_leaves_results_md_alone(tmp_path):
     """--report-only with nothing new: a report that would differ only in its date line is not written;
     one with anything else new is."""
