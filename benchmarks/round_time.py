@@ -43,26 +43,34 @@ PHASES = (
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
-    """``3sfc`` or ``3sfc@patience=0@steps=5``: a method and RunConfig overrides (ints or floats)."""
+    """``3sfc`` or ``3sfc@patience=0@steps=5`` or ``powersgd@rank=6@downlink=powersgd@init=seed``: a method and
+    RunConfig overrides (ints, floats or words)."""
     name, *opts = spec.split("@")
-    extra = {}
+    extra: dict = {}
     for o in opts:
         k, v = o.split("=", 1)
-        extra[k.replace("-", "_")] = float(v) if "." in v else int(v)
+        for cast in (int, float, str):
+            try:
+                extra[k.replace("-", "_")] = cast(v)
+                break
+            except ValueError:
+                continue
     return name, extra
+
+
+def reference(method: str, extra: dict, rounds: int, model: str) -> Simulation:
+    """The reference setting (module docstring) with ``model`` and ``extra``, one warm-up round run."""
+    cfg = RunConfig(method=method, dataset="fmnist", model=model, clients=10, alpha=1.0, rounds=rounds + 1,
+                    local_epochs=1, batch_size=64, lr=0.01, seed=42, eval_every=10_000, **extra)
+    sim = Simulation(cfg)
+    sim.run_round(1)  # warm-up, neither timed nor profiled
+    return sim
 
 
 def time_methods(specs: list[tuple[str, dict]], rounds: int, model: str = "mlp") -> list[dict]:
     """All methods side by side, interleaved round by round (round t of every method, then round
     t + 1), so that slow spells of the machine hit every method alike."""
-    sims = []
-    for method, extra in specs:
-        cfg = RunConfig(method=method, dataset="fmnist", model=model, clients=10, alpha=1.0,
-                        rounds=rounds + 1, local_epochs=1, batch_size=64, lr=0.01, seed=42,
-                        eval_every=10_000, **extra)
-        sim = Simulation(cfg)
-        sim.run_round(1)  # warm-up
-        sims.append(sim)
+    sims = [reference(method, extra, rounds, model) for method, extra in specs]
     times = [[] for _ in sims]
     comp = [[] for _ in sims]
     for t in range(2, rounds + 2):
@@ -103,11 +111,7 @@ def profile_rounds(sim: Simulation, first: int, rounds: int) -> dict[str, float]
 def profile_table(specs: list[tuple[str, dict]], rounds: int, model: str) -> str:
     cols, names = [], []
     for method, extra in specs:
-        cfg = RunConfig(method=method, dataset="fmnist", model=model, clients=10, alpha=1.0, rounds=rounds + 1,
-                        local_epochs=1, batch_size=64, lr=0.01, seed=42, eval_every=10_000, **extra)
-        sim = Simulation(cfg)
-        sim.run_round(1)  # warm-up, not profiled
-        cols.append(profile_rounds(sim, 2, rounds))
+        cols.append(profile_rounds(reference(method, extra, rounds, model), 2, rounds))
         names.append("@".join([method, *(f"{k}={v}" for k, v in extra.items())]))
     rows = ["round (profiled)", *(p for p, _ in PHASES), "evaluation (one call)"]
     lines = ["| s / round | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
