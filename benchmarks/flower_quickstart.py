@@ -43,6 +43,7 @@ of each reply; FedAvg's replies measured alike). Table and verdict in benchmarks
 round's numbers in ``--json``.
 
     python benchmarks/flower_quickstart.py                                # 20 rounds, seeds 42 and 43
+    python benchmarks/flower_quickstart.py --resume                       # again, keeping the runs made
     python benchmarks/flower_quickstart.py --arms fedavg,3sfc,powersgd-r1 --seeds 42
     python benchmarks/flower_quickstart.py --rounds 2 --train-subset 600 --seeds 42 --title scratch --json /tmp/fq.json
 """
@@ -71,6 +72,7 @@ from e3sfc.data import FedData, iid_partition, load_dataset
 from e3sfc.federated.evaluate import evaluate
 from e3sfc.federated.params import get_flat
 from e3sfc.federated.runtime import derive_seed, make_context, uplink_compressor
+from e3sfc.io import atomic_write
 from e3sfc.flower.addon import PREFIX, CompressedStrategy, compression_mod, message_bytes, settings
 from e3sfc.models import build_model
 
@@ -307,6 +309,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server and of the client actor")
     ap.add_argument("--title", default=TITLE, help="the section's title in benchmarks/RESULTS.md")
     ap.add_argument("--json", type=Path, default=JSON, help="every round's numbers")
+    ap.add_argument("--resume", action="store_true", help="keep the runs already in --json that have this "
+                    "command's rounds, data size and fraction (each run is written there as it ends)")
     ap.add_argument("-v", "--verbose", action="store_true", help="Flower's and e3sfc's INFO lines too")
     args = ap.parse_args()
     arms = args.arms.split(",")
@@ -325,17 +329,27 @@ def main() -> None:
     def log(msg):
         print(f"[{time.perf_counter() - t_start:7.1f} s] {msg}", flush=True)
 
+    same = {"rounds": str(args.rounds), "train_subset": str(args.train_subset),
+            "fraction_train": str(args.fraction_train)}
+    kept = []
+    if args.resume and args.json.is_file():
+        old = json.loads(args.json.read_text())
+        if all(old.get("args", {}).get(k) == v for k, v in same.items()):
+            kept = old.get("rows", [])
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         stc_bytes = payload_bytes({"seed": seed, **ARMS["3sfc"]})
         for arm in arms:
-            row = run_arm(arm, arm_config(arm, seed, args, stc_bytes), log)
+            row = next((r for r in kept if r["arm"] == arm and r["seed"] == seed), None)
+            if row is None:
+                row = run_arm(arm, arm_config(arm, seed, args, stc_bytes), log)
             log(f"{arm} seed {seed}: {row['payload']:,} B a payload, {row['reply']:,.0f} B a reply, accuracy "
                 f"{row['accuracy'][-1]:.4f} after round {args.rounds}, {row['seconds']:.0f} s in all")
             rows.append(row)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
-                                     "rows": rows}, indent=1))
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            text = json.dumps({"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
+                               "rows": rows + [r for r in kept if r not in rows]}, indent=1)
+            atomic_write(args.json, lambda f: f.write(text))
     dense = statistics.fmean(r["reply"] for r in rows if r["arm"] == "fedavg") if "fedavg" in arms else None
     body = table(rows, dense) + "\n\n" + verdict(rows)
     print(body)
