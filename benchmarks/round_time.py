@@ -44,11 +44,14 @@ PHASES = (
 
 def parse_method(spec: str) -> tuple[str, dict]:
     """``3sfc`` or ``3sfc@patience=0@steps=5`` or ``powersgd@rank=6@downlink=powersgd@init=seed``: a method and
-    RunConfig overrides (ints, floats or words)."""
+    RunConfig overrides (true/false, ints, floats or words)."""
     name, *opts = spec.split("@")
     extra: dict = {}
     for o in opts:
         k, v = o.split("=", 1)
+        if v.lower() in ("true", "false"):
+            extra[k.replace("-", "_")] = v.lower() == "true"
+            continue
         for cast in (int, float, str):
             try:
                 extra[k.replace("-", "_")] = cast(v)

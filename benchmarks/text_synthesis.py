@@ -73,6 +73,7 @@ from e3sfc.compress._bits import golomb_best_b, golomb_decode, golomb_encode, go
 from e3sfc.compress.base import Context
 from e3sfc.config import RunConfig
 from e3sfc.federated import Simulation
+from e3sfc.federated.evaluate import evaluate
 from e3sfc.federated.params import set_flat
 from e3sfc.models.text import OnVocab
 
@@ -332,10 +333,11 @@ def main() -> None:
         for model in args.models.split(","):
             sim, ups = capture(model, root, rounds, args.per_round)
             probe = Probe(sim, ups, args)
+            acc, _ = evaluate(sim.model, sim.test_x, sim.test_y)
             r = {"model": model, "vocab": probe.vocab, "params": sim.num_params, "n_updates": len(ups),
-                 "rounds": rounds, "accuracy": sim.metrics[-1]["accuracy"], "lr": sim.cfg.lr, "rows": []}
+                 "rounds": rounds, "accuracy": acc, "lr": sim.cfg.lr, "rows": []}
             log(f"{model}: V = {probe.vocab:,}, {sim.num_params:,} parameters, {len(ups)} updates, test accuracy "
-                f"{r['accuracy']:.3f} after round {sim.round}")
+                f"{acc:.3f} after round {max(rounds)}")
             if args.shares:
                 print("\n".join(shares(probe)), flush=True)
                 continue

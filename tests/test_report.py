@@ -473,6 +473,31 @@ def test_suite_seeds_figure_draws_the_seeds_its_verdicts_average(tmp_path):
     assert sorted(label for label, _ in _series(drawn)) == ["3sfc (2 seeds)", "3sfc-reference-lbfgs (2 seeds)"]
 
 
+def test_suite_anymodel_rivals_get_the_bytes_the_synthesis_fits():
+    """anymodel's Top-k and STC budgets are the payloads --payload-bytes fits on quickcnn at 3x32x32 (equal
+    bytes), PowerSGD rank 2 fits under 3.2 KB and rank 3 does not; every setting's run has runs of both seeds
+    (PowerSGD has none at 1 KB)."""
+    import torch
+
+    from e3sfc.compress import make_compressor
+    from e3sfc.compress.base import Context
+    from e3sfc.federated import get_flat
+    from e3sfc.models import build_model
+
+    suite = _suite()
+    m = build_model("quickcnn", (3, 32, 32), 10, seed=0)
+    ctx = Context(m, get_flat(m), (3, 32, 32), 10, client=-1, generator=torch.Generator().manual_seed(0))
+    for _, budget, size in suite.ANYMODEL_BUDGETS:
+        assert make_compressor("e3sfc", payload_bytes=budget).fit(ctx)[3] == size
+    psgd = {r: make_compressor("powersgd", rank=r, value_bits=8).payload_bytes(ctx) for r in (2, 3)}
+    assert psgd[2] <= 3215 < psgd[3]
+    runs = suite.anymodel_runs()
+    names = [n for _, fed, mine, rivals in suite.anymodel_settings() for n in (fed, *mine.values(), *rivals.values())]
+    missing = {n for n in names for s in (42, 43) if f"{n}-seed{s}" not in runs}
+    assert missing == {"powersgd-1k-twoway"}
+    assert len(runs) == 2 * (len(set(names)) - 1)
+
+
 def test_suite_report_says_a_group_not_started_is_not_run_yet(tmp_path):
     """A group with no run folder: "Not run yet" with its command; one with a started run: "Not finished yet"."""
     suite = _suite()

@@ -138,7 +138,8 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     run = sub.add_parser("run", help="run one federated training")
     fetch = sub.add_parser("fetch", help="find or download a dataset (SHA-256 checked) and report where it is")
-    fetch.add_argument("dataset", help="mnist, fmnist, emnist, cifar10, cifar100, digits, agnews, imdb, sogou")
+    fetch.add_argument("dataset", help="mnist, fmnist, fmnist-rgb32, emnist, cifar10, cifar100, digits, agnews, imdb, "
+                       "sogou")
     fetch.add_argument("--data-dir", default=None, help="folder to look in and download into")
     fetch.add_argument("--emnist-split", default="balanced")
     plot = sub.add_parser("plot", help="plot runs: a metric against rounds and against megabytes sent; "
