@@ -62,9 +62,11 @@ def parse_method(spec: str) -> tuple[str, dict]:
 
 
 def reference(method: str, extra: dict, rounds: int, model: str) -> Simulation:
-    """The reference setting (module docstring) with ``model`` and ``extra``, one warm-up round run."""
-    cfg = RunConfig(method=method, dataset="fmnist", model=model, clients=10, alpha=1.0, rounds=rounds + 1,
-                    local_epochs=1, batch_size=64, lr=0.01, seed=42, eval_every=10_000, **extra)
+    """The reference setting (module docstring) with ``model`` and ``extra`` (which may change any of it, the
+    dataset too: ``@dataset=fmnist-rgb32@train_subset=12000``), one warm-up round run."""
+    cfg = RunConfig(**{"method": method, "dataset": "fmnist", "model": model, "clients": 10, "alpha": 1.0,
+                       "local_epochs": 1, "batch_size": 64, "lr": 0.01, "seed": 42, **extra,
+                       "rounds": rounds + 1, "eval_every": 10_000})
     sim = Simulation(cfg)
     sim.run_round(1)  # warm-up, neither timed nor profiled
     return sim
