@@ -363,4 +363,4 @@ def test_a_custom_model_on_the_autograd_search_gets_one_hint(caplog):
     assert "--batch-search" not in hints(model="hint-cnn", batch_search=True)[0].getMessage()
     assert hints(model="hint-chain") == [] and hints(model="lenet") == []
     assert hints(model="hint-cnn", method="topk") == []
-    assert len(hints(model="hint-chain", feature_res=4)) == 1  # upsampled features: the autograd form
+    assert hints(model="hint-chain", feature_res=4) == []  # upsampled features keep the closed form (Upsampled)

@@ -15,7 +15,7 @@ from e3sfc.cli import main
 from e3sfc.compress import build_compressor, make_compressor
 from e3sfc.compress.base import Context
 from e3sfc.compress.search import cosine_match
-from e3sfc.compress.synth import CosineMatchBatch, synth_grad, upsample
+from e3sfc.compress.synth import CosineMatch, CosineMatchBatch, synth_grad, upsample
 from e3sfc.config import RunConfig
 from e3sfc.errors import ConfigError
 from e3sfc.federated import Simulation, get_flat
@@ -95,7 +95,9 @@ def test_ef_identity_float64(name, bits):
 @pytest.mark.parametrize("name", ["lenet", "mlp"])
 def test_objective_gradient_is_autograd_through_the_upsampling_and_batches(name):
     """The objective at z equals 1 - |cos| of g(upsample(z)); its gradient is autograd's; the batched
-    (vmap) evaluation agrees with each alone."""
+    evaluation (vmap; the MLP: the closed form's batch) agrees with each alone."""
+    from e3sfc.compress.search import Upsampled, UpsampledBatch
+
     ctx = _ctx(name, (1, 8, 8), dtype=torch.float64)
     xs, ys, size = (2, 1, 4, 4), (2, 10), (8, 8)
     taus = [torch.randn(ctx.num_params, dtype=torch.float64) for _ in range(2)]
@@ -110,7 +112,9 @@ def test_objective_gradient_is_autograd_through_the_upsampling_and_batches(name)
         (dz,) = torch.autograd.grad(ref, zz)
         assert val == pytest.approx(float(ref.detach()), abs=1e-12) and cos == pytest.approx(1 - val, abs=1e-12)
         torch.testing.assert_close(grad, dz, rtol=1e-7, atol=1e-10)
-    for (v1, c1, g1), (v2, c2, g2) in zip(CosineMatchBatch(fs)(zs), [f(z) for f, z in zip(fs, zs)]):
+    batch = UpsampledBatch if name == "mlp" else CosineMatchBatch
+    assert isinstance(fs[0], Upsampled) == (name == "mlp")
+    for (v1, c1, g1), (v2, c2, g2) in zip(batch(fs)(zs), [f(z) for f, z in zip(fs, zs)]):
         assert v1 == pytest.approx(v2, abs=1e-10)
         torch.testing.assert_close(g1, g2, rtol=1e-7, atol=1e-10)
 
@@ -275,3 +279,33 @@ def test_four_bit_features_are_nibbles_two_a_byte_with_a_scale():
     assert lo.min() >= 1 and hi[:, :-1].min() >= 1 and not hi[:, -1].any()
     nib = np.concatenate([lo.ravel(), hi[:, :-1].ravel()])
     assert 15 in (int(nib.max()), 16 - int(nib.min()))
+
+
+@pytest.mark.parametrize("per_tensor", [False, True])
+@pytest.mark.parametrize("lambd", [0.0, 0.01])
+def test_mlp_closed_form_through_the_upsampling_equals_autograd(per_tensor, lambd):
+    """--feature-res on the MLP: the closed form at x = upsample(z), carried back to z by the upsampling's
+    adjoint (search.Upsampled), gives the autograd objective's value, |cos| and df/dz (float64); a batch of
+    them gives each one's."""
+    from e3sfc.compress.search import Upsampled, UpsampledBatch
+
+    ctx = _ctx("mlp", (1, 12, 12), dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    z_shape, y_shape, size = (3, 1, 5, 5), (3, 10), (12, 12)
+    fs, zs = [], []
+    for k in range(3):
+        tau = torch.randn(ctx.num_params, generator=g, dtype=torch.float64)
+        fast = cosine_match(ctx.model, tau, z_shape, y_shape, lambd, per_tensor, size)
+        assert isinstance(fast, Upsampled)
+        ref = CosineMatch(ctx.model, tau, z_shape, y_shape, lambd, per_tensor, size)
+        z = torch.randn(math.prod(z_shape) + math.prod(y_shape), generator=g, dtype=torch.float64)
+        (fo, fc, fg), (ro, rc, rg) = fast(z), ref(z)
+        assert fo == pytest.approx(ro, rel=1e-10) and fc == pytest.approx(rc, rel=1e-10)
+        torch.testing.assert_close(fg, rg, rtol=1e-8, atol=1e-12)
+        assert [t.shape for t in fast.split(z)] == [torch.Size(z_shape), torch.Size(y_shape)]
+        fs.append(fast)
+        zs.append(z)
+    for (bo, bc, bg), f, z in zip(UpsampledBatch(fs)(zs), fs, zs):
+        so, sc, sg = f(z)
+        assert bo == pytest.approx(so, rel=1e-10) and bc == pytest.approx(sc, rel=1e-10)
+        torch.testing.assert_close(bg, sg, rtol=1e-8, atol=1e-12)

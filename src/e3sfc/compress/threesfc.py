@@ -58,8 +58,9 @@ for H <= W), and the model sees x = bilinear upsample of z to (H, W)
 alpha g(upsample(z), y) at w_t. R equal to the smaller side is the published algorithm bit for bit
 (no upsampling). Everything above holds with d = C R R' in place of prod(input_shape): the
 field shapes, sizes and rounding (the rounding acts on z). The search differentiates through the
-upsampling: every model, the MLP too, takes the autograd objective (:class:`.synth.CosineMatch`, which
-batches with vmap); the regulariser acts on z. 3x32x32 CNN, M = 4, 8 bits: 12,367 bytes at R = 32,
+upsampling: the autograd objective (:class:`.synth.CosineMatch`, which batches with vmap) directly; the
+MLP's closed form on x, its gradient carried back to z by the upsampling's adjoint
+(:class:`.search.Upsampled`); the regulariser acts on z. 3x32x32 CNN, M = 4, 8 bits: 12,367 bytes at R = 32,
 3,151 at 16, 847 at 8. Text models take no R (their samples are not images).
 
 Payload budget (ours, ``payload_bytes`` B; default 0 = off): the method picks R, M and the bits for
@@ -197,7 +198,7 @@ class ThreeSFC(Compressor):
 
     def search_form(self, ctx: Context) -> str | None:
         """``closed form`` for a Linear/ReLU chain at the input's own resolution, else ``autograd``."""
-        return "closed form" if closed_form(ctx.model, self.upsample_size(ctx)) else "autograd"
+        return "closed form" if closed_form(ctx.model) else "autograd"
 
     fitted: tuple[int, int, int, int] | None = None   # (R, M, bits, bytes) that payload_bytes picked
 
