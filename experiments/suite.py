@@ -30,7 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from e3sfc.errors import ConfigError  # noqa: E402
-from e3sfc.report import compare_rows, load_run, markdown_table, plot_frontier, plot_runs  # noqa: E402
+from e3sfc.report import (  # noqa: E402
+    compare_rows, final_accuracy, load_run, markdown_table, plot_frontier, plot_runs,
+)
 
 BUDGET = 12_860_000  # 2x what E-3SFC at M = 1 sends in 100 rounds (20 payloads of 3,215 B a round)
 MATCHED = ("topk-match", "stc-match")
@@ -835,6 +837,10 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]], docs: Path 
             curve, panel, settings = {"frontier": (frontier_curve, frontier_panel, frontier_settings()),
                                       "anymodel": (anymodel_curve, anymodel_panel, anymodel_settings())}[group]
             plot_frontier(loaded, docs / f"{group}.png", curve=curve, panel=panel)
+            # the figure's final accuracy (the mean of the last 10 rounds, whatever the run's length) in the
+            # table and the verdicts below, so that they quote the points drawn
+            final = {run.path.name: final_accuracy(run) for run in loaded}
+            rows = [{**r, "acc_last10": final[r["run"]]} for r in rows]
             parts.append(f"![{group}]({group}.png)\n")
             parts.append("Each setting's methods, best first (final accuracy: mean of the last 10 rounds):\n\n"
                          + settings_table(rows, settings) + "\n")

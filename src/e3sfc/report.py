@@ -425,7 +425,7 @@ def plot_runs(runs: Sequence[Run], out: str | Path, metric: str = "accuracy") ->
 FRONTIER_ROUNDS = 10
 
 
-def _acc_final(run: Run, last: int = FRONTIER_ROUNDS) -> float:
+def final_accuracy(run: Run, last: int = FRONTIER_ROUNDS) -> float:
     """Final accuracy: the mean over the evaluated rounds among the run's last ``last`` rounds."""
     end = run.rows[-1]["round"]
     tail = [r["accuracy"] for r in run.rows if r["round"] > end - last]
@@ -434,12 +434,12 @@ def _acc_final(run: Run, last: int = FRONTIER_ROUNDS) -> float:
 
 def frontier_points(runs: Sequence[Run]) -> list[dict]:
     """One point per series (:func:`_series`: runs that differ only in their seed make one): ``mb``
-    the total megabytes sent (uplink + downlink) and ``acc`` the final accuracy (:func:`_acc_final`),
+    the total megabytes sent (uplink + downlink) and ``acc`` the final accuracy (:func:`final_accuracy`),
     each the mean over the seeds, with ``mb_sd`` and ``acc_sd`` their sample standard deviations (0
     for one run) and ``seeds`` each run's own (mb, acc)."""
     out = []
     for label, group in _series(runs):
-        pts = [((run.rows[-1]["cum_uplink_bytes"] + run.rows[-1]["cum_downlink_bytes"]) / 1e6, _acc_final(run))
+        pts = [((run.rows[-1]["cum_uplink_bytes"] + run.rows[-1]["cum_downlink_bytes"]) / 1e6, final_accuracy(run))
                for run in group]
         n = len(pts)
 
