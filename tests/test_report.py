@@ -498,6 +498,18 @@ def test_suite_anymodel_rivals_get_the_bytes_the_synthesis_fits():
     assert len(runs) == 2 * (len(set(names)) - 1)
 
 
+def test_suite_frontier_settings_name_the_frontier_runs():
+    """Every run a frontier setting compares is one the frontier group runs, at both seeds (PowerSGD has no
+    setting near 1 KB), and the published e3sfc is the only run no setting ranks (it is drawn only)."""
+    suite = _suite()
+    runs = suite.frontier_runs()
+    names = {n for _, fed, mine, rivals in suite.frontier_settings() for n in (fed, *mine.values(), *rivals.values())}
+    missing = {n for n in names for s in (42, 43) if f"{n}-seed{s}" not in runs}
+    assert missing == {"powersgd-1k-alpha0.1", "powersgd-1k-alpha1.0"}
+    unused = {r.rsplit("-seed", 1)[0] for r in runs} - names
+    assert unused == {"e3sfc-3k-alpha0.1", "e3sfc-3k-alpha1.0"}
+
+
 def test_suite_report_says_a_group_not_started_is_not_run_yet(tmp_path):
     """A group with no run folder: "Not run yet" with its command; one with a started run: "Not finished yet"."""
     suite = _suite()
