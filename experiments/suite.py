@@ -211,7 +211,7 @@ def anymodel_settings() -> list[Setting]:
         if (b, way) == ("3k", "twoway"):
             mine["e3sfc-full"] = f"e3sfc-full-{b}-{way}"
         out.append((f"quickcnn {'both ways' if way == 'twoway' else 'one way'}, {FRONTIER_LABELS[b]}", "fedavg",
-                    mine, {o: f"{o}-{b}-{way}" for o in ("powersgd", *FRONTIER_RIVALS[1:])}))
+                    mine, {o: f"{o}-{b}-{way}" for o in FRONTIER_RIVALS}))
     return out
 
 
