@@ -17,7 +17,7 @@ seeds ``--seeds`` (42,43), each aggregation rule of ``--aggregate`` (mean,cclip,
 clean run of the mean rule (today's default); accuracy is the mean over the last 3 rounds. ``--kinds``
 (empty: clean runs only), ``--counts`` and ``--methods`` pick a part of it (a run already finished is read
 back, so the table fills in over several invocations); ``--no-run`` tabulates the finished runs only.
-Writes the section "Colluding clients (issue 32)".
+Writes the section "Colluding clients, N rounds (issue 32)" (one section a round count).
 
     python benchmarks/adversary.py --colluding --rounds 15 --seeds 42,43 --aggregate mean,direction
 """
@@ -130,7 +130,7 @@ def colluding(a: argparse.Namespace, root: Path) -> None:
         + "\n".join(lines) + "\n\n"
         + ("Every cell run meets the goal." if not misses else "Beyond the goal: " + ", ".join(misses) + ".")
     )
-    write_section("Colluding clients (issue 32)", body)
+    write_section(f"Colluding clients, {a.rounds} rounds (issue 32)", body)
     print(body)
 
 
