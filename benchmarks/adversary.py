@@ -6,7 +6,8 @@ seed 42) for ``--rounds`` rounds (default 30): for each method a clean run and o
 checks and ``--norm-clip 3``); plus runs with ``--norm-clip 0`` for the kinds the clip
 is there for (``scale``, ``huge``) to show what it buys. Top-k and STC run at 3SFC's
 uplink bytes (``--ratio match:3sfc``). Each run is ``e3sfc run`` in its own process,
-into ``runs/adversary/NAME`` (a finished run is not run again, so the script resumes).
+into ``benchmarks/runs/adversary/NAME`` (committed, less the checkpoints; a finished run is not
+run again, so the script resumes).
 Writes the table as the section "Fault injection" of benchmarks/RESULTS.md.
 
     python benchmarks/adversary.py [--rounds 30] [--methods fedavg,3sfc,e3sfc,topk,stc]
@@ -141,7 +142,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--methods", default=DEFAULT_METHODS)
-    ap.add_argument("--root", default="runs/adversary")
+    ap.add_argument("--root", default="benchmarks/runs/adversary")  # committed, less the checkpoints
     ap.add_argument("--colluding", action="store_true", help="the colluding-clients table (issue 32)")
     ap.add_argument("--seeds", default="42,43", help="--colluding: seeds, comma-separated")
     ap.add_argument("--aggregate", default="mean,cclip,direction", help="--colluding: aggregation rules")

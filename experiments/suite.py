@@ -1,6 +1,6 @@
 """The reproduction suite: every method in the reference setting, the ConvNet, a non-IID sweep.
 
-    python experiments/suite.py [--groups reference,noniid,seeds,convnet] [--jobs 2] [--root runs]
+    python experiments/suite.py [--groups reference,noniid,seeds,convnet] [--jobs 2] [--root experiments/runs]
 
 Runs go to ROOT/GROUP/NAME. A finished run (summary.json) is skipped; an
 interrupted one resumes from its checkpoint, so the suite can be stopped and
@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = "experiments/runs"  # committed, so that --report-only rebuilds docs/results.md on a fresh clone
 sys.path.insert(0, str(REPO / "src"))
 
 from e3sfc.errors import ConfigError  # noqa: E402
@@ -907,11 +908,12 @@ def groups_epilog(root: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=groups_epilog(REPO / "runs"))
+                                 epilog=groups_epilog(REPO / DEFAULT_ROOT))
     ap.add_argument("--groups", default="reference,noniid,seeds,convnet",
                     help="comma-separated groups to run, of those listed below (default: %(default)s)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (default: %(default)s)")
-    ap.add_argument("--root", default="runs", help="folder of the runs, ROOT/GROUP/NAME (default: %(default)s)")
+    ap.add_argument("--root", default=DEFAULT_ROOT, help="folder of the runs, ROOT/GROUP/NAME (default: %(default)s; "
+                    "committed: its config, metrics, ledger and summary files, not its checkpoints)")
     ap.add_argument("--only", default=None, help="comma-separated run names to restrict to")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: write docs/results.md and the figures from the runs on disk (the file is "
