@@ -43,7 +43,7 @@ def test_bad_out(out, needle, tmp_path, capsys):
 def test_impossible_sizes_are_refused_before_allocating(argv, needle, tmp_path, capsys, monkeypatch):
     if "--memory-test" in argv:  # a machine with 100 kB free: 3 clients' EF residuals cannot fit
         argv = argv[:-1]
-        monkeypatch.setattr("e3sfc.federated.simulator.available_memory", lambda: 100_000)
+        monkeypatch.setattr("e3sfc.federated.estimate.available_memory", lambda: 100_000)
     out = tmp_path / "r"
     assert main(["run", *FAST, "--out", str(out), *argv]) == 2
     assert needle in _err(capsys)
@@ -212,7 +212,7 @@ def test_numbers_that_never_fit_or_finish(argv, needle, tmp_path, capsys):
 
 def test_big_but_legitimate_runs_pass_the_estimates():
     from e3sfc.config import RunConfig
-    from e3sfc.federated.simulator import estimate_seconds, MAX_RUN_SECONDS
+    from e3sfc.federated.estimate import estimate_seconds, MAX_RUN_SECONDS
 
     cfg = RunConfig(dataset="cifar10", model="resnet18", clients=10_000, rounds=1_000, method="e3sfc")
     assert estimate_seconds(cfg, 11_000_000, 50_000, 10_000)[0] < MAX_RUN_SECONDS

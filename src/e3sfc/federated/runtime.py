@@ -223,6 +223,41 @@ class ClientRuntime:
         self.seen = None if seen is None else seen.to(device)
 
 
+def note_search_form(cfg: RunConfig, comps: list, ctx: Context) -> None:
+    """When a run is built: one warning where a model of the user's own (not one of ``BUILTIN_MODELS``)
+    gets the autograd form of a search from one of ``comps`` (slower than the closed form; on a CPU the
+    batched search is then off unless asked for)."""
+    if cfg.model in BUILTIN_MODELS:
+        return
+    if not any(c is not None and c.search_form(ctx) == "autograd" for c in comps):
+        return
+    batch = "" if cfg.resolved_batch_search or cfg.engine != "inprocess" else (
+        "; --batch-search, off for it unless set, may help (it did for small CNNs on a CPU, not for VGG-11 "
+        "or ResNet-18)")
+    log.warning("--model %s takes the generic (autograd) form of the synthetic-feature search, which is slower "
+                "than the closed form only a Linear/ReLU chain at its input's own resolution gets (about 3x an "
+                "evaluation on the MLP)%s", cfg.model, batch)
+
+
+def warn_large_samples(s: BudgetScheduler, cost: Callable[[int], int]) -> None:
+    """Before round 1: one warning where the budget's even share a round (``cost(M)``: a round's
+    bytes at M samples both ways) buys more than ``LARGE_SAMPLES`` times the run's own M (``--samples``),
+    with M, the search time it costs and what keeps M near ``--samples``."""
+    share = s.budget / s.rounds
+    m = 0  # the largest M (up to max_samples, the scheduler's cap) whose round fits the share
+    while m < s.max_samples and cost(m + 1) <= share:
+        m += 1
+    if m <= LARGE_SAMPLES * s.samples:
+        return
+    capped = f" (--max-samples {s.max_samples}: the budget buys more)" if cost(m + 1) <= share else ""
+    log.warning(
+        "--budget-bytes %s over %d rounds buys about M = %d synthetic samples a payload%s, %.0fx --samples %d; "
+        "the search's cost grows about linearly in M, so each round's search takes about %.0fx as long as at "
+        "M = %d. To keep M near %d, raise --rounds (to about %s) or lower --budget-bytes (to about %s)",
+        f"{s.budget:,}", s.rounds, m, capped, m / s.samples, s.samples, m / s.samples, s.samples, s.samples,
+        f"{s.budget // cost(s.samples):,}", f"{cost(s.samples) * s.rounds:,}")
+
+
 class ServerRuntime:
     """The server's state; keeps the round's order and hands each job to its part."""
 
@@ -245,7 +280,7 @@ class ServerRuntime:
         self.ledger = Ledger()
         self.downlink = Downlink(downlink_compressor(cfg, ctx0), cfg.clients, cfg.resolved_init, cfg.ef, self.ledger)
         self.dense_bytes = self.downlink.dense_bytes(ctx0)
-        self.note_search_form(ctx0)
+        note_search_form(cfg, [self.compressor, self.downlink.compressor], ctx0)
         self._payload: dict[int, int] = {}            # bytes of an uplink payload / a broadcast, by M
         self._broadcast: dict[int, int] = {}
         # M: --samples, or what --payload-bytes picked (the compressor's)
@@ -266,42 +301,7 @@ class ServerRuntime:
             need_dense = not self.downlink.compressed or cfg.resolved_init == "broadcast"
             self.scheduler.check(lambda M, Md: self.round_cost(M, m, m if need_dense else 0, last=False,
                                                                  Md=Md if self.splits_directions else None))
-            self.warn_large_samples(lambda M: self.round_cost(M, m, m if need_dense else 0, last=False))
-
-    def note_search_form(self, ctx: Context) -> None:
-        """When the run is built: one warning where a model of the user's own (not one of
-        ``BUILTIN_MODELS``) gets the autograd form of a search (slower than the closed form; on a CPU
-        the batched search is then off unless asked for)."""
-        if self.cfg.model in BUILTIN_MODELS:
-            return
-        comps = [c for c in (self.compressor, self.downlink.compressor) if c is not None]
-        if not any(c.search_form(ctx) == "autograd" for c in comps):
-            return
-        batch = "" if self.cfg.resolved_batch_search or self.cfg.engine != "inprocess" else (
-            "; --batch-search, off for it unless set, may help (it did for small CNNs on a CPU, not for VGG-11 "
-            "or ResNet-18)")
-        log.warning("--model %s takes the generic (autograd) form of the synthetic-feature search, which is slower "
-                    "than the closed form only a Linear/ReLU chain at its input's own resolution gets (about 3x an "
-                    "evaluation on the MLP)%s", self.cfg.model, batch)
-
-    def warn_large_samples(self, cost: Callable[[int], int]) -> None:
-        """Before round 1: one warning where the budget's even share a round (``cost(M)``: a round's
-        bytes at M samples both ways) buys more than ``LARGE_SAMPLES`` times the run's own M (``--samples``),
-        with M, the search time it costs and what keeps M near ``--samples``."""
-        s = self.scheduler
-        share = s.budget / s.rounds
-        m = 0  # the largest M (up to max_samples, the scheduler's cap) whose round fits the share
-        while m < s.max_samples and cost(m + 1) <= share:
-            m += 1
-        if m <= LARGE_SAMPLES * s.samples:
-            return
-        capped = f" (--max-samples {s.max_samples}: the budget buys more)" if cost(m + 1) <= share else ""
-        log.warning(
-            "--budget-bytes %s over %d rounds buys about M = %d synthetic samples a payload%s, %.0fx --samples %d; "
-            "the search's cost grows about linearly in M, so each round's search takes about %.0fx as long as at "
-            "M = %d. To keep M near %d, raise --rounds (to about %s) or lower --budget-bytes (to about %s)",
-            f"{s.budget:,}", s.rounds, m, capped, m / s.samples, s.samples, m / s.samples, s.samples, s.samples,
-            f"{s.budget // cost(s.samples):,}", f"{cost(s.samples) * s.rounds:,}")
+            warn_large_samples(self.scheduler, lambda M: self.round_cost(M, m, m if need_dense else 0, last=False))
 
     def context(self, round: int, samples: int | None) -> Context:
         return make_context(self.cfg, self.model, self.weights, self.input_shape, self.num_classes, round, -1,

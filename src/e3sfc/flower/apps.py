@@ -47,7 +47,7 @@ from ..federated.client import ClientUpdate
 from ..federated.loop import RoundLoop
 from ..federated.params import get_flat
 from ..federated.runtime import MODEL_INIT, ClientRuntime, TrainIns, derive_seed
-from ..federated.simulator import check_memory
+from ..federated.estimate import check_memory
 from ..models import build_model, synthetic_shape
 from .addon import load_state, save_state
 
