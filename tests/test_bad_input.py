@@ -238,3 +238,33 @@ def test_out_name_too_long(tmp_path, capsys):
     assert main(["run", *FAST, "--out", str(out)]) == 2
     assert "--out: cannot create a run folder at" in _err(capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_value_in_the_config_file_is_refused_even_where_a_flag_overrides_it(tmp_path, capsys):
+    p = tmp_path / "c.toml"
+    for text, needle in (('rounds = "three"\n', "--rounds: 'three' is not a valid int"),
+                         ("clients = 2.5\n", "--clients: 2.5 is not a valid int"),
+                         ("[rounds]\nx = 1\n", "--rounds: a table is not allowed")):
+        p.write_text(text)
+        out = tmp_path / "r"
+        assert main(["run", *FAST, "--config", str(p), "--rounds", "1", "--clients", "3", "--out", str(out)]) == 2
+        err = _err(capsys)
+        assert err.startswith(f"e3sfc: error: --config: {p}: ") and needle in err, err
+        assert not out.exists()
+
+
+def test_a_missing_data_dir_is_refused_for_a_dataset_that_reads_no_files(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", *FAST, "--data-dir", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert f"--data-dir: directory '{tmp_path / 'nowhere'}' does not exist" in _err(capsys)
+    assert not out.exists()
+
+
+def test_plot_out_with_a_name_too_long_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["run", *FAST, "--out", str(run)]) == 0
+    capsys.readouterr()
+    for name in ("p" * 300 + ".png", "p" * 250 + ".png"):
+        assert main(["plot", str(run), "--out", str(tmp_path / name)]) == 2
+        assert "--out: the name 'ppp" in _err(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -264,6 +264,13 @@ class RunConfig:
         values: dict[str, Any] = {}
         if file is not None:
             values.update(load_toml(file))
+            known = {f.name: f for f in fields(cls)}
+            for key, value in values.items():  # every value of the file, also those a flag overrides
+                if key.replace("-", "_") in known:
+                    try:
+                        _coerce(key.replace("-", "_"), value, known[key.replace("-", "_")].type)
+                    except ConfigError as exc:
+                        raise ConfigError(f"--config: {file}: {exc}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values)
 

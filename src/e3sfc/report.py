@@ -99,13 +99,30 @@ def image_formats() -> list[str]:
     return sorted(Figure().canvas.get_supported_filetypes())
 
 
+# the longest name of one file or folder that output may have: 255 bytes on common file systems, less the
+# room atomic_write's temporary name (".NAME.xxxxxxxx.tmp") takes beside it
+NAME_MAX = 240
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def check_output(out: str | Path, flag: str, formats: Sequence[str] | None = None) -> Path:
     """An output file the command may write, checked before any work: not a folder, in one of
     ``formats`` (by its suffix; none: png) where given, in a folder that exists or can be made and is
     writable. A ConfigError names ``flag`` otherwise."""
     p = Path(out)
-    if p.is_dir():
-        raise ConfigError(f"{flag}: {str(p)!r} is a folder; expected a file path")
+    long = [part for part in p.parts if len(part.encode()) > NAME_MAX]
+    if long:
+        raise ConfigError(f"{flag}: the name {_short(long[0])!r} is {len(long[0].encode())} bytes long; expected "
+                          f"names of at most {NAME_MAX} bytes")
+    try:
+        if p.is_dir():
+            raise ConfigError(f"{flag}: {str(p)!r} is a folder; expected a file path")
+    except OSError as exc:
+        raise ConfigError(f"{flag}: cannot use {_short(str(p))!r} ({exc.strerror or exc}); expected a file path "
+                          "in a writable folder") from None
     if formats is not None:
         fmt = p.suffix.lstrip(".").lower() or "png"
         if fmt not in formats:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -302,6 +303,8 @@ def load_dataset(
     """
     if name not in _LOADERS and name not in TEXT_SOURCES:
         raise ConfigError(f"--dataset: {name!r} is not allowed; expected one of {', '.join(available_datasets())}")
+    if data_dir is not None and not Path(data_dir).is_dir():  # also for a dataset that reads no files
+        raise DataError(f"--data-dir: directory {data_dir!r} does not exist")
     vocab = 0
     if name in TEXT_SOURCES:  # token ids (N, max_len); no input scaling
         xtr, ytr, xte, yte, classes, vocab = load_text(name, data_dir, max_len=max_len, min_freq=min_freq,
