@@ -798,7 +798,9 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]], docs: Path 
         "reach 0.70 accuracy, wall seconds per round (one torch thread per run, runs sharing the machine; see",
         "benchmarks/RESULTS.md for timings taken side by side in one process). A group whose runs are not on",
         "the machine that wrote this report keeps its section from the previous report (same command) when that",
-        "section holds results.\n",
+        "section holds results. The runs behind a section are committed under experiments/runs (each run's",
+        "config, metrics, ledger and summary; not its checkpoints), so that `--report-only` rebuilds it anywhere;",
+        "runs made before that change are not there.\n",
         f"- command: `{COMMAND}`", f"- machine: {machine()}",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n",
     ]
