@@ -150,7 +150,7 @@ def main() -> None:
     ap.add_argument("--counts", default="1,3", help="--colluding: hostile clients of 10")
     ap.add_argument("--no-run", action="store_true", help="--colluding: tabulate finished runs only")
     a = ap.parse_args()
-    root = Path(a.root)
+    root = Path(__file__).resolve().parents[1] / a.root  # relative to the repository, wherever it runs from
     if a.colluding:
         colluding(a, root)
         return
@@ -162,11 +162,11 @@ def main() -> None:
     worst = []
     for m in methods:
         margs = base + ["--method", m] + (["--ratio", "match:3sfc"] if m in ("topk", "stc") else [])
-        clean = last10(run(f"{m}-clean", margs, root))
+        clean = last10(run(f"{m}-r{a.rounds}-clean", margs, root))
         cells = [f"{clean:.4f}"]
         for kind, clip in [(k, None) for k in KINDS] + [(k, "0") for k in UNCLIPPED]:
             extra = ["--adversary", kind, "--adversaries", "1"] + (["--norm-clip", clip] if clip else [])
-            rows = run(f"{m}-{kind}" + ("-noclip" if clip else ""), margs + extra, root)
+            rows = run(f"{m}-r{a.rounds}-{kind}" + ("-noclip" if clip else ""), margs + extra, root)
             acc = last10(rows)
             rej = sum(r.get("rejected") or 0 for r in rows)
             clipped = sum(r.get("clipped") or 0 for r in rows)

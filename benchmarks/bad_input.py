@@ -250,7 +250,8 @@ def main() -> None:
     )
     if not a.only:
         write_section("Bad-input census (issue 32)", body)
-    Path(__file__).with_name("logs").joinpath("bad_input.json").write_text(json.dumps(results, indent=1) + "\n")
+    if not a.only:
+        Path(__file__).with_name("logs").joinpath("bad_input.json").write_text(json.dumps(results, indent=1) + "\n")
     print(body)
     sys.exit(1 if bad else 0)
 

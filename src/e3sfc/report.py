@@ -113,10 +113,13 @@ def check_output(out: str | Path, flag: str, formats: Sequence[str] | None = Non
     ``formats`` (by its suffix; none: png) where given, in a folder that exists or can be made and is
     writable. A ConfigError names ``flag`` otherwise."""
     p = Path(out)
-    long = [part for part in p.parts if len(part.encode()) > NAME_MAX]
+    # the file's own name leaves room for atomic_write's temporary name beside it; a folder's may be 255 bytes
+    long = [(part, NAME_MAX if part == p.name else 255) for part in p.parts if
+            len(os.fsencode(part)) > (NAME_MAX if part == p.name else 255)]
     if long:
-        raise ConfigError(f"{flag}: the name {_short(long[0])!r} is {len(long[0].encode())} bytes long; expected "
-                          f"names of at most {NAME_MAX} bytes")
+        part, limit = long[0]
+        raise ConfigError(f"{flag}: the name {_short(part)!r} is {len(os.fsencode(part))} bytes long; expected "
+                          f"{'a file name' if limit == NAME_MAX else 'folder names'} of at most {limit} bytes")
     try:
         if p.is_dir():
             raise ConfigError(f"{flag}: {str(p)!r} is a folder; expected a file path")
