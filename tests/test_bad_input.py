@@ -257,6 +257,9 @@ def test_a_missing_data_dir_is_refused_for_a_dataset_that_reads_no_files(tmp_pat
     out = tmp_path / "r"
     assert main(["run", *FAST, "--data-dir", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert f"--data-dir: directory '{tmp_path / 'nowhere'}' does not exist" in _err(capsys)
+    for dataset in ("digits", "fmnist"):  # a name too long to look up: the same line, cut short
+        assert main(["run", *FAST, "--dataset", dataset, "--data-dir", "x" * 300, "--out", str(out)]) == 2
+        assert "--data-dir: directory 'xxx" in _err(capsys)
     assert not out.exists()
 
 

@@ -18,7 +18,7 @@ from .. import protocol
 from ..errors import ConfigError, DataError
 from .partition import dirichlet_partition, iid_partition, partition
 from .readers import read_cifar_batch, read_idx
-from .sources import Remote, Source, resolve
+from .sources import Remote, Source, is_folder, missing_folder, resolve
 from .text import TEXT_SOURCES, load_text
 
 log = logging.getLogger(__name__)
@@ -303,8 +303,8 @@ def load_dataset(
     """
     if name not in _LOADERS and name not in TEXT_SOURCES:
         raise ConfigError(f"--dataset: {name!r} is not allowed; expected one of {', '.join(available_datasets())}")
-    if data_dir is not None and not Path(data_dir).is_dir():  # also for a dataset that reads no files
-        raise DataError(f"--data-dir: directory {data_dir!r} does not exist")
+    if data_dir is not None and not is_folder(Path(data_dir)):  # also for a dataset that reads no files
+        raise missing_folder(data_dir)
     vocab = 0
     if name in TEXT_SOURCES:  # token ids (N, max_len); no input scaling
         xtr, ytr, xte, yte, classes, vocab = load_text(name, data_dir, max_len=max_len, min_freq=min_freq,

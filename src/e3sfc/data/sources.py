@@ -72,12 +72,26 @@ def _has_all(root: Path, files: tuple[str, ...]) -> bool:
     return all((root / f).is_file() for f in files)
 
 
+def is_folder(p: Path) -> bool:
+    """Whether ``p`` is a folder; False where the path cannot even be looked up (a name too long, ...)."""
+    try:
+        return p.is_dir()
+    except OSError:
+        return False
+
+
+def missing_folder(data_dir: str) -> DataError:
+    """The one-line error for a ``--data-dir`` that is not a folder (a long name cut to 80 characters)."""
+    shown = data_dir if len(data_dir) <= 80 else data_dir[:77] + "..."
+    return DataError(f"--data-dir: directory {shown!r} does not exist")
+
+
 def candidate_roots(src: Source, data_dir: str | None) -> list[Path]:
     roots: list[Path] = []
     if data_dir is not None:
         p = Path(data_dir)
-        if not p.is_dir():
-            raise DataError(f"--data-dir: directory {data_dir!r} does not exist")
+        if not is_folder(p):
+            raise missing_folder(data_dir)
         roots.append(p)
     env = os.environ.get("E3SFC_DATA")
     if env:
