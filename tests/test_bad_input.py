@@ -271,3 +271,14 @@ def test_plot_out_with_a_name_too_long_is_one_line(tmp_path, capsys):
         assert main(["plot", str(run), "--out", str(tmp_path / name)]) == 2
         assert "--out: the name 'ppp" in _err(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_an_option_no_method_of_the_run_has_is_named_in_a_warning(tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        assert main(["run", *FAST, "--method", "fedavg", "--lambd", "5", "--out", str(tmp_path / "a")]) == 0
+    assert "--lambd 5.0 has no effect: it is an option of 3sfc, e3sfc, not of --method fedavg" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # the downlink's options count: no warning
+        assert main(["run", *FAST, "--method", "topk", "--ratio", "0.1", "--downlink", "3sfc", "--samples", "2",
+                     "--init", "seed", "--out", str(tmp_path / "b")]) == 0
+    assert "has no effect" not in caplog.text

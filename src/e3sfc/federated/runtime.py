@@ -24,6 +24,7 @@ Round t:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -239,6 +240,26 @@ def note_search_form(cfg: RunConfig, comps: list, ctx: Context) -> None:
                 "evaluation on the MLP)%s", cfg.model, batch)
 
 
+def note_unused_options(cfg: RunConfig) -> None:
+    """When a run is built: one warning for each method option set away from its default that neither the
+    uplink's method nor the downlink's has (``--lambd 5`` with ``--method fedavg``): it changes nothing."""
+    from ..compress import available_methods, get_compressor_class
+
+    used = set(get_compressor_class(cfg.method).option_names())
+    if cfg.resolved_downlink != "dense":
+        used |= set(get_compressor_class(cfg.resolved_downlink).option_names())
+    owners: dict[str, list[str]] = {}
+    for m in available_methods():
+        for name in get_compressor_class(m).option_names():
+            owners.setdefault(name, []).append(m)
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    for name in sorted(set(owners) - used):
+        if name in defaults and getattr(cfg, name) != defaults[name]:
+            down = f" nor of the downlink ({cfg.resolved_downlink})" if cfg.resolved_downlink != "dense" else ""
+            log.warning("--%s %s has no effect: it is an option of %s, not of --method %s%s",
+                        name.replace("_", "-"), getattr(cfg, name), ", ".join(owners[name]), cfg.method, down)
+
+
 def warn_large_samples(s: BudgetScheduler, cost: Callable[[int], int]) -> None:
     """Before round 1: one warning where the budget's even share a round (``cost(M)``: a round's
     bytes at M samples both ways) buys more than ``LARGE_SAMPLES`` times the run's own M (``--samples``),
@@ -281,6 +302,7 @@ class ServerRuntime:
         self.downlink = Downlink(downlink_compressor(cfg, ctx0), cfg.clients, cfg.resolved_init, cfg.ef, self.ledger)
         self.dense_bytes = self.downlink.dense_bytes(ctx0)
         note_search_form(cfg, [self.compressor, self.downlink.compressor], ctx0)
+        note_unused_options(cfg)
         self._payload: dict[int, int] = {}            # bytes of an uplink payload / a broadcast, by M
         self._broadcast: dict[int, int] = {}
         # M: --samples, or what --payload-bytes picked (the compressor's)
