@@ -467,11 +467,9 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
                 "the runs before (the search one at a time, an Intel host) ended at 3sfc 0.7261 / 0.8223 and e3sfc "
                 "0.6525 / 0.7216 (authors' protocol / ours), fedavg and topk as here: float rounding and the "
                 "batching move a 100-round synthesis run about as much as a change of seed.",
-    "options": SERIAL_NOTE + " tensor-scales (all but alpha 0.1 seed 42) and down6-up2 (alpha 1.0, and alpha 0.1 "
-               "seed 43) ran on "
-               "the 16 CPU cores of a GPU machine lent for one session (NVIDIA H100 host, one run per core, "
-               "2026-11-27); the other runs and e3sfc-plus (beyond group) on the machine above. Machines differ in "
-               "float rounding, which moves a 100-round run about as much as a change of seed.",
+    "options": "Made again on the machine above (2026-12-07), the batched search the default, two runs side by "
+               "side; the verdicts compare them with the beyond group's e3sfc-plus runs, which need making again "
+               "here too (the earlier options runs were made one search at a time, partly on an H100 host).",
     "convnet-beyond": "Ran on an NVIDIA H100 host with --device cuda --batch-search, eight runs sharing the GPU "
                       "(2026-11-27). Top-k and STC finished; the 3SFC runs took 35-50 s a round there and were "
                       "stopped after 9-13 rounds when the session's 15 minutes of GPU time ran out. Their "
