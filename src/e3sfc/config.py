@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 from .compress import available_methods, get_compressor_class, parse_ratio
 from .compress.base import Option
-from .errors import ConfigError
+from .errors import ConfigError, shorten
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -264,11 +264,12 @@ class RunConfig:
         values: dict[str, Any] = {}
         if file is not None:
             values.update(load_toml(file))
-            known = {f.name: f for f in fields(cls)}
+            types = {f.name: f.type for f in fields(cls)}
             for key, value in values.items():  # every value of the file, also those a flag overrides
-                if key.replace("-", "_") in known:
+                name = key.replace("-", "_")
+                if name in types:  # an unknown key: from_dict names it
                     try:
-                        _coerce(key.replace("-", "_"), value, known[key.replace("-", "_")].type)
+                        _coerce(name, value, types[name])
                     except ConfigError as exc:
                         raise ConfigError(f"--config: {file}: {exc}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -417,7 +418,7 @@ def _shown(value: Any, limit: int = 80) -> str:
         text = repr(value)
     except ValueError:  # an int too long to print
         text = f"an integer of {value.bit_length()} bits"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return shorten(text, limit)
 
 
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:

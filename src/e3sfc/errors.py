@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters, "..." marking the cut: a value quoted in an error stays one short line."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class ConfigError(ValueError):
     """An impossible or unknown setting: names the field, the value and what is allowed."""
 

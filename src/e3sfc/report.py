@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import ConfigError
+from .errors import ConfigError, shorten
 from .records import metrics_problem, read_rows
 
 METRICS = ("accuracy", "loss", "cosine", "downlink_cosine", "aggregate_cosine", "aggregate_downlink_cosine")
@@ -104,27 +104,21 @@ def image_formats() -> list[str]:
 NAME_MAX = 240
 
 
-def _short(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def check_output(out: str | Path, flag: str, formats: Sequence[str] | None = None) -> Path:
     """An output file the command may write, checked before any work: not a folder, in one of
     ``formats`` (by its suffix; none: png) where given, in a folder that exists or can be made and is
     writable. A ConfigError names ``flag`` otherwise."""
     p = Path(out)
     # the file's own name leaves room for atomic_write's temporary name beside it; a folder's may be 255 bytes
-    long = [(part, NAME_MAX if part == p.name else 255) for part in p.parts if
-            len(os.fsencode(part)) > (NAME_MAX if part == p.name else 255)]
-    if long:
-        part, limit = long[0]
-        raise ConfigError(f"{flag}: the name {_short(part)!r} is {len(os.fsencode(part))} bytes long; expected "
-                          f"{'a file name' if limit == NAME_MAX else 'folder names'} of at most {limit} bytes")
+    for part, limit, what in [(f, 255, "folder names") for f in p.parent.parts] + [(p.name, NAME_MAX, "a file name")]:
+        if len(os.fsencode(part)) > limit:
+            raise ConfigError(f"{flag}: the name {shorten(part, 60)!r} is {len(os.fsencode(part))} bytes long; "
+                              f"expected {what} of at most {limit} bytes")
     try:
         if p.is_dir():
             raise ConfigError(f"{flag}: {str(p)!r} is a folder; expected a file path")
     except OSError as exc:
-        raise ConfigError(f"{flag}: cannot use {_short(str(p))!r} ({exc.strerror or exc}); expected a file path "
+        raise ConfigError(f"{flag}: cannot use {shorten(str(p), 60)!r} ({exc.strerror or exc}); expected a file path "
                           "in a writable folder") from None
     if formats is not None:
         fmt = p.suffix.lstrip(".").lower() or "png"

@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, shorten
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,7 @@ def is_folder(p: Path) -> bool:
 
 def missing_folder(data_dir: str) -> DataError:
     """The one-line error for a ``--data-dir`` that is not a folder (a long name cut to 80 characters)."""
-    shown = data_dir if len(data_dir) <= 80 else data_dir[:77] + "..."
-    return DataError(f"--data-dir: directory {shown!r} does not exist")
+    return DataError(f"--data-dir: directory {shorten(data_dir)!r} does not exist")
 
 
 def candidate_roots(src: Source, data_dir: str | None) -> list[Path]:
