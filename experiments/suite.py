@@ -354,6 +354,8 @@ def groups(root: Path) -> dict[str, dict[str, list[str]]]:
             options[f"down6-up2-alpha{a}-seed{s}"] = [*plus, "--samples", "2", "--downlink-samples", "6"]
             if a != "0.5":  # it loses badly at alpha 0.1 and 1.0; not run at 0.5
                 options[f"warm-start-alpha{a}-seed{s}"] = [*plus, "--warm-start"]
+                # issue 34: shorter searches (a third fewer evaluations up, 40% fewer down; benchmarks/RESULTS.md)
+                options[f"short-search-alpha{a}-seed{s}"] = [*plus, "--patience", "10", "--downlink-patience", "20"]
     convnet_beyond = {}  # one way on the ConvNet at M = 1's uplink bytes: the published 3SFC, 8-bit M = 4, Top-k, STC
     for s in (42, 43):
         for name in ("3sfc", "topk-match", "stc-match"):
@@ -438,7 +440,8 @@ TITLES = {
               "M = 2, one seed)",
     "options": "Beyond the paper, each option alone on top of e3sfc-plus at the same total bytes: one scale per "
                "parameter tensor (--scales tensor, 20 bytes more a payload), the broadcast's share (uplink M = 2, "
-               "downlink M = 6), warm start (--warm-start); two seeds",
+               "downlink M = 6), warm start (--warm-start), shorter searches (--patience 10 --downlink-patience "
+               "20); two seeds",
     "convnet-beyond": "ConvNet, one way at the uplink bytes of M = 1: the published 3SFC, 8-bit M = 4, Top-k and STC, "
                       "two seeds",
     "faithful": "The authors' protocol (configs/authors.toml) beside the project's (configs/reference.toml): "
@@ -703,7 +706,7 @@ def options_verdicts(root: Path, rows: list[dict]) -> list[str]:
     at the same settings and (within 1%) the same total bytes."""
     by = {r["run"]: r for r in rows}
     out = []
-    for opt in ("tensor-scales", "down6-up2", "warm-start"):
+    for opt in ("tensor-scales", "down6-up2", "warm-start", "short-search"):
         for a in ALPHAS:
             me = {s: by[f"{opt}-alpha{a}-seed{s}"] for s in (42, 43) if f"{opt}-alpha{a}-seed{s}" in by}
             them = {s: compare_rows([load_run(root / "beyond" / f"e3sfc-plus-alpha{a}-seed{s}")], 0.70)[0]
