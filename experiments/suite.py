@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -471,8 +472,8 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
                 "0.6525 / 0.7216 (authors' protocol / ours), fedavg and topk as here: float rounding and the "
                 "batching move a 100-round synthesis run about as much as a change of seed.",
     "options": "Made again on the machine above (2026-12-07), the batched search the default, two runs side by "
-               "side; the verdicts compare them with the beyond group's e3sfc-plus runs, which need making again "
-               "here too (the earlier options runs were made one search at a time, partly on an H100 host).",
+               "side, as were the beyond group's e3sfc-plus runs the verdicts compare them with (the earlier options "
+               "runs were made one search at a time, partly on an H100 host).",
     "convnet-beyond": "Ran on an NVIDIA H100 host with --device cuda --batch-search, eight runs sharing the GPU "
                       "(2026-11-27). Top-k and STC finished; the 3SFC runs took 35-50 s a round there and were "
                       "stopped after 9-13 rounds when the session's 15 minutes of GPU time ran out. Their "
@@ -701,6 +702,25 @@ def budget_verdicts(rows: list[dict], root: Path | None = None) -> list[str]:
     return out
 
 
+REFERENCE_SYNTHESIS = ("fedavg", "3sfc", "e3sfc", "fedsynth")
+
+
+def figure_panel(group: str, runs: list) -> Callable | None:
+    """How a group's figure is split into rows when it would hold more than 8 series (None: one row):
+    by Dirichlet alpha (and budget), by dataset, or, for the reference group, the synthesis methods in one
+    row and the other compressors in the next, FedAvg and the published 3SFC in both."""
+    if len({json.dumps({k: v for k, v in r.config.items() if k != "seed"}, sort_keys=True) for r in runs}) <= 8:
+        return None
+    if group == "reference":
+        return lambda r: (("synthesis and budgets", "other compressors") if r.path.name in ("fedavg", "3sfc") else
+                          "synthesis and budgets" if r.config["method"] in REFERENCE_SYNTHESIS else "other compressors")
+    if group == "budget":
+        return lambda r: f"{r.config['budget_bytes'] / 1e6:.2f} MB, alpha {r.config['alpha']}"
+    if len({r.config.get("dataset") for r in runs}) > 1:
+        return lambda r: str(r.config["dataset"])
+    return lambda r: f"alpha {r.config['alpha']}"
+
+
 def options_verdicts(root: Path, rows: list[dict]) -> list[str]:
     """Per option and alpha, mean over seeds: the option against e3sfc-plus (the beyond group's runs)
     at the same settings and (within 1%) the same total bytes."""
@@ -861,7 +881,10 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]], docs: Path 
                 if borrowed:
                     parts.append(f"Seed 42 of {', '.join(borrowed)} is the reference group's run (its table); "
                                  "the figure and the comparisons below include it.\n")
-            plot_runs(figure, docs / f"{group}.png")
+            if group == "options":  # beside the e3sfc-plus runs each option is measured against
+                plus = [root / "beyond" / f"e3sfc-plus-alpha{a}-seed{sd}" for a in ALPHAS for sd in (42, 43)]
+                figure = [load_run(d) for d in plus if (d / "summary.json").is_file()] + loaded  # plain colour
+            plot_runs(figure, docs / f"{group}.png", panel=figure_panel(group, figure))
             parts.append(f"![{group}]({group}.png)\n")
         v = {"seeds": lambda: seed_verdicts(root), "noniid": lambda: noniid_verdicts(rows),
              "twoway": lambda: twoway_verdicts(rows), "beyond": lambda: beyond_verdicts(root, rows),

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from e3sfc.cli import main
@@ -356,6 +358,48 @@ def test_a_method_keeps_its_colour_in_every_figure_and_variants_get_a_shade_and_
     assert colors[0]["e3sfc-plus"] == v["e3sfc-plus"]["color"]
 
 
+def test_plot_runs_splits_into_rows_and_a_variant_keeps_its_look_in_every_row(tmp_path, monkeypatch):
+    from e3sfc.report import load_run, plot_runs
+
+    runs = [load_run(_hand_run(tmp_path, f"{name}-alpha{a}", m, [0.5, 0.6], alpha=a, **extra))
+            for a in (0.1, 1.0) for name, m, extra in (("e3sfc-plus", "e3sfc", {}), ("fast", "e3sfc", {"patience": 10}),
+                                                        ("topk", "topk", {}))]
+    figs = _drawn(monkeypatch)
+    plot_runs(runs, tmp_path / "p.png", panel=lambda r: f"alpha {r.config['alpha']}")
+    (fig,) = figs
+    assert len(fig.axes) == 6 and len(fig.legends) == 2  # two rows of three, a legend a row
+    rows = [{ln.get_label(): ln.get_color() for ln in fig.axes[i].lines} for i in (0, 3)]
+    assert set(rows[0]) == set(rows[1]) == {"e3sfc-plus", "fast", "topk"}  # the row's title carries the alpha
+    assert rows[0] == rows[1] and rows[0]["e3sfc-plus"] != rows[0]["fast"]
+    assert [ax.get_title(loc="left").split(":")[0] for ax in (fig.axes[0], fig.axes[3])] == ["alpha 0.1", "alpha 1.0"]
+    # a tuple of rows puts a run in each (a baseline beside every row)
+    figs.clear()
+    plot_runs(runs[:2], tmp_path / "q.png", panel=lambda r: ("a", "b") if r.path.name.startswith("e3sfc") else "b")
+    assert [len(figs[0].axes[i].lines) for i in (0, 3)] == [1, 2]
+
+
+def test_suite_splits_a_figure_of_more_than_8_series():
+    import importlib.util
+
+    from e3sfc.report import Run
+
+    spec = importlib.util.spec_from_file_location("suite", Path(__file__).parents[1] / "experiments" / "suite.py")
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+
+    def run(name, **config):
+        return Run(Path(name), {"seed": 42, "alpha": 1.0, "method": name.split("-")[0], **config}, [], None)
+
+    few = [run(f"topk-{i}", ratio=i) for i in range(8)]
+    assert suite.figure_panel("noniid", few) is None
+    many = [run(f"topk-{i}", ratio=i, alpha=a) for i in range(5) for a in (0.1, 1.0)]
+    assert suite.figure_panel("noniid", many)(many[1]) == "alpha 1.0"
+    ref = [run("fedavg"), run("3sfc"), run("fedsynth")] + [run(f"topk-{i}", ratio=i) for i in range(7)]
+    rows = suite.figure_panel("reference", ref)
+    assert rows(ref[0]) == rows(ref[1]) == ("synthesis and budgets", "other compressors")
+    assert rows(ref[2]) == "synthesis and budgets" and rows(ref[3]) == "other compressors"
+
+
 def test_a_series_without_the_metric_keeps_its_legend_entry(tmp_path, monkeypatch):
     from e3sfc.report import load_run, plot_runs
 
@@ -465,7 +509,7 @@ def test_suite_seeds_figure_draws_the_seeds_its_verdicts_average(tmp_path):
         _hand_made_run(root / "reference" / name, 42, (0.5, 0.8), **extra)
         _hand_made_run(root / "seeds" / f"{name}-seed43", 43, (0.5, 0.7), **extra)
     drawn = []
-    suite.plot_runs = lambda runs, out: drawn.extend(runs)
+    suite.plot_runs = lambda runs, out, panel=None: drawn.extend(runs)
     suite.write_report(root, {"seeds": {"3sfc-seed43": [], "3sfc-reference-lbfgs-seed43": []}}, tmp_path / "docs")
     text = (tmp_path / "docs" / "results.md").read_text()
     assert "seeds 42, 43: 0.7500 against 0.7500" in text
@@ -527,7 +571,7 @@ def test_suite_report_with_nothing_new_leaves_results_md_alone(tmp_path):
     suite = _suite()
     root, docs = tmp_path / "runs", tmp_path / "docs"
     _hand_made_run(root / "seeds" / "3sfc-seed43", 43, (0.5, 0.7))
-    suite.plot_runs = lambda runs, out: None
+    suite.plot_runs = lambda runs, out, panel=None: None
     names = {"seeds": {"3sfc-seed43": []}}
     path = suite.write_report(root, names, docs)
     old = suite.DATE_LINE.sub("- date: 2000-01-01 00:00 UTC", path.read_text())

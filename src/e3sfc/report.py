@@ -350,6 +350,8 @@ def series_looks(series: Sequence[tuple[str, list[Run]]]) -> dict[str, dict]:
     # the series named after its method (e.g. run folder "e3sfc") takes the plain colour wherever it sits
     plain = sorted(series, key=lambda s: s[0].split(" (")[0] != str(s[1][0].config.get("method", "?")))
     for label, group in plain:
+        if label in looks:  # the same series in another row of panels
+            continue
         method = str(group[0].config.get("method", "?"))
         n = seen[method] = seen.get(method, -1) + 1
         looks[label] = {"color": shade(method_color(method), n), "marker": _MARKERS[n % len(_MARKERS)],
@@ -387,23 +389,56 @@ def _save(fig, out: str | Path, plt) -> Path:
     return out
 
 
-def plot_runs(runs: Sequence[Run], out: str | Path, metric: str = "accuracy") -> Path:
+def plot_runs(runs: Sequence[Run], out: str | Path, metric: str = "accuracy",
+              panel: Callable[[Run], str] | None = None) -> Path:
     """Three panels: ``metric`` against rounds, against cumulative uplink MB, and against up+down MB.
     Each method in its own colour, the same in every figure (:func:`series_looks`); its variants in
     shades of it with markers of their own. Runs that differ only in their seed are drawn as their
     mean with a band from the lowest to the highest seed. The title says what the runs share; the
     legend sits outside the data. A series with no value of ``metric`` (FedAvg's cosines: it sends the
-    update itself, 1 by definition) keeps its legend entry, which says so."""
+    update itself, 1 by definition) keeps its legend entry, which says so. ``panel(run)`` splits the
+    runs into rows of such panels (e.g. by Dirichlet alpha; a tuple of names puts the run in each, e.g.
+    a baseline beside every row), each row with its own title and legend, a series keeping its look in
+    every row."""
+    if metric not in METRICS:
+        raise ConfigError(f"--metric: {metric!r} is not allowed; expected one of {', '.join(METRICS)}")
+    rows: dict[str, list[Run]] = {}
+    for run in runs:
+        keys = panel(run) if panel else ""
+        for key in keys if isinstance(keys, tuple) else (keys,):
+            rows.setdefault(key, []).append(run)
+    names = sorted(rows)
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(names), 3, figsize=(16, 4.8 * len(names)), squeeze=False)
+    strip = _panel_free if panel else (lambda label: label)
+    looks = series_looks([(strip(label), group) for label, group in _series(runs)])
+    for name, row in zip(names, axes):
+        _plot_row(row, rows[name], metric, looks, strip)
+        if panel:
+            row[0].set_title(f"{name}: {_title(rows[name])}", loc="left", fontsize=10)
+    fig.suptitle(_title(runs))
+    fig.tight_layout()
+    for row in axes:
+        handles, labels = row[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center left", fontsize=8, ncol=max(1, (len(labels) + 19) // 20),
+                   **({"bbox_to_anchor": (1.02, 0.5), "bbox_transform": row[2].transAxes} if panel else
+                      {"bbox_to_anchor": (1.0, 0.5)}))
+    return _save(fig, out, plt)
+
+
+def _panel_free(label: str) -> str:
+    """A series' label without the Dirichlet alpha in its run name (the row's title says it), so that a
+    variant has one label and one look in every row."""
+    import re
+    return re.sub(r"-alpha[0-9.]+", "", label)
+
+
+def _plot_row(axes, runs: Sequence[Run], metric: str, looks: dict[str, dict], strip=lambda label: label) -> None:
+    """One row of :func:`plot_runs`: ``metric`` against rounds, uplink MB and up+down MB."""
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
-    if metric not in METRICS:
-        raise ConfigError(f"--metric: {metric!r} is not allowed; expected one of {', '.join(METRICS)}")
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    series = _series(runs)
-    looks = series_looks(series)
-    for label, group in series:
+    for label, group in ((strip(label), group) for label, group in _series(runs)):
         look = {**looks[label], "markevery": 0.1, "markersize": 4}
         if "cosine" in metric and group[0].config.get("method") == "fedavg":
             _legend_note(axes[0], label, look, f"not drawn ({metric} is 1 by definition: it sends the update itself)")
@@ -428,12 +463,6 @@ def plot_runs(runs: Sequence[Run], out: str | Path, metric: str = "accuracy") ->
     axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     _log_axis(axes[1])
     _log_axis(axes[2])
-    fig.suptitle(_title(runs))
-    fig.tight_layout()
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
-               ncol=max(1, (len(labels) + 19) // 20))
-    return _save(fig, out, plt)
 
 
 FRONTIER_ROUNDS = 10
