@@ -30,7 +30,8 @@ from e3sfc.federated.params import set_flat
 
 
 def capture(rounds: int, from_round: int, seed: int):
-    cfg = RunConfig(**{**load_toml(Path(__file__).resolve().parent.parent / "configs" / "e3sfc-plus.toml"), "rounds": rounds, "seed": seed})
+    toml = load_toml(Path(__file__).resolve().parent.parent / "configs" / "e3sfc-plus.toml")
+    cfg = RunConfig(**{**toml, "rounds": rounds, "seed": seed})
     sim = Simulation(cfg)
     with captured_targets(min_round=from_round) as targets:
         for t in range(1, rounds + 1):

@@ -396,8 +396,8 @@ def test_suite_splits_a_figure_of_more_than_8_series():
     assert suite.figure_panel("noniid", many)(many[1]) == "alpha 1.0"
     ref = [run("fedavg"), run("3sfc"), run("fedsynth")] + [run(f"topk-{i}", ratio=i) for i in range(7)]
     rows = suite.figure_panel("reference", ref)
-    assert rows(ref[0]) == rows(ref[1]) == ("synthesis and budgets", "other compressors")
-    assert rows(ref[2]) == "synthesis and budgets" and rows(ref[3]) == "other compressors"
+    assert rows(ref[0]) == rows(ref[1]) == ("synthesis and budgets", "the other compressors")
+    assert rows(ref[2]) == "synthesis and budgets" and rows(ref[3]) == "the other compressors"
 
 
 def test_a_series_without_the_metric_keeps_its_legend_entry(tmp_path, monkeypatch):
