@@ -13,6 +13,7 @@ rank 1 (MLP) 8-bit with no warm start, Top-k with Golomb positions and 8-bit val
 bytes.
 
     python benchmarks/shared_errors.py --models quickcnn,mlp --rounds 10,30
+    python benchmarks/shared_errors.py --models quickcnn --rounds 10,30 --trajectory 3sfc
 """
 
 from __future__ import annotations
@@ -49,14 +50,20 @@ def main() -> None:
     ap.add_argument("--models", default="quickcnn,mlp")
     ap.add_argument("--rounds", default="10,30")
     ap.add_argument("--train-subset", type=int, default=12000)
+    ap.add_argument("--trajectory", default="fedavg", choices=("fedavg", "3sfc"),
+                    help="whose run the updates come from: FedAvg's, or 3SFC's own (--payload-bytes 3215, no error "
+                    "feedback, so that the captured targets are the true updates)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rounds = [int(r) for r in args.rounds.split(",")]
-    lines = ["| model | round | method | bytes | client cos | aggregate cos | error pair cos | update pair cos "
+    lines = [f"Updates along {'FedAvg' if args.trajectory == 'fedavg' else '3SFC (no error feedback)'}'s run.\n",
+             "| model | round | method | bytes | client cos | aggregate cos | error pair cos | update pair cos "
              "| mean error energy share |", "|---|---|---|---|---|---|---|---|---|"]
     for model in args.models.split(","):
         data = "fmnist-rgb32" if model == "quickcnn" else "fmnist"
-        cfg = RunConfig(method="fedavg", dataset=data, model=model, clients=10, alpha=1.0, rounds=max(rounds),
+        run = {"method": "3sfc", "payload_bytes": 3215, "ef": False, "batch_search": True} \
+            if args.trajectory == "3sfc" else {"method": "fedavg"}
+        cfg = RunConfig(**run, dataset=data, model=model, clients=10, alpha=1.0, rounds=max(rounds),
                         local_epochs=1, batch_size=64, lr=0.01, seed=42, eval_every=10_000,
                         train_subset=args.train_subset if model == "quickcnn" else 0, test_subset=1000)
         sim = Simulation(cfg)
@@ -93,7 +100,8 @@ def main() -> None:
                     size = max(nbytes)
                 lines.append("| {} | {} | {} | {:,} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} |".format(*row))
                 print(lines[-1], flush=True)
-    write_section("Shared compression errors: do the clients' errors add up in the mean? (issue 31)",
+    write_section("Shared compression errors: do the clients' errors add up in the mean? (issue 31)"
+                  + ("" if args.trajectory == "fedavg" else ", along 3SFC's own run"),
                   "\n".join(lines) + "\n\nAll 10 clients of a FedAvg round, each true update compressed alone "
                   "(no error feedback). With independent errors the mean error energy share is about 1/K = 0.1.")
 
