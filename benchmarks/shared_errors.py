@@ -13,7 +13,7 @@ rank 1 (MLP) 8-bit with no warm start, Top-k with Golomb positions and 8-bit val
 bytes.
 
     python benchmarks/shared_errors.py --models quickcnn,mlp --rounds 10,30
-    python benchmarks/shared_errors.py --models quickcnn --rounds 10,30 --trajectory 3sfc
+    python benchmarks/shared_errors.py --models quickcnn --rounds 10,30 --trajectory 3sfc [--per-tensor]
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--models", default="quickcnn,mlp")
     ap.add_argument("--rounds", default="10,30")
     ap.add_argument("--train-subset", type=int, default=12000)
+    ap.add_argument("--per-tensor", action="store_true",
+                    help="at the last round, each parameter tensor's share of the mean error's and the mean "
+                    "update's energy, and the clients' pairwise error cosine within it")
     ap.add_argument("--trajectory", default="fedavg", choices=("fedavg", "3sfc"),
                     help="whose run the updates come from: FedAvg's, or 3SFC's own (--payload-bytes 3215, no error "
                     "feedback, so that the captured targets are the true updates)")
@@ -59,6 +62,8 @@ def main() -> None:
     lines = [f"Updates along {'FedAvg' if args.trajectory == 'fedavg' else '3SFC (no error feedback)'}'s run.\n",
              "| model | round | method | bytes | client cos | aggregate cos | error pair cos | update pair cos "
              "| mean error energy share |", "|---|---|---|---|---|---|---|---|---|"]
+    tensors = ["| model | round | method | tensor | numbers | share of the mean error's energy "
+               "| share of the mean update's energy | error pair cos |", "|---|---|---|---|---|---|---|---|"]
     for model in args.models.split(","):
         data = "fmnist-rgb32" if model == "quickcnn" else "fmnist"
         run = {"method": "3sfc", "payload_bytes": 3215, "ef": False, "batch_search": True} \
@@ -98,11 +103,22 @@ def main() -> None:
                        statistics.fmean(cos(us[i], us[j]) for i, j in pairs), share)
                 if size is None:
                     size = max(nbytes)
+                if args.per_tensor and r == max(rounds):  # where the mean's error sits, tensor by tensor
+                    mean_u, at = torch.stack(us).mean(0), 0
+                    for name, p in net.named_parameters():
+                        sl = slice(at, at + p.numel())
+                        at += p.numel()
+                        tensors.append(f"| {model} | {r} | {label} | {name} | {p.numel():,} "
+                                       f"| {float(mean_e[sl] @ mean_e[sl]) / float(mean_e @ mean_e):.3f} "
+                                       f"| {float(mean_u[sl] @ mean_u[sl]) / float(mean_u @ mean_u):.3f} "
+                                       f"| {statistics.fmean(cos(errs[i][sl], errs[j][sl]) for i, j in pairs):.3f} |")
                 lines.append("| {} | {} | {} | {:,} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} |".format(*row))
                 print(lines[-1], flush=True)
+    print("\n".join(tensors[2:]), flush=True)
     write_section("Shared compression errors: do the clients' errors add up in the mean? (issue 31)"
                   + ("" if args.trajectory == "fedavg" else ", along 3SFC's own run"),
-                  "\n".join(lines) + "\n\nAll 10 clients of a FedAvg round, each true update compressed alone "
+                  "\n".join(lines) + ("\n\n" + "\n".join(tensors) if args.per_tensor else "")
+                  + "\n\nAll 10 clients of a FedAvg round, each true update compressed alone "
                   "(no error feedback). With independent errors the mean error energy share is about 1/K = 0.1.")
 
 
