@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from e3sfc.errors import ConfigError  # noqa: E402
 from e3sfc.report import (  # noqa: E402
+    _series as series_of,
     compare_rows, final_accuracy, load_run, markdown_table, plot_frontier, plot_runs,
 )
 
@@ -714,7 +715,7 @@ def figure_panel(group: str, runs: list) -> Callable | None:
     """How a group's figure is split into rows when it would hold more than 8 series (None: one row):
     by Dirichlet alpha (and budget), by dataset, or, for the reference group, the synthesis methods in one
     row and the other compressors in the next, FedAvg and the published 3SFC in both."""
-    if len({json.dumps({k: v for k, v in r.config.items() if k != "seed"}, sort_keys=True) for r in runs}) <= 8:
+    if len(series_of(runs)) <= 8:
         return None
     if group == "reference":
         both, synth, other = ("synthesis and budgets", "the other compressors"), "synthesis and budgets", \

@@ -390,7 +390,7 @@ def _save(fig, out: str | Path, plt) -> Path:
 
 
 def plot_runs(runs: Sequence[Run], out: str | Path, metric: str = "accuracy",
-              panel: Callable[[Run], str] | None = None) -> Path:
+              panel: Callable[[Run], str | tuple[str, ...]] | None = None) -> Path:
     """Three panels: ``metric`` against rounds, against cumulative uplink MB, and against up+down MB.
     Each method in its own colour, the same in every figure (:func:`series_looks`); its variants in
     shades of it with markers of their own. Runs that differ only in their seed are drawn as their
