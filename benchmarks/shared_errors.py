@@ -14,6 +14,11 @@ bytes.
 
     python benchmarks/shared_errors.py --models quickcnn,mlp --rounds 10,30
     python benchmarks/shared_errors.py --models quickcnn --rounds 10,30 --trajectory 3sfc [--per-tensor]
+    python benchmarks/shared_errors.py --models quickcnn --rounds 15,30 --trajectory 3sfc --stacked
+
+``--stacked`` (the hybrid payload lead): one payload made of two compressors, the second applied to what
+the first left of the update (u - decoded_1), decoded as the sum, against PowerSGD of about the same
+total bytes; 3SFC's part sized by ``payload_bytes``, PowerSGD 8-bit with no warm start.
 """
 
 from __future__ import annotations
@@ -38,11 +43,24 @@ def cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b) / n if n > 0 else 0.0
 
 
-def methods(model: str) -> dict[str, dict]:
-    return {"3sfc (payload-bytes 3215)": {"method": "3sfc", "payload_bytes": 3215},
-            f"powersgd rank {2 if model == 'quickcnn' else 1}, 8-bit":
-                {"method": "powersgd", "rank": 2 if model == "quickcnn" else 1, "value_bits": 8},
-            "topk golomb 8-bit": {"method": "topk", "index_coding": "golomb", "value_bits": 8}}
+def methods(model: str, stacked: bool = False) -> dict[str, list[dict]]:
+    """label -> the compressors of one payload, each applied to what the ones before it left."""
+    def synth(b: int) -> dict:
+        return {"method": "3sfc", "payload_bytes": b}
+
+    def psgd(r: int) -> dict:
+        return {"method": "powersgd", "rank": r, "value_bits": 8}
+
+    if stacked:
+        return {"3sfc (payload-bytes 3215)": [synth(3215)], "powersgd rank 1": [psgd(1)],
+                "powersgd rank 2": [psgd(2)], "powersgd rank 3": [psgd(3)],
+                "3sfc 1600 B, then powersgd rank 1": [synth(1600), psgd(1)],
+                "powersgd rank 1, then 3sfc 1600 B": [psgd(1), synth(1600)],
+                "3sfc 800 B, then powersgd rank 2": [synth(800), psgd(2)],
+                "powersgd rank 2, then 3sfc 800 B": [psgd(2), synth(800)]}
+    return {"3sfc (payload-bytes 3215)": [synth(3215)],
+            f"powersgd rank {2 if model == 'quickcnn' else 1}, 8-bit": [psgd(2 if model == "quickcnn" else 1)],
+            "topk golomb 8-bit": [{"method": "topk", "index_coding": "golomb", "value_bits": 8}]}
 
 
 def main() -> None:
@@ -56,6 +74,8 @@ def main() -> None:
     ap.add_argument("--trajectory", default="fedavg", choices=("fedavg", "3sfc"),
                     help="whose run the updates come from: FedAvg's, or 3SFC's own (--payload-bytes 3215, no error "
                     "feedback, so that the captured targets are the true updates)")
+    ap.add_argument("--stacked", action="store_true",
+                    help="payloads of two compressors, the second on the first's remainder, against PowerSGD")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rounds = [int(r) for r in args.rounds.split(",")]
@@ -75,23 +95,31 @@ def main() -> None:
         ups = true_updates(sim, rounds, 10)
         net, shape, classes = sim.client_model, tuple(sim.feature_shape), sim.data.num_classes
         size = None
-        for label, opts in methods(model).items():
-            comp = None
+        for label, parts in methods(model, args.stacked).items():
+            comps = None
             for r in rounds:
                 group = [(u, w, k) for u, w, t, k in ups if t == r]
                 set_flat(net, group[0][1])
                 ctxs = [Context(net, w, shape, classes, round=r, client=k,
                                 generator=torch.Generator().manual_seed(1000 * r + k + 1)) for _, w, k in group]
-                if comp is None:
-                    o = dict(opts)
-                    name = o.pop("method")
-                    comp = match_bytes(name, size, ctxs[0], o) if name == "topk" else make_compressor(name, **o)
-                    comp.check_context(ctxs[0])
+                if comps is None:
+                    comps = []
+                    for opts in parts:
+                        o = dict(opts)
+                        name = o.pop("method")
+                        comps.append(match_bytes(name, size, ctxs[0], o) if name == "topk"
+                                     else make_compressor(name, **o))
+                        comps[-1].check_context(ctxs[0])
                 dec, nbytes = [], []
                 for (u, _, _), c in zip(group, ctxs):
-                    payload, _ = comp.compress(u, c)
-                    nbytes.append(len(comp.encode(payload)))
-                    dec.append(comp.decompress(payload, c).double())
+                    rest, total, n = u.clone(), torch.zeros_like(u), 0
+                    for comp in comps:
+                        payload, _ = comp.compress(rest, c)
+                        n += len(comp.encode(payload))
+                        d = comp.decompress(payload, c)
+                        total, rest = total + d, rest - d
+                    nbytes.append(n)
+                    dec.append(total.double())
                 us = [u.double() for u, _, _ in group]
                 errs = [d - u for d, u in zip(dec, us)]
                 mean_e = torch.stack(errs).mean(0)
@@ -115,11 +143,14 @@ def main() -> None:
                 lines.append("| {} | {} | {} | {:,} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} |".format(*row))
                 print(lines[-1], flush=True)
     print("\n".join(tensors[2:]), flush=True)
+    who = "FedAvg's run" if args.trajectory == "fedavg" else "3SFC's own run (no error feedback)"
     write_section("Shared compression errors: do the clients' errors add up in the mean? (issue 31)"
-                  + ("" if args.trajectory == "fedavg" else ", along 3SFC's own run"),
+                  + ("" if args.trajectory == "fedavg" else ", along 3SFC's own run")
+                  + (", two compressors in one payload" if args.stacked else ""),
                   "\n".join(lines) + ("\n\n" + "\n".join(tensors) if args.per_tensor else "")
-                  + "\n\nAll 10 clients of a FedAvg round, each true update compressed alone "
-                  "(no error feedback). With independent errors the mean error energy share is about 1/K = 0.1.")
+                  + f"\n\nAll 10 clients of a round of {who}, each true update compressed alone "
+                  "(no error feedback); client cos and aggregate cos are cosines, not their squares. With "
+                  "independent errors the mean error energy share is about 1/K = 0.1.")
 
 
 if __name__ == "__main__":
