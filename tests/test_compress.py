@@ -92,6 +92,29 @@ def test_client_step_ef_identity_through_the_wire():
     torch.testing.assert_close(decoded + ef.residuals[2], delta, rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize("method", ["powersgd", "topk"])
+def test_diverged_update_resets_the_residual(method, caplog):
+    """A client whose local training diverged (NaN in its update) keeps no residual of it: the next
+    round's target is that round's update alone, finite."""
+    ctx = small_ctx()
+    ctx.client = 3
+    comp = make_compressor(method)
+    ef = ErrorFeedback()
+    ef.residuals[3] = target_like(ctx, 1)
+    bad = target_like(ctx, 2)
+    bad[::7] = float("nan")
+    p = ef_target(ctx, bad, compressor=comp, ef=ef, num_samples=10)
+    with caplog.at_level("WARNING", logger="e3sfc.federated.client"):
+        finish_update(p, comp, ef, *comp.compress(p.target, p.ctx))
+    assert "not finite" in caplog.text
+    assert torch.equal(ef.residuals[3], torch.zeros_like(bad))
+    good = target_like(ctx, 4)
+    p = ef_target(ctx, good.clone(), compressor=comp, ef=ef, num_samples=10)
+    assert torch.equal(p.target, good)
+    finish_update(p, comp, ef, *comp.compress(p.target, p.ctx))
+    assert torch.isfinite(ef.residuals[3]).all()
+
+
 def _single_tensor_ctx(values):
     lin = torch.nn.Linear(len(values), 1, bias=False)  # P = len(values), one tensor
     return Context(lin, torch.zeros(len(values)), (len(values),), 1)

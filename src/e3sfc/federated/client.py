@@ -11,6 +11,7 @@ update e_k <- tau - decoded (:func:`finish_update`).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +21,8 @@ from torch import nn
 from ..compress import Compressor, Context, ErrorFeedback
 from ..wire import Payload
 from .params import get_flat, set_flat
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,7 +88,13 @@ def finish_update(p: Prepared, compressor: Compressor, ef: ErrorFeedback, payloa
                   compress_seconds: float = 0.0) -> ClientUpdate:
     """Serialize the compressed payload and update the EF residual: e_k <- target - decoded."""
     blob = compressor.encode(payload)
-    if p.use_ef:
+    if p.use_ef and not torch.isfinite(p.target).all():
+        # a local training that diverged: the server rejects what it decodes to, and a residual that kept
+        # it would spoil every later target of this client, so the residual starts again from zero
+        log.warning("client %d: its update is not finite (did its local training diverge?); its "
+                    "error-feedback residual is reset to zero", p.ctx.client)
+        ef.update(p.ctx.client, torch.zeros_like(p.target), torch.zeros_like(p.target))
+    elif p.use_ef:
         decoded = compressor.decompress(payload, p.ctx)
         if not torch.isfinite(decoded).all():  # the server will reject it: nothing was sent, keep it all
             decoded = torch.zeros_like(decoded)
