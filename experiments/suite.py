@@ -506,9 +506,8 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
                  "0.7685, fedsynth at 0.6058 and e3sfc-budget-decay at 0.7726, the others within 0.2 points of "
                  "here: the runs whose last rounds swing move with float rounding as much as with a change of "
                  "seed (seeds group).",
-    "seeds": "Made with the batched search the default; 3sfc-seed43, 3sfc-reference-lbfgs-seed43 and e3sfc-seed43 on "
-             "the 16 CPU cores of a GPU machine lent for one session (NVIDIA H200 host, torch 2.11), the others on "
-             "the machine above.",
+    "seeds": "All 21 runs made again on the machine above, with the batched search the default (the -serial runs "
+             "with --no-batch-search); seed 42's 3sfc, 3sfc-reference-lbfgs and e3sfc are the reference group's.",
     "budget": "All 24 runs made again on the machine above with the batched search (the default), so that only "
               "the schedule differs. Plainly: no "
               "schedule beats constant, which stays the default. Tried: moving M by one sample a round on the "
