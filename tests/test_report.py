@@ -554,6 +554,30 @@ def test_suite_frontier_settings_name_the_frontier_runs():
     assert unused == {"e3sfc-3k-alpha0.1", "e3sfc-3k-alpha1.0"}
 
 
+def test_suite_frontier_convnet_settings_rank_every_run_and_curves_join_the_seeds():
+    """Every frontier-convnet run but FedAvg is ranked in one setting (its way), at both seeds; rivals take
+    the downlink of their own method both ways only; a curve joins a method's seeds, keeps one-way and
+    both-ways runs apart by panel, and names the published M = 1."""
+    suite = _suite()
+    runs = suite.frontier_convnet_runs()
+    settings = suite.frontier_convnet_settings()
+    ranked = [n for _, _, mine, rivals in settings for n in (*mine.values(), *rivals.values())]
+    assert len(ranked) == len(set(ranked)) == 12
+    assert {f"{n}-seed{s}" for n in (*ranked, "fedavg") for s in (42, 43)} == set(runs)
+    for name, args in runs.items():
+        assert ("--downlink" in args) == (name.split("-seed")[0].endswith("twoway") and
+                                          not name.startswith("e3sfc"))
+        assert args[args.index("--train-subset") + 1] == "12000" and args[args.index("--rounds") + 1] == "50"
+
+    def run(name):
+        return type("Run", (), {"path": Path("/x") / name})()
+
+    assert suite.anymodel_curve(run("3sfc-plus-oneway-seed43")) == "3sfc-plus"
+    assert suite.anymodel_curve(run("e3sfc-twoway-seed42")) == "e3sfc (published: M = 1, float32)"
+    assert suite.anymodel_curve(run("e3sfc-cnn-3k-twoway-seed42")) == "e3sfc-cnn"
+    assert suite.anymodel_panel(run("3sfc-res-oneway-seed42")) != suite.anymodel_panel(run("e3sfc-res-twoway-seed42"))
+
+
 def test_suite_report_says_a_group_not_started_is_not_run_yet(tmp_path):
     """A group with no run folder: "Not run yet" with its command; one with a started run: "Not finished yet"."""
     suite = _suite()
