@@ -11,7 +11,9 @@ the mean training loss and ``num-examples`` in the reply), its ServerApp (FedAvg
 this machine does not have. Departures, each the same in every arm: the weights of Net and the order of
 the local batches are seeded (the quickstart's are not), so that the arms start alike; each client trains
 on its whole partition, and the federated evaluation (``fraction-evaluate`` 0.5 on 20% held out of each
-partition) is left out, the central evaluation being the measurement. The add-on's own seed (its
+partition) is left out, the central evaluation being the measurement; the inputs are standardized per
+channel where the quickstart maps CIFAR's pixels to [-1, 1] (quickstart_collapse.py replays the round in
+process with both). The add-on's own seed (its
 compressors' randomness, ``e3sfc-seed``) is left at its default in every arm: ``--seeds`` varies the training
 subset, its partition, the initial model and the batches.
 
@@ -19,6 +21,7 @@ Arms, one run each per seed (the same data, partition, initial model and batches
 - ``fedavg``: the app as it is, no add-on (dense replies);
 - ``3sfc``: the README's diff, ``e3sfc-method = "3sfc"`` and nothing else: the add-on fits the payload
   to its default ``e3sfc-payload-bytes`` (3,215; on this CNN 8x8 features, M = 15, 8-bit);
+- ``3sfc-tensor``: the same with ``e3sfc-scales = "tensor"`` (one scale per parameter tensor);
 - ``powersgd-r1``, ``powersgd-r2``: the same diff with ``e3sfc-method = "powersgd"``, ``e3sfc-rank``
   1 or 2, ``e3sfc-value-bits = 8``;
 - ``stc``: ``e3sfc-method = "stc"``, ``e3sfc-index-coding = "golomb"``, ``e3sfc-ratio = "bytes:N"``, N
@@ -85,6 +88,7 @@ QUICKSTART = {"local-epochs": 1, "learning-rate": 0.1, "batch-size": 32}  # its 
 ARMS = {  # the e3sfc- keys each arm adds to the run config (none: the app without the add-on)
     "fedavg": {},
     "3sfc": {"e3sfc-method": "3sfc"},
+    "3sfc-tensor": {"e3sfc-method": "3sfc", "e3sfc-scales": "tensor"},
     "powersgd-r1": {"e3sfc-method": "powersgd", "e3sfc-rank": 1, "e3sfc-value-bits": 8},
     "powersgd-r2": {"e3sfc-method": "powersgd", "e3sfc-rank": 2, "e3sfc-value-bits": 8},
     "stc": {"e3sfc-method": "stc", "e3sfc-index-coding": "golomb"},  # e3sfc-ratio bytes:N, N the 3sfc payload's
