@@ -198,6 +198,29 @@ def test_downlink_search_has_its_own_patience():
         RunConfig(method="e3sfc", downlink_patience=-1)
 
 
+def test_history_setting_bounds_both_searches(monkeypatch):
+    """--history reaches the clients' searches and the server's downlink search: none keeps more pairs."""
+    import e3sfc.compress.threesfc as threesfc
+    from e3sfc.federated.downlink import downlink_compressor
+
+    kept = []
+
+    class Recording(threesfc.FlatLBFGS):
+        def _push(self, s, y, ys):
+            super()._push(s, y, ys)
+            kept.append((self.history, self.k))
+
+    monkeypatch.setattr(threesfc, "FlatLBFGS", Recording)
+    cfg = RunConfig(**{**QUICK, "steps": 3}, clients=2, rounds=2, history=4)
+    sim = Simulation(cfg)
+    assert sim.server.compressor.history == 4
+    assert downlink_compressor(cfg, sim.server.context(0, None)).history == 4
+    sim.run()
+    assert {h for h, _ in kept} == {4} and max(k for _, k in kept) == 4  # the history fills, never overflows
+    with pytest.raises(ConfigError, match="--history: 0 is not allowed"):
+        RunConfig(method="e3sfc", history=0)
+
+
 def test_search_path_is_chosen_automatically_and_overridable():
     """Unset --batch-search: batched where it was measured faster (any model on a GPU; the MLP and the
     small convolutional models on a CPU), one at a time elsewhere and under Flower; a flag wins."""
