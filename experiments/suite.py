@@ -169,10 +169,13 @@ def frontier_convnet_runs() -> dict[str, list[str]]:
 
 
 def frontier_convnet_settings() -> list[Setting]:
-    return [(f"ConvNet {'both ways' if way == 'twoway' else 'one way'}, 3.2 KB", "fedavg",
-             {f"{m}{x}": f"{m}{x}-{way}" for x in ("-plus", "-res", "") for m in
-              ("e3sfc" if way == "twoway" else "3sfc",)},
-             {o: f"{o}-{way}" for o in FRONTIER_RIVALS}) for way in ("twoway", "oneway")]
+    out: list[Setting] = []
+    for way in ("twoway", "oneway"):
+        m = "e3sfc" if way == "twoway" else "3sfc"
+        out.append((f"ConvNet {'both ways' if way == 'twoway' else 'one way'}, 3.2 KB", "fedavg",
+                    {f"{m}{x}": f"{m}{x}-{way}" for x in ("-plus", "-res", "")},
+                    {o: f"{o}-{way}" for o in FRONTIER_RIVALS}))
+    return out
 
 
 # Any model (issue 31): Flower's quickstart CNN on Fashion-MNIST padded to 3x32x32 RGB (a stand-in for
@@ -311,6 +314,18 @@ def settings_verdicts(rows: list[dict], settings: list[Setting], goal: str) -> l
                    f"in {won} of the {counted} settings run so far (mean of the last 10 rounds over the seeds both "
                    f"have; goal: {goal}).")
     return out
+
+
+# The accuracy-per-byte groups: each run's line and panel in the figure, the settings its table and verdicts
+# compare within, and the goal its verdict counts against (the issue's).
+BYTE_GROUPS = {
+    "frontier": (frontier_curve, frontier_panel, frontier_settings, "5 of 6, two seeds"),
+    "frontier-convnet": (anymodel_curve, anymodel_panel, frontier_convnet_settings,
+                         "beat every rival both ways, two seeds"),
+    "anymodel": (anymodel_curve, anymodel_panel, anymodel_settings,
+                 "the issue's is weaker: at least level with the best rival, within the seed spread, both ways at "
+                 "3.2 KB and 1 KB, two seeds"),
+}
 
 
 def groups(root: Path) -> dict[str, dict[str, list[str]]]:
@@ -885,11 +900,8 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]], docs: Path 
         missing = [n for n in runs if n not in done]
         if missing:
             parts.append(f"Not finished yet: {', '.join(missing)}" + progress(root / group, missing) + ".\n")
-        if group in ("frontier", "anymodel", "frontier-convnet"):
-            curve, panel, settings = {"frontier": (frontier_curve, frontier_panel, frontier_settings()),
-                                      "frontier-convnet": (anymodel_curve, anymodel_panel,
-                                                           frontier_convnet_settings()),
-                                      "anymodel": (anymodel_curve, anymodel_panel, anymodel_settings())}[group]
+        if group in BYTE_GROUPS:
+            curve, panel, settings, _ = BYTE_GROUPS[group]
             plot_frontier(loaded, docs / f"{group}.png", curve=curve, panel=panel)
             # the figure's final accuracy (the mean of the last 10 rounds, whatever the run's length) in the
             # table and the verdicts below, so that they quote the points drawn
@@ -897,7 +909,7 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]], docs: Path 
             rows = [{**r, "acc_last10": final[r["run"]]} for r in rows]
             parts.append(f"![{group}]({group}.png)\n")
             parts.append("Each setting's methods, best first (final accuracy: mean of the last 10 rounds):\n\n"
-                         + settings_table(rows, settings) + "\n")
+                         + settings_table(rows, settings()) + "\n")
         else:
             figure = loaded
             if group == "seeds":  # the runs the verdicts average, the reference group's seed 42 included
@@ -919,13 +931,8 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]], docs: Path 
              "convnet-beyond": lambda: convnet_beyond_verdicts(rows),
              "faithful": lambda: faithful_verdicts(rows, root),
              "budget": lambda: budget_verdicts(rows, root),
-             "frontier": lambda: settings_verdicts(rows, frontier_settings(), "5 of 6, two seeds"),
-             "frontier-convnet": lambda: settings_verdicts(rows, frontier_convnet_settings(), "beat every rival "
-                                                           "both ways, two seeds"),
-             "anymodel": lambda: settings_verdicts(rows, anymodel_settings(), "the issue's is weaker: at least level "
-                                                   "with the best rival, within the seed spread, both ways at 3.2 KB "
-                                                   "and 1 KB, two seeds")}.get(
-            group, lambda: verdicts(rows))()
+             **{g: (lambda settings=settings, goal=goal: settings_verdicts(rows, settings(), goal))
+                for g, (_, _, settings, goal) in BYTE_GROUPS.items()}}.get(group, lambda: verdicts(rows))()
         if v:
             parts.append("Where the synthesis methods win and lose:\n\n" + "\n".join(v) + "\n")
     text = "\n".join(parts)
