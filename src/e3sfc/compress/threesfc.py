@@ -4,7 +4,7 @@ docs/design.md §1.1).
 Encoder: find x (M, *input_shape), y (M, C) (with ``feature_res``: z, below) minimising
     1 - |cos(g(x, y), tau)| + lambda (||x||_2 + ||y||_2)            (paper Eq. 6)
 with g(x, y) = grad_w L(w_t; x, y) (double backprop), by L-BFGS (lr 1,
-``max_iter`` per step, history 100, no line search) for ``steps`` steps,
+``max_iter`` per step, history 100 by default (``--history``), no line search) for ``steps`` steps,
 keeping the best iterate seen (lowest objective; NaN never chosen).
 Speed: the algorithm as above, made cheap in three ways (timings in benchmarks/RESULTS.md):
 - the L-BFGS is torch's, rule for rule, with the two-loop recursion in matrix
