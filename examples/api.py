@@ -6,6 +6,9 @@ model, dataset and compressor registered for runs. tests/test_examples.py runs i
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -13,13 +16,20 @@ from torch.utils.data import TensorDataset
 
 import e3sfc
 from e3sfc import Compressor, Context, RunConfig, Simulation, make_compressor
+from e3sfc.errors import ConfigError
+from e3sfc.models import batchnorm_to_groupnorm
 from e3sfc.wire import FieldSpec, Payload
 
-# 1. A simulation: E-3SFC on scikit-learn's digits, 4 clients, 3 rounds (metrics per round, exact bytes).
-summary = Simulation(RunConfig(method="e3sfc", dataset="digits", clients=4, rounds=3, batch_size=32, lr=0.05,
-                               steps=2, max_iter=5)).run()
+# 1. A simulation: E-3SFC on scikit-learn's digits, 4 clients, 3 rounds (metrics per round, exact bytes),
+#    written to a run folder (out=: config, metrics, ledger, summary, checkpoints), with a callback per round.
+with tempfile.TemporaryDirectory() as tmp:
+    sim = Simulation(RunConfig(method="e3sfc", dataset="digits", clients=4, rounds=3, batch_size=32, lr=0.05,
+                               steps=2, max_iter=5, out=str(Path(tmp) / "api")))
+    summary = sim.run(progress=lambda t, row: print(f"   round {t}: accuracy {row.get('accuracy')}"))
+    written = sorted(p.name for p in (Path(tmp) / "api").iterdir() if not p.name.startswith("."))
 print("1. e3sfc on digits:", f"accuracy {summary['final_accuracy']:.3f},",
-      f"{summary['total_uplink_bytes']:,} bytes up, {summary['total_downlink_bytes']:,} down")
+      f"{summary['total_uplink_bytes']:,} bytes up, {summary['total_downlink_bytes']:,} down,",
+      f"{len(sim.metrics)} rounds in sim.metrics, run folder: {', '.join(written)}")
 
 # 2. Compress an update of your own model: 3SFC synthesizes 4 samples (8-bit) whose gradient through the
 #    model at w_t points where the update does; the receiver decodes the same bytes at w_t.
@@ -73,3 +83,25 @@ for method in ("half", "3sfc"):
                              steps=2, max_iter=5)).run()
     print(f"3. {method} on blobs with tinynet: accuracy {s['final_accuracy']:.3f}, "
           f"{s['uplink_bytes_per_client_round']:,} bytes a client-round up")
+
+# 4. A model with BatchNorm: the synthesis methods refuse it with one line (their decoder is the model's
+#    gradient, and BatchNorm's running statistics are never sent); GroupNorm over the same channels fits.
+class BNNet(nn.Module):
+    def __init__(self, input_shape, num_classes):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(input_shape[0], 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.Flatten(), nn.Linear(8 * input_shape[1] * input_shape[2], num_classes))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+e3sfc.register_model("bnnet", BNNet)
+try:
+    Simulation(RunConfig(method="3sfc", dataset="blobs", model="bnnet", clients=3, rounds=1))
+except ConfigError as err:
+    print("4. bnnet refused:", err)
+e3sfc.register_model("gnnet", lambda shape, classes: batchnorm_to_groupnorm(BNNet(shape, classes)))
+s = Simulation(RunConfig(method="3sfc", dataset="blobs", model="gnnet", clients=3, rounds=3, lr=0.1,
+                         steps=2, max_iter=5)).run()
+print(f"4. gnnet (BatchNorm -> GroupNorm) with 3sfc: accuracy {s['final_accuracy']:.3f}")

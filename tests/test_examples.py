@@ -21,6 +21,14 @@ def test_api_example_runs():
     assert lines["half"][1] == 2 * 1923 + 11      # 1,923 parameters in float16, plus the header
     assert lines["3sfc"][1] < lines["half"][1] / 10
     assert lines["half"][0] > 0.6 and lines["3sfc"][0] > 0.6  # three well-separated blobs: chance is 0.33
+    # the run folder (out=), the per-round callback and sim.metrics
+    assert re.search(r"1\. e3sfc on digits: .* 3 rounds in sim\.metrics, run folder: .*metrics\.jsonl.*summary\.json",
+                     out)
+    assert len(re.findall(r"^   round \d: accuracy", out, re.M)) == 3
+    # BatchNorm refused with one line naming the way out; converted to GroupNorm it trains
+    assert re.search(r"^4\. bnnet refused: --model: BNNet has BatchNorm.*batchnorm_to_groupnorm", out, re.M)
+    acc = float(re.search(r"4\. gnnet \(BatchNorm -> GroupNorm\) with 3sfc: accuracy ([\d.]+)", out).group(1))
+    assert acc > 0.6
 
 
 ROOT = EXAMPLE.parents[1]
