@@ -520,9 +520,9 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
                "decoding now runs with deterministic cuDNN, not yet re-run on a GPU. The s / round column compares "
                "machines, not methods; float rounding differs between machines about as much as a change of seed.",
     "frontier-convnet": "Made on the machine above (2026-12-07), on its CPU, two runs side by side and other jobs "
-                        "at times (the two R = 14 runs of seed 42 stopped and resumed from their checkpoints), so the s / round "
-                        "column measures the load more than the methods; benchmarks/round_time.py times methods "
-                        "side by side. Seed 42 first, seed 43 after.",
+                        "at times (the two R = 14 runs of seed 42 stopped and resumed from their checkpoints), so "
+                        "the s / round column measures the load more than the methods; benchmarks/round_time.py "
+                        "times methods side by side. Seed 42 first, seed 43 after.",
     "frontier": "Seed 42 first (the whole map at one seed), seed 43 after; the synthesis settings were chosen on seed "
                 "42 (e3sfc-plus: the published payload size, 8-bit M = 4 at full resolution, and its 1 and 12 KB "
                 "siblings; e3sfc-res: the lower feature resolution the rate-distortion map picked), so seed 43 is "
