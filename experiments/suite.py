@@ -380,7 +380,7 @@ def groups(root: Path) -> dict[str, dict[str, list[str]]]:
                 options[f"warm-start-alpha{a}-seed{s}"] = [*plus, "--warm-start"]
                 # issue 34: shorter searches (a third fewer evaluations up, 40% fewer down; benchmarks/RESULTS.md)
                 options[f"short-search-alpha{a}-seed{s}"] = [*plus, "--patience", "10", "--downlink-patience", "20"]
-                # issue 34: an L-BFGS history of 20 pairs instead of 100 (a fifth of the M = 4 search's time)
+                # issue 34: an L-BFGS history of 20 pairs instead of 100 (17-18% of the M = 4 search's time)
                 options[f"history20-alpha{a}-seed{s}"] = [*plus, "--history", "20"]
                 # both together: the fastest of these (1.44x a FedAvg round against e3sfc-plus's 1.89x)
                 options[f"fast-search-alpha{a}-seed{s}"] = [*plus, "--patience", "10", "--downlink-patience", "20",
@@ -523,9 +523,10 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
                "decoding now runs with deterministic cuDNN, not yet re-run on a GPU. The s / round column compares "
                "machines, not methods; float rounding differs between machines about as much as a change of seed.",
     "frontier-convnet": "Made on the machine above (2026-12-07), on its CPU, two runs side by side and other jobs "
-                        "at times (the two R = 14 runs of seed 42 stopped and resumed from their checkpoints), so "
-                        "the s / round column measures the load more than the methods; benchmarks/round_time.py "
-                        "times methods side by side. Seed 42 first, seed 43 after.",
+                        "at times (the two R = 14 runs of seed 42 paused for about 11 minutes once, and were "
+                        "stopped and resumed from their checkpoints once), so the s / round column measures the "
+                        "load more than the methods; benchmarks/round_time.py times methods side by side. Seed 42 "
+                        "first, seed 43 after.",
     "frontier": "Seed 42 first (the whole map at one seed), seed 43 after; the synthesis settings were chosen on seed "
                 "42 (e3sfc-plus: the published payload size, 8-bit M = 4 at full resolution, and its 1 and 12 KB "
                 "siblings; e3sfc-res: the lower feature resolution the rate-distortion map picked), so seed 43 is "

@@ -151,7 +151,7 @@ OPTIONS = (
     Option("select", str, "every", "which iterate is kept: every evaluation's best, or (the authors') each "
            "step's end", choices=("every", "step"), setting=False),
     Option("history", int, 100, "L-BFGS history: the (step, gradient change) pairs the search keeps (100: torch's "
-           "default, the published algorithm's; 20 takes a fifth off an M = 4 search for 0.1 to 0.7 points of "
+           "default, the published algorithm's; 20 makes an M = 4 search about a sixth faster for 0.1 to 0.7 points of "
            "accuracy: benchmarks/RESULTS.md)", low=1, check_unused=False),
     Option("tol", float, 1e-4, "early stop: smallest improvement that counts", low=0, setting=False),
     Option("lock_cos", float, 0.05, "early stop: |cos| the search must reach first", low=0, setting=False),
