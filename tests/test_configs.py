@@ -36,6 +36,30 @@ def test_3sfc_plus_is_e3sfc_plus_one_way():
     assert '"--config", "configs/e3sfc-plus.toml", "--method", "3sfc"' in suite
 
 
+def test_cnn_config_is_the_anymodel_groups_e3sfc_cnn_setting():
+    """configs/e3sfc-cnn.toml is the setting its results were measured in: the suite's anymodel runs
+    e3sfc-cnn-{1k,3k}-twoway are this file with --payload-bytes and --seed (compared as RunConfigs)."""
+    import importlib.util
+
+    from e3sfc.cli import build_parser
+    spec = importlib.util.spec_from_file_location("suite", ROOT / "experiments" / "suite.py")
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    runs = suite.anymodel_runs()
+    parser = build_parser()
+
+    def config(args):
+        ns = parser.parse_args(["run", *args])
+        return RunConfig.from_sources(ns.config, **{k: getattr(ns, k) for k in RunConfig.__dataclass_fields__})
+
+    for b, budget in (("1k", "833"), ("3k", "3215")):
+        for s in (42, 43):
+            mine = config(["--config", str(ROOT / "configs" / "e3sfc-cnn.toml"), "--payload-bytes", budget,
+                           "--seed", str(s)])
+            args = [str(ROOT / a) if a.endswith(".toml") else a for a in runs[f"e3sfc-cnn-{b}-twoway-seed{s}"]]
+            assert mine == config(args), (b, s)
+
+
 def test_docs_name_existing_configs():
     named = set()
     for doc in [ROOT / "README.md", ROOT / "Makefile", *(ROOT / "docs").glob("*.md"), *(ROOT / "scripts").glob("*")]:

@@ -207,12 +207,15 @@ def test_addon_default_sends_at_most_3_3_kb_on_a_3x32x32_cnn():
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
 
 
-def test_the_cnn_config_picks_8x8_features_on_lenet():
+@pytest.mark.parametrize("model", ["quickcnn", "lenet"])
+def test_the_cnn_config_picks_8x8_features_on_a_3x32x32_cnn(model):
+    """Its own model (quickcnn) and the one its comment suggests for CIFAR-10 (lenet): the same fit."""
     from pathlib import Path
 
     from e3sfc.compress import build_compressor
     from e3sfc.config import load_toml
     cfg = RunConfig.from_dict(load_toml(Path(__file__).parents[1] / "configs" / "e3sfc-cnn.toml"))
+    assert cfg.model == "quickcnn"
     options = {**cfg.to_dict(), "batch_search": False}
-    comp = build_compressor(cfg.method, options, cfg.ratio, _ctx(cfg.model, (3, 32, 32)))
+    comp = build_compressor(cfg.method, options, cfg.ratio, _ctx(model, (3, 32, 32)))
     assert comp.fitted == (8, 15, 8, 3069)

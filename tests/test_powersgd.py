@@ -139,9 +139,13 @@ def test_both_ways_replicas_bit_identical_under_partial_participation_and_exact_
     # digits MLP 64-200-200-10 at rank 2, 8 bits: F = 2 (264 + 400 + 210), C = 3, D = 410
     size = 23 + 1748 + 8 * 3 + 4 * 410
     assert sim.server.compressor.payload_bytes(sim.server.context(1, None)) == size == 3435
+    last = {k: 1 for k in range(6)}  # the round whose model each client holds (w_1 from the seed: nothing sent)
     for t in range(1, 5):
         up = sim.ledger.per_client(t, "up")
         assert len(up) == 3 and set(up.values()) == {size}
+        # down: one compressed broadcast (same layout, same size) for every round's move the client missed
+        assert sim.ledger.per_client(t, "down") == {k: size * (t - last[k]) for k in up if t > last[k]}
+        last.update({k: t for k in up})
     starts = [sim.client(k).start for k in range(6) if sim.client(k).trained]
     assert starts and all(s is not None and s.numel() == 2 * (64 + 200 + 200) for s in starts)
     assert sim.server.downlink.start is not None and -1 in sim.server.downlink.ef.residuals

@@ -162,6 +162,22 @@ def test_bad_bytes_budget_is_one_config_error(text):
         parse_ratio(text)
 
 
+def test_match_takes_the_matched_methods_knobs():
+    """``--ratio match:powersgd --rank 1``: the rank sizes PowerSGD's payload (not refused as unused), and
+    the sparsifier fits that payload, not rank 2's (the default)."""
+    from e3sfc.errors import ConfigError
+
+    cfg = RunConfig.from_sources(None, method="topk", ratio="match:powersgd", rank=1, index_coding="golomb")
+    ctx = _ctx((1, 28, 28))
+    budgets = {r: make_compressor("powersgd", rank=r).payload_bytes(ctx) for r in (1, 2)}
+    assert budgets[1] < budgets[2]
+    c = build_compressor("topk", cfg.to_dict(), cfg.ratio, ctx)
+    assert c.payload_bytes(ctx) == budgets[1]
+    assert len(c.encode(c.compress(_tau(ctx), ctx)[0])) <= budgets[1]
+    with pytest.raises(ConfigError, match="--rank: 1 is not allowed; expected the default with --method topk"):
+        RunConfig.from_sources(None, method="topk", ratio="0.01", rank=1)
+
+
 def test_match_with_a_budget_too_small_is_refused():
     from e3sfc.errors import ConfigError
     from e3sfc.compress import match_bytes

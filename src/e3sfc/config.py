@@ -433,10 +433,15 @@ def _check_knobs_used(c: "RunConfig") -> None:
     used = [get_compressor_class(c.method)]
     if c.resolved_downlink != "dense":
         used.append(get_compressor_class(c.resolved_downlink))
+    # --ratio match:M (or --downlink-ratio) sizes by method M's payload, built with M's own knobs (--rank ...)
+    matched = [r.split(":", 1)[1] for r in (c.ratio, c.downlink_ratio) if isinstance(r, str) and r.startswith("match:")]
+    matched = [m for m in matched if m in available_methods()]
     for knob, o in method_settings().items():
-        if o.check_unused and getattr(c, knob) != o.default and not any(knob in cls.option_names() for cls in used):
+        if (o.check_unused and getattr(c, knob) != o.default
+                and not any(knob in cls.option_names() for cls in [*used, *map(get_compressor_class, matched)])):
             _require(False, knob, getattr(c, knob), f"the default with --method {c.method} and --downlink "
-                     f"{c.resolved_downlink} (it is a knob of {', '.join(takers(knob))})")
+                     f"{c.resolved_downlink} (it is a knob of {', '.join(takers(knob))}, or of the method "
+                     "a --ratio match:METHOD names)")
     if c.downlink_samples and not (c.resolved_downlink != "dense" and used[-1].sized_by_samples):
         sized = [m for m in available_methods() if get_compressor_class(m).sized_by_samples]
         _require(False, "downlink_samples", c.downlink_samples, f"0 unless --downlink is a method sized by samples "
