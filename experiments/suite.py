@@ -139,6 +139,38 @@ FRONTIER_RIVALS = ("powersgd", "topk-golomb", "stc-golomb")
 FRONTIER_LABELS = {"1k": "about 1 KB", "3k": "3.2 KB", "12k": "12 KB"}
 
 
+def frontier_oneway_runs() -> dict[str, list[str]]:
+    """The MLP one way at 3.2 KB a payload (issue 31, item 4: every model one way as well as both ways): the
+    uplink compressed, the downlink dense; the frontier's 3.2 KB settings (synthesis 8-bit M = 4 at full
+    resolution and 8-bit R = 14, M = 15; PowerSGD rank 1; Top-k and STC with Golomb positions at 3,215 B at
+    most), Dirichlet 0.1 and 1.0, seeds 42 and 43, 100 rounds."""
+    base = ["--config", "configs/reference.toml"]
+    synth = {"3sfc-plus": ["--samples", "4", "--feature-bits", "8", "--steps", "10"],
+             "3sfc-res": ["--samples", "15", "--feature-bits", "8", "--feature-res", "14", "--steps", "10"]}
+    rivals = {"powersgd": ["powersgd", "--rank", "1", "--value-bits", "8"],
+              "topk-golomb": ["topk", "--index-coding", "golomb", "--value-bits", "8", "--ratio", "bytes:3215"],
+              "stc-golomb": ["stc", "--index-coding", "golomb", "--ratio", "bytes:3215"]}
+    runs: dict[str, list[str]] = {}
+    for s in (42, 43):
+        for a in FRONTIER_ALPHAS:
+            tail = ["--alpha", a, "--seed", str(s)]
+            runs[f"fedavg-alpha{a}-seed{s}"] = [*base, "--method", "fedavg", *tail]
+            for name, opts in synth.items():
+                runs[f"{name}-alpha{a}-seed{s}"] = [*base, "--method", "3sfc", *opts, *tail]
+            for name, (meth, *opts) in rivals.items():
+                runs[f"{name}-alpha{a}-seed{s}"] = [*base, "--method", meth, *opts, *tail]
+    return runs
+
+
+def frontier_oneway_settings() -> list[Setting]:
+    return [(f"alpha {a}, 3.2 KB, one way", f"fedavg-alpha{a}", {m: f"{m}-alpha{a}" for m in ("3sfc-plus", "3sfc-res")},
+             {o: f"{o}-alpha{a}" for o in FRONTIER_RIVALS}) for a in FRONTIER_ALPHAS]
+
+
+def frontier_oneway_curve(run) -> str:
+    return re.sub(r"-alpha[\d.]+-seed\d+$", "", run.path.name)
+
+
 def frontier_convnet_runs() -> dict[str, list[str]]:
     """The ConvNet at 3.2 KB a payload (issue 30, item 4): each method one way (uplink compressed, dense
     downlink) and both ways, seeds 42 and 43. Sized for a CPU (a 3SFC round of the ConvNet on all 60,000
@@ -296,7 +328,7 @@ def settings_verdicts(rows: list[dict], settings: list[Setting], goal: str) -> l
     by = {r["run"]: r for r in rows}
     out, counted, won, chosen = [], 0, 0, []
     for label, _, mine, rivals in settings:
-        where = f"{label} a payload each way" if label.startswith("alpha") else label
+        where = f"{label} a payload each way" if label.startswith("alpha") and "one way" not in label else label
         me = {m: _frontier_seeds(by, name) for m, name in mine.items()}
         them = {o: _frontier_seeds(by, name) for o, name in rivals.items()}
         out += [line for m in me for o in them if (line := versus(where, m, me[m], o, them[o]))]
@@ -320,6 +352,8 @@ def settings_verdicts(rows: list[dict], settings: list[Setting], goal: str) -> l
 # compare within, and the goal its verdict counts against (the issue's).
 BYTE_GROUPS = {
     "frontier": (frontier_curve, frontier_panel, frontier_settings, "5 of 6, two seeds"),
+    "frontier-oneway": (frontier_oneway_curve, frontier_panel, frontier_oneway_settings,
+                        "none set (issue 31 asks for the measurement)"),
     "frontier-convnet": (anymodel_curve, anymodel_panel, frontier_convnet_settings,
                          "beat every rival both ways, two seeds"),
     "anymodel": (anymodel_curve, anymodel_panel, anymodel_settings,
@@ -417,7 +451,8 @@ def groups(root: Path) -> dict[str, dict[str, list[str]]]:
     frontier = frontier_runs()
     return {"reference": ref, "convnet": conv, "noniid": sweep, "seeds": seeds, "twoway": twoway, "beyond": beyond,
             "options": options, "convnet-beyond": convnet_beyond, "faithful": faithful, "text": text,
-            "budget": budget, "frontier": frontier, "frontier-convnet": frontier_convnet_runs(),
+            "budget": budget, "frontier": frontier, "frontier-oneway": frontier_oneway_runs(),
+            "frontier-convnet": frontier_convnet_runs(),
             "anymodel": anymodel_runs()}
 
 
@@ -455,6 +490,8 @@ TITLES = {
                 "stand-in for CIFAR-sized inputs (12,000 training images, 10 clients, Dirichlet 1.0, 50 rounds, seeds "
                 "42 and 43): synthesis sized by --payload-bytes against PowerSGD, coded Top-k and coded STC at about "
                 "3.2 KB and 1 KB a payload, both ways and one way",
+    "frontier-oneway": "Accuracy per byte, one way (uplink compressed, dense downlink): each method's 3.2 KB setting "
+                       "(MLP, Fashion-MNIST, Dirichlet 0.1 and 1.0, seeds 42 and 43)",
     "frontier-convnet": "Accuracy per byte on the ConvNet (convnet-fast) at 3.2 KB a payload, one way and both ways "
                         "(Fashion-MNIST, 12,000 training images, 10 clients, Dirichlet 1.0, 50 rounds, seeds 42 and "
                         "43)",
@@ -527,6 +564,9 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
                         "stopped and resumed from their checkpoints once), so the s / round column measures the "
                         "load more than the methods; benchmarks/round_time.py times methods side by side. Seed 42 "
                         "first, seed 43 after.",
+    "frontier-oneway": "The frontier's 3.2 KB settings, chosen on its both-ways runs, not tuned one way. Made on the "
+                       "machine above (2026-12-07), on its CPU, two runs side by side and other jobs at times, so "
+                       "the s / round column measures the load more than the methods.",
     "frontier": "Seed 42 first (the whole map at one seed), seed 43 after; the synthesis settings were chosen on seed "
                 "42 (e3sfc-plus: the published payload size, 8-bit M = 4 at full resolution, and its 1 and 12 KB "
                 "siblings; e3sfc-res: the lower feature resolution the rate-distortion map picked), so seed 43 is "

@@ -554,6 +554,34 @@ def test_suite_frontier_settings_name_the_frontier_runs():
     assert unused == {"e3sfc-3k-alpha0.1", "e3sfc-3k-alpha1.0"}
 
 
+def test_suite_frontier_oneway_settings_rank_every_run_and_match_the_frontier_3k_settings():
+    """Every frontier-oneway run but FedAvg is ranked in one setting, at both seeds; none sends a compressed
+    downlink; each is the frontier's 3.2 KB run of its method (same flags) without the downlink and the seeded
+    w_1, and its curve is the method's name."""
+    suite = _suite()
+    runs, both = suite.frontier_oneway_runs(), suite.frontier_runs()
+    ranked = [n for _, _, mine, rivals in suite.frontier_oneway_settings() for n in (*mine.values(), *rivals.values())]
+    assert len(ranked) == len(set(ranked)) == 10
+    assert {f"{n}-seed{s}" for n in (*ranked, "fedavg-alpha0.1", "fedavg-alpha1.0") for s in (42, 43)} == set(runs)
+
+    def flags(args):
+        pairs = dict(zip(args[::2], args[1::2]))
+        pairs.pop("--downlink", None), pairs.pop("--init", None)
+        return pairs
+
+    twin = {"3sfc-plus": "e3sfc-plus-3k", "3sfc-res": "e3sfc-res-3k", "powersgd": "powersgd-3k",
+            "topk-golomb": "topk-golomb-3k", "stc-golomb": "stc-golomb-3k", "fedavg": "fedavg"}
+    for name, args in runs.items():
+        assert "--downlink" not in args and "--init" not in args
+        method, tail = name.split("-alpha")
+        other = flags(both[f"{twin[method]}-alpha{tail}"])
+        if method.startswith("3sfc"):
+            other["--method"] = "3sfc"
+        assert flags(args) == other, name
+    run = type("Run", (), {"path": Path("/x") / "3sfc-res-alpha0.1-seed43", "config": {"alpha": 0.1}})()
+    assert suite.frontier_oneway_curve(run) == "3sfc-res"
+
+
 def test_suite_frontier_convnet_settings_rank_every_run_and_curves_join_the_seeds():
     """Every frontier-convnet run but FedAvg is ranked in one setting (its way), at both seeds; rivals take
     the downlink of their own method both ways only; a curve joins a method's seeds, keeps one-way and
