@@ -19,8 +19,11 @@ every method's settings whose payload fits in B are tried:
   largest that fits (``match_bytes``: a ratio for int32, a per-payload byte budget for golomb);
 - stc: int32 / golomb, tensor / global, K likewise;
 - powersgd: values 32 / 16 / 8 bits, the largest rank that fits at each;
-- 3sfc: features 32 / 16 / 8 bits, the largest M (up to --max-samples) that fits at each, one scale
-  (and one per tensor with --scales one,tensor); default steps, iterations and patience;
+- 3sfc: features at the input's resolution in 32 / 16 / 8 bits, and at the lower resolutions R of
+  AUTO_RES below the input's side (``--feature-res R``: R x R features upsampled to the input) in 8 bits
+  (``--res-bits``; 4-bit features at twice the samples captured at most 0.013 more on the MLP, section
+  "Synthesis at lower feature resolution"), the largest M (up to --max-samples) that fits at each, one
+  scale (and one per tensor with --scales one,tensor); default steps, iterations and patience;
 - sign and qsgd (16 levels): one fixed size each, a point on the map; fedsynth is left out (slow).
 
 The best of a method's settings at each budget (highest mean cos^2 over the captured updates) is its
@@ -50,12 +53,14 @@ from e3sfc.data import FedData, load_dataset
 from e3sfc.errors import ConfigError
 from e3sfc.federated import Simulation
 from e3sfc.federated.params import set_flat
+from e3sfc.report import method_color
 
 ROOT = Path(__file__).resolve().parent.parent
 JSON = ROOT / "benchmarks" / "logs" / "rate_distortion.json"
 FIG = ROOT / "docs" / "rate-distortion.png"
 BUDGETS = (500, 1000, 3200, 6400, 12000, 50000)
 POINTS = ("sign", "qsgd")  # one payload size each
+AUTO_RES = (20, 16, 14, 10, 8, 4)  # 3sfc's lower feature resolutions tried by default (those below the input's side)
 LABELS = {"mlp": "MLP (199,210 params, 1x28x28)", "convnet-fast": "ConvNet (convnet-fast, 28,650 params, 1x28x28)",
           "quickcnn": "quickcnn (Flower's Net, 62,006 params, 3x32x32*)"}
 
@@ -137,11 +142,14 @@ def settings(method: str, budget: int, ev: Evaluator, args) -> list[tuple[str, o
             if best:
                 out.append(best)
     elif method == "3sfc":
+        image = len(ev.shape) == 3
+        resolutions = args.feature_res if args.feature_res != "auto" else \
+            [0, *(r for r in AUTO_RES if image and r < min(ev.shape[1:]))]
         for scales in args.scales:
-            for res in args.feature_res:
-                if res and (len(ev.shape) != 3 or res > min(ev.shape[1:])):
+            for res in resolutions:
+                if res and (not image or res > min(ev.shape[1:])):
                     continue
-                for bits in args.feature_bits:
+                for bits in args.feature_bits if res == 0 or args.feature_res != "auto" else args.res_bits:
                     best = None
                     for m in range(1, args.max_samples + 1):
                         comp = make_compressor("3sfc", samples=m, feature_bits=bits, feature_res=res, scales=scales,
@@ -185,8 +193,7 @@ def evaluate(model: str, ev: Evaluator, args, log) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ output
-STYLE = {"topk": ("tab:blue", "o"), "stc": ("tab:orange", "s"), "powersgd": ("tab:green", "^"),
-         "3sfc": ("tab:red", "D"), "sign": ("tab:purple", "*"), "qsgd": ("tab:brown", "P")}
+MARKERS = {"topk": "o", "stc": "s", "powersgd": "^", "3sfc": "D", "sign": "*", "qsgd": "P"}  # colours: the project's
 
 
 def table(res: dict) -> str:
@@ -232,7 +239,7 @@ def figure(res: dict, path: Path) -> None:
     for ax, model in zip(axes[0], models):
         r = res["models"][model]
         for method, per in r["best"].items():
-            color, marker = STYLE.get(method, ("k", "x"))
+            color, marker = method_color(method), MARKERS.get(method, "x")
             if method in POINTS:
                 p = r["points"].get(method)
                 if p:
@@ -272,22 +279,27 @@ def main() -> None:
     ap.add_argument("--models", default="mlp,convnet-fast,quickcnn")
     ap.add_argument("--methods", default="topk,stc,powersgd,3sfc,sign,qsgd")
     ap.add_argument("--rounds", default="1,5,10,20", help="rounds whose updates are captured")
-    ap.add_argument("--per-round", default="mlp:3,convnet-fast:1,quickcnn:3",
+    ap.add_argument("--per-round", default="mlp:3,convnet-fast:2,quickcnn:3",
                     help="participants captured a round, per model (3SFC's search on the ConvNet is slow)")
     ap.add_argument("--fraction", type=float, default=0.3)
     ap.add_argument("--train-subset", type=int, default=20000, help="training images kept (seeded; 0 = all 60,000)")
     ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
     ap.add_argument("--max-samples", type=int, default=64, help="3SFC: largest M tried")
     ap.add_argument("--scales", default="one", help="3SFC: one, or one,tensor")
-    ap.add_argument("--feature-res", default="0", help="3SFC: feature resolutions R tried (0: the input's own), "
+    ap.add_argument("--res-bits", default="8", help="3SFC: feature bits tried at the lower resolutions of the "
+                    "default --feature-res auto")
+    ap.add_argument("--feature-res", default="auto", help="3SFC: auto (the input's own and AUTO_RES below its side: "
+                    "the map), or the feature resolutions R to tabulate (0: the input's own), "
                     "e.g. 0,20,14,10,7; anything but 0 writes its own section, JSON and figure (suffix -res)")
     ap.add_argument("--feature-bits", default="32,16,8", help="3SFC: feature bits tried (32, 16, 8, 4)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--from-json", action="store_true", help="only the table and figure, from the JSON")
     args = ap.parse_args()
-    args.feature_res = [int(r) for r in args.feature_res.split(",")]
+    if args.feature_res != "auto":
+        args.feature_res = [int(r) for r in args.feature_res.split(",")]
     args.feature_bits = [int(b) for b in args.feature_bits.split(",")]
-    lowres = args.feature_res != [0]
+    args.res_bits = [int(b) for b in args.res_bits.split(",")]
+    lowres = args.feature_res not in ("auto", [0])  # a table of the resolutions asked for, not the map
     json_path = JSON.with_name(JSON.stem + "-res.json") if lowres else JSON
     fig_path = FIG.with_name(FIG.stem + "-res.png") if lowres else FIG
     if args.from_json:
@@ -346,7 +358,9 @@ def main() -> None:
             "each method's best setting (by mean cos^2) whose every payload fits. topk/stc: K the largest that fits "
             "(int32 or golomb positions, tensor or global scope); powersgd: the largest rank at 32/16/8 bits, no "
             "warm start (one power iteration from a random Q); 3sfc: the largest M (<= "
-            f"{args.max_samples}) at 32/16/8-bit features, scales {'/'.join(args.scales)}, default search; sign and "
+            f"{args.max_samples}) at {'/'.join(map(str, args.feature_bits))}-bit features at the input's resolution "
+            f"and {'/'.join(map(str, args.res_bits))}-bit at R = {'/'.join(map(str, AUTO_RES))} below the input's "
+            f"side (R=r in a cell: r x r features upsampled), scales {'/'.join(args.scales)}, default search; sign and "
             "qsgd (16 levels) have one size; fedsynth left out (slow). * quickcnn is Flower's quickstart Net on "
             "Fashion-MNIST padded to 32x32 and repeated to 3 channels, a stand-in for CIFAR-sized inputs. "
             f"Figure: docs/rate-distortion.png; every setting: benchmarks/logs/rate_distortion.json. "
