@@ -358,9 +358,10 @@ def main() -> None:
             "each method's best setting (by mean cos^2) whose every payload fits. topk/stc: K the largest that fits "
             "(int32 or golomb positions, tensor or global scope); powersgd: the largest rank at 32/16/8 bits, no "
             "warm start (one power iteration from a random Q); 3sfc: the largest M (<= "
-            f"{args.max_samples}) at {'/'.join(map(str, args.feature_bits))}-bit features at the input's resolution "
-            f"and {'/'.join(map(str, args.res_bits))}-bit at R = {'/'.join(map(str, AUTO_RES))} below the input's "
-            f"side (R=r in a cell: r x r features upsampled), scales {'/'.join(args.scales)}, default search; sign and "
+            f"{args.max_samples}) at {'/'.join(map(str, args.feature_bits))}-bit features at the input's resolution"
+            + (f" and {'/'.join(map(str, args.res_bits))}-bit at R = {'/'.join(map(str, AUTO_RES))} below the "
+               "input's side (R=r in a cell: r x r features upsampled)" if args.feature_res == "auto" else "")
+            + f", scales {'/'.join(args.scales)}, default search; sign and "
             "qsgd (16 levels) have one size; fedsynth left out (slow). * quickcnn is Flower's quickstart Net on "
             "Fashion-MNIST padded to 32x32 and repeated to 3 channels, a stand-in for CIFAR-sized inputs. "
             f"Figure: docs/rate-distortion.png; every setting: benchmarks/logs/rate_distortion.json. "

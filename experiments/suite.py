@@ -565,8 +565,8 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
                         "load more than the methods; benchmarks/round_time.py times methods side by side. Seed 42 "
                         "first, seed 43 after.",
     "frontier-oneway": "The frontier's 3.2 KB settings, chosen on its both-ways runs, not tuned one way. Made on the "
-                       "machine above (2026-12-07), on its CPU, two runs side by side and other jobs at times, so "
-                       "the s / round column measures the load more than the methods.",
+                       "machine above from 2026-12-07, on its CPU, two runs side by side and other jobs at times, "
+                       "so the s / round column measures the load more than the methods.",
     "frontier": "Seed 42 first (the whole map at one seed), seed 43 after; the synthesis settings were chosen on seed "
                 "42 (e3sfc-plus: the published payload size, 8-bit M = 4 at full resolution, and its 1 and 12 KB "
                 "siblings; e3sfc-res: the lower feature resolution the rate-distortion map picked), so seed 43 is "

@@ -580,6 +580,11 @@ def test_suite_frontier_oneway_settings_rank_every_run_and_match_the_frontier_3k
         assert flags(args) == other, name
     run = type("Run", (), {"path": Path("/x") / "3sfc-res-alpha0.1-seed43", "config": {"alpha": 0.1}})()
     assert suite.frontier_oneway_curve(run) == "3sfc-res"
+    assert "frontier-oneway" in suite.BYTE_GROUPS and "frontier-oneway" in suite.TITLES
+    rows = [{"run": n, "acc_last10": acc, "total_mb": 1.0, "seconds_per_round": 1.0}
+            for n, acc in (("3sfc-plus-alpha0.1-seed42", 0.78), ("topk-golomb-alpha0.1-seed42", 0.76))]
+    v = suite.settings_verdicts(rows, suite.frontier_oneway_settings(), "none")
+    assert v[0].startswith("- alpha 0.1, 3.2 KB, one way: 3sfc-plus beats topk-golomb by 2.0 points"), v[0]
 
 
 def test_suite_frontier_convnet_settings_rank_every_run_and_curves_join_the_seeds():

@@ -176,6 +176,15 @@ def test_match_takes_the_matched_methods_knobs():
     assert len(c.encode(c.compress(_tau(ctx), ctx)[0])) <= budgets[1]
     with pytest.raises(ConfigError, match="--rank: 1 is not allowed; expected the default with --method topk"):
         RunConfig.from_sources(None, method="topk", ratio="0.01", rank=1)
+    for method in ("3sfc", "fedavg"):  # a method without a ratio does not use the match: --rank stays unused
+        with pytest.raises(ConfigError, match=f"--rank: 1 is not allowed; expected the default with --method {method}"):
+            RunConfig.from_sources(None, method=method, ratio="match:powersgd", rank=1)
+    # the downlink's ratio: --downlink-ratio match:powersgd takes --rank; a --ratio it replaces does not
+    RunConfig.from_sources(None, method="3sfc", downlink="topk", downlink_ratio="match:powersgd", rank=1)
+    RunConfig.from_sources(None, method="3sfc", downlink="topk", ratio="match:powersgd", rank=1)
+    with pytest.raises(ConfigError, match="--rank: 1 is not allowed"):
+        RunConfig.from_sources(None, method="3sfc", downlink="topk", downlink_ratio="0.01", ratio="match:powersgd",
+                               rank=1)
 
 
 def test_match_with_a_budget_too_small_is_refused():

@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from .compress import available_methods, get_compressor_class, parse_ratio
+from .compress import available_methods, get_compressor_class, has_ratio, parse_ratio
 from .compress.base import Option
 from .errors import ConfigError, shorten
 
@@ -433,8 +433,12 @@ def _check_knobs_used(c: "RunConfig") -> None:
     used = [get_compressor_class(c.method)]
     if c.resolved_downlink != "dense":
         used.append(get_compressor_class(c.resolved_downlink))
-    # --ratio match:M (or --downlink-ratio) sizes by method M's payload, built with M's own knobs (--rank ...)
-    matched = [r.split(":", 1)[1] for r in (c.ratio, c.downlink_ratio) if isinstance(r, str) and r.startswith("match:")]
+    # a --ratio match:M that a method in the run uses (the uplink's; the downlink's, where --downlink-ratio
+    # does not replace it) sizes by method M's payload, built with M's own knobs (--rank ...)
+    down_ratio = c.resolved_downlink != "dense" and has_ratio(c.resolved_downlink)
+    used_ratios = [c.ratio] if has_ratio(c.method) or (down_ratio and not c.downlink_ratio) else []
+    used_ratios += [c.downlink_ratio] if down_ratio and c.downlink_ratio else []
+    matched = [r.strip()[len("match:"):] for r in used_ratios if isinstance(r, str) and r.strip().startswith("match:")]
     matched = [m for m in matched if m in available_methods()]
     for knob, o in method_settings().items():
         if (o.check_unused and getattr(c, knob) != o.default
