@@ -141,24 +141,20 @@ FRONTIER_LABELS = {"1k": "about 1 KB", "3k": "3.2 KB", "12k": "12 KB"}
 
 def frontier_oneway_runs() -> dict[str, list[str]]:
     """The MLP one way at 3.2 KB a payload (issue 31, item 4: every model one way as well as both ways): the
-    uplink compressed, the downlink dense; the frontier's 3.2 KB settings (synthesis 8-bit M = 4 at full
-    resolution and 8-bit R = 14, M = 15; PowerSGD rank 1; Top-k and STC with Golomb positions at 3,215 B at
-    most), Dirichlet 0.1 and 1.0, seeds 42 and 43, 100 rounds."""
-    base = ["--config", "configs/reference.toml"]
-    synth = {"3sfc-plus": ["--samples", "4", "--feature-bits", "8", "--steps", "10"],
-             "3sfc-res": ["--samples", "15", "--feature-bits", "8", "--feature-res", "14", "--steps", "10"]}
-    rivals = {"powersgd": ["powersgd", "--rank", "1", "--value-bits", "8"],
-              "topk-golomb": ["topk", "--index-coding", "golomb", "--value-bits", "8", "--ratio", "bytes:3215"],
-              "stc-golomb": ["stc", "--index-coding", "golomb", "--ratio", "bytes:3215"]}
+    frontier's 3.2 KB runs (synthesis 8-bit M = 4 at full resolution and 8-bit R = 14, M = 15; PowerSGD rank 1;
+    Top-k and STC with Golomb positions at 3,215 B at most) and FedAvg, with the uplink compressed and the
+    downlink dense (no --downlink, no seeded w_1; 3sfc for e3sfc), Dirichlet 0.1 and 1.0, seeds 42 and 43."""
+    both = frontier_runs()
+    twin = {"fedavg": "fedavg", "3sfc-plus": "e3sfc-plus-3k", "3sfc-res": "e3sfc-res-3k",
+            **{o: f"{o}-3k" for o in FRONTIER_RIVALS}}
     runs: dict[str, list[str]] = {}
     for s in (42, 43):
         for a in FRONTIER_ALPHAS:
-            tail = ["--alpha", a, "--seed", str(s)]
-            runs[f"fedavg-alpha{a}-seed{s}"] = [*base, "--method", "fedavg", *tail]
-            for name, opts in synth.items():
-                runs[f"{name}-alpha{a}-seed{s}"] = [*base, "--method", "3sfc", *opts, *tail]
-            for name, (meth, *opts) in rivals.items():
-                runs[f"{name}-alpha{a}-seed{s}"] = [*base, "--method", meth, *opts, *tail]
+            for name, of in twin.items():
+                args = both[f"{of}-alpha{a}-seed{s}"]
+                pairs = [(k, v) for k, v in zip(args[::2], args[1::2]) if k not in ("--downlink", "--init")]
+                runs[f"{name}-alpha{a}-seed{s}"] = [x for k, v in pairs
+                                                    for x in (k, "3sfc" if (k, v) == ("--method", "e3sfc") else v)]
     return runs
 
 
