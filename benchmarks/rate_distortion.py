@@ -32,6 +32,10 @@ benchmarks/RESULTS.md, every setting's numbers in benchmarks/logs/rate_distortio
 
     python benchmarks/rate_distortion.py
     python benchmarks/rate_distortion.py --from-json   # table and figure again from the JSON
+
+The map takes hours on two cores; every scored setting is kept in
+benchmarks/logs/rate_distortion.partial.json as it finishes, and a run with the same arguments
+started again (after a kill) scores only what is missing. The file goes once the map is written.
 """
 
 from __future__ import annotations
@@ -165,7 +169,35 @@ def settings(method: str, budget: int, ev: Evaluator, args) -> list[tuple[str, o
     return out
 
 
-def evaluate(model: str, ev: Evaluator, args, log) -> dict:
+class Partial:
+    """Scored settings kept on disk as they finish, so a killed run picks up where it stopped.
+
+    Keyed by model and the run's arguments: a run with other arguments starts afresh. JSON only,
+    written to a temporary file and renamed, so a kill never leaves a half-written file."""
+
+    def __init__(self, path: Path, fingerprint: dict):
+        self.path, self.fingerprint, self.data, self.kept_seconds = path, fingerprint, {}, 0.0
+        try:
+            old = json.loads(path.read_text())
+            if old.get("fingerprint") == fingerprint:
+                self.data = old["scored"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+
+    def get(self, model: str, key: tuple[str, str]) -> dict | None:
+        return self.data.get(model, {}).get("\t".join(key))
+
+    def put(self, model: str, key: tuple[str, str], s: dict) -> None:
+        self.data.setdefault(model, {})["\t".join(key)] = s
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "scored": self.data}))
+        tmp.replace(self.path)
+
+    def done(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def evaluate(model: str, ev: Evaluator, args, log, partial: Partial | None = None) -> dict:
     """Every setting at every budget (each setting scored once); the best per method and budget."""
     scored: dict[tuple[str, str], dict] = {}
     best: dict[str, dict[str, dict]] = {}
@@ -176,10 +208,15 @@ def evaluate(model: str, ev: Evaluator, args, log) -> dict:
                 key = (method, label)
                 tried.append(key)
                 if key not in scored:
-                    scored[key] = ev.score(comp)
+                    kept = partial.get(model, key) if partial else None
+                    scored[key] = kept or ev.score(comp)
+                    if partial and not kept:
+                        partial.put(model, key, scored[key])
+                    elif kept:
+                        partial.kept_seconds += kept["seconds"]
                     s = scored[key]
                     log(f"  {model} {method} [{label}]: cos2 {s['cos2']:.4f}, {s['bytes']:,.0f} B, "
-                        f"{s['seconds']:.1f} s")
+                        f"{s['seconds']:.1f} s{' (kept from an earlier run)' if kept else ''}")
             for key in tried:
                 s = scored[key]
                 if s["bytes_max"] <= budget and (str(budget) not in best[method]
@@ -312,6 +349,9 @@ def main() -> None:
         t_start = time.perf_counter()
         fm = load_dataset("fmnist", train_subset=args.train_subset, test_subset=1000, seed=42)
         res = {"budgets": args.budgets, "models": {}, "machine": machine()}
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        fingerprint = {k: v for k, v in sorted(vars(args).items()) if k not in ("threads", "from_json")}
+        partial = Partial(json_path.with_suffix(".partial.json"), fingerprint)
 
         def log(msg):
             print(f"[{time.perf_counter() - t_start:7.1f} s] {msg}", flush=True)
@@ -322,16 +362,16 @@ def main() -> None:
             sim, ups = capture(model, cifar_shaped(fm) if model == "quickcnn" else fm, rounds, per, args)
             log(f"{model}: {sim.num_params:,} parameters, {len(ups)} updates captured in "
                 f"{time.perf_counter() - t0:.1f} s")
-            out = evaluate(model, Evaluator(sim, ups), args, log)
+            out = evaluate(model, Evaluator(sim, ups), args, log, partial)
             res["models"][model] = {"num_params": sim.num_params, "input_shape": list(sim.feature_shape),
                                     "rounds": rounds, "n_updates": len(ups),
                                     "updates": [{"round": t, "client": k, "norm": float(u.norm())}
                                                 for u, _, t, k in ups],
                                     "seconds": time.perf_counter() - t0, **out}
             log(f"{model}: done in {time.perf_counter() - t0:.1f} s")
-        res["seconds"] = time.perf_counter() - t_start
-        json_path.parent.mkdir(parents=True, exist_ok=True)
+        res["seconds"] = time.perf_counter() - t_start + partial.kept_seconds  # earlier runs' scoring included
         json_path.write_text(json.dumps(res, indent=1))
+        partial.done()
     body = table(res)
     print(body)
     if lowres:  # one method: a table of every setting says more than a figure of one curve
