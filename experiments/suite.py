@@ -109,6 +109,13 @@ FRONTIER_RES = {"1k": (10, 7), "3k": (14, 15), "12k": (20, 29)}  # budget -> (R,
 FRONTIER_ALPHAS = ("0.1", "1.0")
 
 
+def coded_sparsifier(method: str, size: int) -> list[str]:
+    """Top-k (8-bit values) or STC as the frontier runs them: Golomb-coded positions, K the largest whose payload
+    fits in ``size`` bytes."""
+    return [method, "--index-coding", "golomb", *(["--value-bits", "8"] if method == "topk" else []),
+            "--ratio", f"bytes:{size}"]
+
+
 def frontier_runs() -> dict[str, list[str]]:
     base = ["--config", "configs/reference.toml", "--init", "seed"]
     runs: dict[str, list[str]] = {}
@@ -125,10 +132,9 @@ def frontier_runs() -> dict[str, list[str]]:
                 runs[f"e3sfc-res-{b}-alpha{a}-seed{s}"] = [*base, "--method", "e3sfc", "--samples", str(mr),
                                                            "--feature-bits", "8", "--feature-res", str(r),
                                                            "--steps", "10", *tail]
-                for meth, coding in (("topk", ["--index-coding", "golomb", "--value-bits", "8"]),
-                                     ("stc", ["--index-coding", "golomb"])):
-                    runs[f"{meth}-golomb-{b}-alpha{a}-seed{s}"] = [
-                        *base, "--method", meth, *coding, "--ratio", f"bytes:{size}", "--downlink", meth, *tail]
+                for meth in ("topk", "stc"):
+                    runs[f"{meth}-golomb-{b}-alpha{a}-seed{s}"] = [*base, "--method", *coded_sparsifier(meth, size),
+                                                                   "--downlink", meth, *tail]
                 if rank is not None:
                     runs[f"powersgd-{b}-alpha{a}-seed{s}"] = [*base, "--method", "powersgd", "--rank", str(rank),
                                                               "--value-bits", "8", "--downlink", "powersgd", *tail]
@@ -179,8 +185,7 @@ def frontier_convnet_runs() -> dict[str, list[str]]:
              "-plus": ["--samples", "4", "--feature-bits", "8", "--steps", "10"],
              "-res": ["--samples", "15", "--feature-bits", "8", "--feature-res", "14", "--steps", "10"]}
     rivals = {"powersgd": ["powersgd", "--rank", "1", "--value-bits", "8"],
-              "topk-golomb": ["topk", "--index-coding", "golomb", "--value-bits", "8", "--ratio", "bytes:3215"],
-              "stc-golomb": ["stc", "--index-coding", "golomb", "--ratio", "bytes:3215"]}
+              **{f"{m}-golomb": coded_sparsifier(m, 3215) for m in ("topk", "stc")}}
     runs: dict[str, list[str]] = {}
     for s in (42, 43):  # seed 42 first: the whole picture at one seed before the second
         tail = ["--seed", str(s)]
@@ -231,9 +236,7 @@ def anymodel_runs() -> dict[str, list[str]]:
                 if (b, way) == ("3k", "twoway"):
                     runs[f"e3sfc-full-{b}-{way}-seed{s}"] = [*base, "--method", "e3sfc", "--samples", "1",
                                                              "--feature-bits", "8", "--steps", "10", *tail]
-                rivals = {"topk-golomb": ["topk", "--index-coding", "golomb", "--value-bits", "8", "--ratio",
-                                          f"bytes:{size}"],
-                          "stc-golomb": ["stc", "--index-coding", "golomb", "--ratio", f"bytes:{size}"]}
+                rivals = {f"{m}-golomb": coded_sparsifier(m, size) for m in ("topk", "stc")}
                 if b == "3k":
                     rivals["powersgd"] = ["powersgd", "--rank", "2", "--value-bits", "8"]
                 for name, (meth, *opts) in rivals.items():
@@ -317,22 +320,22 @@ def settings_table(rows: list[dict], settings: list[Setting]) -> str:
     return "\n".join(lines)
 
 
-def settings_verdicts(rows: list[dict], settings: list[Setting], goal: str) -> list[str]:
+def settings_verdicts(rows: list[dict], settings: list[Setting], goal: str, where: str = "{}") -> list[str]:
     """Each synthesis run against each rival in its setting; then, per setting, the synthesis chosen on seed
     42 (the best of the setting's there, then fixed) and the count of settings where it beats every rival run
-    (``goal``: the issue's, said after the count)."""
+    (``goal``: the issue's, said after the count). ``where``: how a verdict names a setting, from its label."""
     by = {r["run"]: r for r in rows}
     out, counted, won, chosen = [], 0, 0, []
     for label, _, mine, rivals in settings:
-        where = f"{label} a payload each way" if label.startswith("alpha") and "one way" not in label else label
+        at = where.format(label)
         me = {m: _frontier_seeds(by, name) for m, name in mine.items()}
         them = {o: _frontier_seeds(by, name) for o, name in rivals.items()}
-        out += [line for m in me for o in them if (line := versus(where, m, me[m], o, them[o]))]
+        out += [line for m in me for o in them if (line := versus(at, m, me[m], o, them[o]))]
         at42 = {m: got[42]["acc_last10"] for m, got in me.items() if 42 in got}
         if not at42:
             continue
         best = max(at42, key=at42.get)
-        lines = [line for o in them if (line := versus(where, best, me[best], o, them[o]))]
+        lines = [line for o in them if (line := versus(at, best, me[best], o, them[o]))]
         if lines:
             counted += 1
             won += all(" beats " in line for line in lines)
@@ -356,6 +359,7 @@ BYTE_GROUPS = {
                  "the issue's is weaker: at least level with the best rival, within the seed spread, both ways at "
                  "3.2 KB and 1 KB, two seeds"),
 }
+VERDICT_WHERE = {"frontier": "{} a payload each way"}  # the frontier's labels name no direction: it is both ways
 
 
 def groups(root: Path) -> dict[str, dict[str, list[str]]]:
@@ -971,7 +975,8 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]], docs: Path 
              "convnet-beyond": lambda: convnet_beyond_verdicts(rows),
              "faithful": lambda: faithful_verdicts(rows, root),
              "budget": lambda: budget_verdicts(rows, root),
-             **{g: (lambda settings=settings, goal=goal: settings_verdicts(rows, settings(), goal))
+             **{g: (lambda g=g, settings=settings, goal=goal:
+                    settings_verdicts(rows, settings(), goal, VERDICT_WHERE.get(g, "{}")))
                 for g, (_, _, settings, goal) in BYTE_GROUPS.items()}}.get(group, lambda: verdicts(rows))()
         if v:
             parts.append("Where the synthesis methods win and lose:\n\n" + "\n".join(v) + "\n")

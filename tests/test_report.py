@@ -585,6 +585,11 @@ def test_suite_frontier_oneway_settings_rank_every_run_and_match_the_frontier_3k
             for n, acc in (("3sfc-plus-alpha0.1-seed42", 0.78), ("topk-golomb-alpha0.1-seed42", 0.76))]
     v = suite.settings_verdicts(rows, suite.frontier_oneway_settings(), "none")
     assert v[0].startswith("- alpha 0.1, 3.2 KB, one way: 3sfc-plus beats topk-golomb by 2.0 points"), v[0]
+    both = [{**r, "run": r["run"].replace("3sfc-plus-", "e3sfc-plus-3k-").replace("topk-golomb-", "topk-golomb-3k-")}
+            for r in rows]
+    where = suite.VERDICT_WHERE["frontier"]
+    v = suite.settings_verdicts(both, suite.frontier_settings(), "none", where)
+    assert v[0].startswith("- alpha 0.1, 3.2 KB a payload each way: e3sfc-plus beats topk-golomb by 2.0"), v[0]
 
 
 def test_suite_frontier_convnet_settings_rank_every_run_and_curves_join_the_seeds():
