@@ -576,8 +576,8 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
     "reference": "Made again on the machine above (2026-12-07), the batched search the default, beside one run of "
                  "another group. Before (16 cores of an NVIDIA H200 host, Intel Xeon, torch 2.11) e3sfc ended at "
                  "0.7685, fedsynth at 0.6058 and e3sfc-budget-decay at 0.7726, the others within 0.2 points of "
-                 "here: the runs whose last rounds swing move with float rounding as much as with a change of "
-                 "seed (seeds group).",
+                 "here (fedavg 0.8532, 3sfc 0.8266, topk-match 0.8251, stc-match 0.8289): the runs whose last "
+                 "rounds swing move with float rounding as much as with a change of seed (seeds group).",
     "seeds": "All 21 runs made again on the machine above, with the batched search the default (the -serial runs "
              "with --no-batch-search); seed 42's 3sfc, 3sfc-reference-lbfgs and e3sfc are the reference group's.",
     "budget": "All 24 runs made again on the machine above with the batched search (the default), so that only "

@@ -16,6 +16,11 @@ check. What is checked:
   that matches nothing, not one that matches another row's);
 - every suite group named with --groups is one of experiments/suite.py's.
 
+- an accuracy with 4 decimals in prose that follows a method's name (3SFC, E-3SFC, Top-k, STC, PowerSGD,
+  FedAvg, FedSynth and the -plus / -res variants, the nearest one within 120 characters before it) is on
+  a report line that names that method too: a number copied from another method's row fails even when
+  it is somewhere in the report.
+
 Not checked: points differences (computed from two accuracies) and numbers with one decimal.
 ALLOWED holds the few quoted numbers that are not results, each with its reason. The reports may grow
 (a new group, a new benchmark): the tests read whatever they hold.
@@ -160,3 +165,40 @@ def test_allowed_numbers_are_still_quoted():
     """The allow-list stays small: an entry no longer quoted goes."""
     text = "\n".join(p.read_text() for p in QUOTERS)
     assert all(re.search(rf"(?<![\d.]){re.escape(n)}(?!\d)", text) for n in ALLOWED)
+
+
+# a method as prose names it -> the name a report line gives it (longest first: e3sfc-plus before 3sfc)
+METHOD_NAMES = (("e3sfc-plus", "e3sfc-plus"), ("3sfc-plus", "3sfc-plus"), ("e3sfc-res", "e3sfc-res"),
+                ("3sfc-res", "3sfc-res"), ("e-3sfc", "e3sfc"), ("e3sfc", "e3sfc"), ("3sfc", "3sfc"),
+                ("top-k", "topk"), ("topk", "topk"), ("stc", "stc"), ("powersgd", "powersgd"),
+                ("fedavg", "fedavg"), ("fedsynth", "fedsynth"))
+METHOD = re.compile("|".join(re.escape(a) for a, _ in METHOD_NAMES), re.I)
+ACC4 = re.compile(r"(?<![\d.])0\.\d{4}(?!\d)")
+
+
+def named_accuracies(texts):
+    """(where, the method's report name, the number) for each 4-decimal accuracy in prose (not a table row)
+    with a method named within 120 characters before it, the nearest."""
+    canon = dict(METHOD_NAMES)
+    for where, line in texts:
+        if line.lstrip().startswith("|"):
+            continue
+        for m in ACC4.finditer(line):
+            names = list(METHOD.finditer(line[max(0, m.start() - 120):m.start()]))
+            if names:
+                yield where, canon[names[-1].group(0).lower()], m.group(0)
+
+
+def test_an_accuracy_quoted_after_a_method_is_on_a_report_line_naming_it():
+    report = [line.lower() for p in REPORTS for line in p.read_text().splitlines()]
+    found = list(named_accuracies(quoted_lines()))
+    assert len(found) > 50
+    bad = [f"{where}: {name} {n}" for where, name, n in found
+           if not any(n in line and re.search(r"(?<![\w-])" + re.escape(name), line) for line in report)]
+    assert not bad, "accuracies quoted after a method's name on no report line naming it:\n" + "\n".join(bad)
+
+
+def test_named_accuracies_take_the_nearest_method_before_the_number():
+    got = list(named_accuracies([("x:1", "Top-k reaches 0.8000 and STC's 0.7000; E-3SFC 0.6000"),
+                                 ("x:2", "| topk | 0.9000 |"), ("x:3", "no method 0.5000")]))
+    assert got == [("x:1", "topk", "0.8000"), ("x:1", "stc", "0.7000"), ("x:1", "e3sfc", "0.6000")]
