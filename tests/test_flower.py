@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("flwr", reason="Flower is an optional extra: pip install 'e3sfc[flower]'")
+pytest.importorskip("flwr", reason="Flower is an optional extra: pip install 'flwr[simulation]>=1.42'")
 
 from e3sfc.config import RunConfig  # noqa: E402
 from e3sfc.federated import Simulation  # noqa: E402

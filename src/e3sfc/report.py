@@ -274,7 +274,7 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ConfigError("plotting needs matplotlib: pip install 'e3sfc[plot]'") from None
+        raise ConfigError("plotting needs matplotlib: pip install 'matplotlib>=3.5'") from None
     return plt
 
 

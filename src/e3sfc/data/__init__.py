@@ -211,7 +211,7 @@ def _digits(data_dir, emnist_split):
     try:
         from sklearn.datasets import load_digits
     except ImportError:  # pragma: no cover
-        raise DataError("dataset 'digits' needs scikit-learn: pip install 'e3sfc[digits]'") from None
+        raise DataError("dataset 'digits' needs scikit-learn: pip install 'scikit-learn>=1.1'") from None
     d = load_digits()
     x = d.images.astype(np.float32)[:, None]  # (1797, 1, 8, 8), values 0..16
     y = d.target.astype(np.int64)

@@ -144,7 +144,7 @@ class RoundLoop:
         if self.cfg.tensorboard:
             import importlib.util
             if importlib.util.find_spec("tensorboard") is None:  # say so before anything is written
-                raise ConfigError("--tensorboard: needs the tensorboard package (pip install 'e3sfc[tensorboard]')")
+                raise ConfigError("--tensorboard: needs the tensorboard package (pip install 'tensorboard>=2.10')")
         with locked_run_dir(self.out_dir), stop_after_round() as signalled:
             if self.round == 0:
                 check_reusable(self.out_dir)

@@ -333,7 +333,7 @@ def run_flower_simulation(cfg: RunConfig, out_dir: str | Path, num_cpus: int = 2
     flwr = shutil.which("flwr", path=search)
     if flwr is None:
         raise ConfigError("--engine: 'flower' needs Flower's `flwr` command beside this Python (pip install "
-                          "'e3sfc[flower]')")
+                          "'flwr[simulation]>=1.42')")
     src = str(Path(__file__).resolve().parents[2])  # where the e3sfc package lives, for Flower's processes
     with tempfile.TemporaryDirectory(prefix="e3sfc-flower-") as tmp:
         app, home = Path(tmp) / "app", Path(tmp) / "flwr-home"
