@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +51,10 @@ def test_sigint_finishes_the_round_checkpoints_and_resume_equals_no_stop(tmp_pat
     assert _rows(stopped) == _rows(whole)
 
 
+def test_the_resume_hint_quotes_a_folder_with_spaces():
+    assert str(Interrupted(Path("/tmp/my runs/a"), 3)).endswith("resume with e3sfc run --resume '/tmp/my runs/a'")
+
+
 def _interrupted_run(cfg, stopped, ctrl_c):
     with pytest.raises(Interrupted, match=f"after round 2; checkpoint written: resume with e3sfc run --resume "
                                           f"{stopped}"):
@@ -73,9 +78,11 @@ def test_ctrl_c_on_the_command_line_names_the_folder_and_resumes(tmp_path):
     progress = [line for line in err.strip().splitlines() if PROGRESS.match(line)]
     lines = [line for line in err.strip().splitlines() if not PROGRESS.match(line)]
     assert progress, err  # not a terminal: one line per evaluated round
-    assert len(lines) == 1 and lines[0].startswith("e3sfc: interrupted after round "), err
-    assert lines[0].endswith(f"resume with e3sfc run --resume {out}"), err
-    done = int(lines[0].split("after round ")[1].split(";")[0])
+    assert len(lines) == 2 and lines[0].startswith("WARNING") and "stopping after the round in progress" in lines[0]
+    assert "Ctrl-C again: stop now" in lines[0], err  # said at once: a long round is not mistaken for a hang
+    assert lines[1].startswith("e3sfc: interrupted after round "), err
+    assert lines[1].endswith(f"resume with e3sfc run --resume {out}"), err
+    done = int(lines[1].split("after round ")[1].split(";")[0])
     assert (out / "checkpoint.pt").is_file() and len(_rows(out)) == done
 
 

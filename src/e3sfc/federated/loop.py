@@ -8,6 +8,8 @@ round reaches the clients (:meth:`RoundLoop.run_round`): in this process
 
 from __future__ import annotations
 
+import logging
+import shlex
 import signal
 import threading
 import time
@@ -29,13 +31,15 @@ from .params import get_flat, set_flat
 from .recorder import RunRecorder
 from .runtime import MODEL_INIT, ServerRuntime, derive_seed
 
+log = logging.getLogger(__name__)
+
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) or SIGTERM stopped a run with a run folder after a round, checkpointed there."""
 
     def __init__(self, folder: Path, round: int):
         super().__init__(f"interrupted after round {round}; checkpoint written: resume with "
-                         f"e3sfc run --resume {folder}")
+                         f"e3sfc run --resume {shlex.quote(str(folder))}")
         self.folder, self.round = folder, round
 
 
@@ -54,6 +58,8 @@ def stop_after_round():
         if flag["stop"]:
             raise KeyboardInterrupt
         flag["stop"] = True
+        log.warning("stopping after the round in progress, then a checkpoint (%s again: stop now, that round "
+                    "lost)", "Ctrl-C" if signum == signal.SIGINT else "the signal")
 
     # a signal the process was started ignoring (SIGINT in a shell's background job) stays ignored
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)
