@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,7 +69,8 @@ def check_reusable(path: Path) -> None:
     """A new run may start in ``path`` only if it holds no checkpointed run and nothing but what an
     e3sfc run writes (an empty folder, or one whose run never checkpointed); else a ConfigError."""
     if (path / CHECKPOINT).exists():
-        raise ConfigError(f"--out: {str(path)!r} already holds a run; pass --resume {path} or another --out")
+        raise ConfigError(f"--out: {str(path)!r} already holds a run; pass --resume {shlex.quote(str(path))} or "
+                          "another --out")
     if not path.is_dir():
         return
     cfg = path / "config.json"
