@@ -21,6 +21,7 @@ echo "demo: runs into $out"
 "$bin/e3sfc" run --config configs/demo.toml --dataset "$dataset" "${extra[@]}" --method fedavg --out "$out/fedavg"
 "$bin/e3sfc" run --config configs/demo.toml --dataset "$dataset" "${extra[@]}" --method e3sfc --out "$out/e3sfc"
 echo
-echo "demo: the three runs (acc @100%: the last round; x less than dense: bytes both ways, FedAvg sends dense):"
+echo "demo: the three runs (mean acc, last 10%: the final accuracy; x less than dense: bytes both ways, FedAvg"
+echo "demo: sends dense; MB to 0.75: megabytes both ways until the test accuracy first reached 0.75):"
 "$bin/e3sfc" compare --target 0.75 "$out/e3sfc-plus" "$out/fedavg" "$out/e3sfc"
 "$bin/e3sfc" plot --frontier "$out/e3sfc-plus" "$out/fedavg" "$out/e3sfc" --out "$out/frontier.png"

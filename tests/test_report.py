@@ -26,7 +26,13 @@ def test_compare_table_and_markdown(two_runs, tmp_path, capsys):
     assert lines[0].startswith("run ") and set(lines[1]) <= {"-", " "} and len(lines) == 4
     assert lines[2].split()[:2] == ["fedavg", "fedavg"] and lines[3].split()[:2] == ["topk", "topk"]
     assert len({len(line) for line in lines[:2]}) == 1 and "|" not in out
+    # short by default: bytes each way, x less than dense, final accuracy, MB to the target, s / round
+    assert "mean acc, last 10%" in lines[0] and "MB to 0.5" in lines[0] and "acc @25%" not in lines[0]
+    assert main(["compare", str(two_runs / "fedavg"), str(two_runs / "topk"), "--all"]) == 0
+    every = capsys.readouterr().out.splitlines()[0]
+    assert "acc @25%" in every and "rounds to target" in every and "MB in all" in every
     text = md.read_text()
+    assert "acc @25%" in text  # markdown keeps every column
     assert "| fedavg | fedavg |" in text and "| topk | topk |" in text
     assert main(["compare", str(two_runs / "fedavg"), str(two_runs / "topk"), "--target", "0.5",
                  "--markdown", "-"]) == 0
@@ -62,7 +68,7 @@ def test_compare_groups_seeds_mean_and_spread(tmp_path, capsys):
     assert row["down_bytes_per_client_round"] == pytest.approx(300)  # round 1 sent nothing down
     assert row["up_bytes_per_client_round"] == pytest.approx(100)
     assert row["rounds_to_target"] == 2 and row["counts"]["rounds_to_target"] == 1
-    assert main(["compare", *(str(r.path) for r in runs), "--target", "0.85"]) == 0
+    assert main(["compare", *(str(r.path) for r in runs), "--target", "0.85", "--all"]) == 0
     line = capsys.readouterr().out.splitlines()[2]
     assert line.startswith("topk (2 seeds)") and "0.8000 ± 0.1414" in line and "2 (1 of 2)" in line
 

@@ -158,7 +158,11 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     cmp_.add_argument("runs", nargs="+", metavar="RUN_DIR")
     cmp_.add_argument("--target", default=None, help="accuracy target for rounds / megabytes to reach it")
     cmp_.add_argument("--markdown", default=None, metavar="FILE",
-                      help="also write the table as markdown to FILE ('-': print markdown instead of the text table)")
+                      help="also write the table as markdown to FILE ('-': print markdown instead of the text table); "
+                      "markdown has every column")
+    cmp_.add_argument("--all", action="store_true",
+                      help="every column in the text table (accuracy at 25/50/100%%, rounds to the target, MB in all); "
+                      "without it: bytes each way, x less than dense, final accuracy, MB to the target, s / round")
     part = sub.add_parser("plot-partition", help="plot the label distribution of a partition")
     for parser, fill in ((run, _run_arguments), (part, _partition_arguments)):
         if lazy:
@@ -199,7 +203,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rows = seed_groups([load_run(r) for r in args.runs], target)
     if markdown is not None:
         write_output(markdown, "--markdown", lambda f: f.write(markdown_table(rows, target) + "\n"))
-    print(markdown_table(rows, target) if to_stdout else text_table(rows, target))
+    print(markdown_table(rows, target) if to_stdout else text_table(rows, target, short=not args.all))
     return 0
 
 

@@ -230,13 +230,24 @@ def seed_groups(runs: Sequence[Run], target: float | None = None) -> list[dict]:
     return out
 
 
-def _cells(rows: list[dict], target: float | None) -> tuple[list[str], list[list[str]]]:
+# compare's terminal table unless --all: bytes each way, how many times fewer than dense, final accuracy, the
+# cost to the target when one is given, and time
+SHORT = ("up_bytes_per_client_round", "down_bytes_per_client_round", "ratio_vs_dense", "acc_last10", "mb_to_target",
+         "seconds_per_round")
+
+
+def _columns(target: float | None, short: bool) -> tuple:
+    return tuple(c for c in COLUMNS if not short or (c[0] in SHORT and (target is not None or c[0] != "mb_to_target")))
+
+
+def _cells(rows: list[dict], target: float | None, short: bool = False) -> tuple[list[str], list[list[str]]]:
     t = f"{target:g}" if target is not None else "target"
-    head = ["run", "method", *(h.format(t=t) for _, h, _ in COLUMNS)]
+    columns = _columns(target, short)
+    head = ["run", "method", *(h.format(t=t) for _, h, _ in columns)]
     body = []
     for r in rows:
         cells = [str(r["run"]), str(r["method"])]
-        for key, _, spec in COLUMNS:
+        for key, _, spec in columns:
             v = r.get(key)
             cell = _fmt(v, spec)
             if v is not None and key in r.get("spread", {}):
@@ -256,10 +267,10 @@ def markdown_table(rows: list[dict], target: float | None = None) -> str:
     return "\n".join(lines)
 
 
-def text_table(rows: list[dict], target: float | None = None) -> str:
+def text_table(rows: list[dict], target: float | None = None, short: bool = False) -> str:
     """compare's table for a terminal: columns aligned (names left, numbers right), a rule under the
-    header; a group of seeds reads ``mean ± sd``."""
-    head, body = _cells(rows, target)
+    header; a group of seeds reads ``mean ± sd``. ``short``: only the SHORT columns."""
+    head, body = _cells(rows, target, short)
     width = [max(len(c[i]) for c in (head, *body)) for i in range(len(head))]
 
     def line(cells):
