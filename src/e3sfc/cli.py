@@ -101,7 +101,9 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
     from .config import RunConfig, describe
 
     run.add_argument("--config", help="TOML file with settings (flags override it)")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue the run in RUN_DIR from its checkpoint; with --rounds N, extend a finished or "
+                     "stopped run to N rounds (no other setting may change)")
     titles = list(GROUPS)
     titles[titles.index("compression") + 1:1] = method_groups()
     groups = {**GROUPS, **method_groups()}
