@@ -364,12 +364,42 @@ def test_a_method_keeps_its_colour_in_every_figure_and_variants_get_a_shade_and_
     assert colors[0]["e3sfc-plus"] == v["e3sfc-plus"]["color"]
 
 
+def test_a_methods_first_six_variants_differ_in_shade_and_style_and_one_style_is_dotted():
+    from matplotlib.colors import to_rgb
+
+    from e3sfc.report import METHOD_COLORS, _STYLES, shade
+
+    for color in METHOD_COLORS.values():
+        shades = [shade(color, n) for n in range(7 if color != "#000000" else 4)]
+        # every two apart by more than rounding: at least 0.05 in some channel (options.png had two near-black)
+        assert all(max(abs(x - y) for x, y in zip(a, b)) > 0.05 for i, a in enumerate(shades) for b in shades[i + 1:])
+    assert len(set(map(str, _STYLES))) == len(_STYLES)
+    assert sum(st == ":" or (isinstance(st, tuple) and st[1][0] == 1) for st in _STYLES) == 1  # dotted: one
+    assert shade("#1f77b4", 0) == to_rgb("#1f77b4")
+
+
+def test_a_curve_drawn_twice_says_so_in_the_legend(tmp_path, monkeypatch):
+    """Two series with the same numbers each round: the second lies under the first (in the panel by round at
+    least), so its legend entry names it."""
+    from e3sfc.report import load_run, plot_runs
+
+    a = load_run(_hand_run(tmp_path, "e3sfc-budget-constant", "e3sfc", [0.5, 0.6]))
+    b = load_run(_hand_run(tmp_path, "e3sfc-budget-adaptive", "e3sfc", [0.5, 0.6], budget_schedule="adaptive"))
+    c = load_run(_hand_run(tmp_path, "e3sfc", "e3sfc", [0.5, 0.7], samples=2))
+    figs = _drawn(monkeypatch)
+    plot_runs([a, b, c], tmp_path / "a.png")
+    labels = {ln.get_label() for ln in figs[0].axes[0].lines}
+    assert "e3sfc-budget-adaptive (the same accuracy each round as e3sfc-budget-constant)" in labels, labels
+    assert "e3sfc-budget-constant" in labels and "e3sfc" in labels
+
+
 def test_plot_runs_splits_into_rows_and_a_variant_keeps_its_look_in_every_row(tmp_path, monkeypatch):
     from e3sfc.report import load_run, plot_runs
 
-    runs = [load_run(_hand_run(tmp_path, f"{name}-alpha{a}", m, [0.5, 0.6], alpha=a, **extra))
-            for a in (0.1, 1.0) for name, m, extra in (("e3sfc-plus", "e3sfc", {}), ("fast", "e3sfc", {"patience": 10}),
-                                                        ("topk", "topk", {}))]
+    runs = [load_run(_hand_run(tmp_path, f"{name}-alpha{a}", m, accs, alpha=a, **extra))
+            for a in (0.1, 1.0) for name, m, accs, extra in (("e3sfc-plus", "e3sfc", [0.5, 0.6], {}),
+                                                              ("fast", "e3sfc", [0.5, 0.65], {"patience": 10}),
+                                                              ("topk", "topk", [0.4, 0.6], {}))]
     figs = _drawn(monkeypatch)
     plot_runs(runs, tmp_path / "p.png", panel=lambda r: f"alpha {r.config['alpha']}")
     (fig,) = figs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -324,7 +325,11 @@ _SPARE_COLORS = ("#17becf", "#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39
 # the variants of a method (runs of it with other settings): shades of its colour, each with a marker
 # and a line style of its own, so two variants never differ by their dashes alone
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
-_STYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 3)))
+_STYLES = ("-", "--", ":", "-.", (0, (8, 2)), (0, (3, 1, 1, 1, 1, 1)))  # one dotted style only
+# how far a variant's shade moves toward black (odd variants) or white (even ones), first to third of
+# each side; spaced so that no two are alike, and the darkest still shows its hue
+_DARKER = (0.3, 0.5, 0.65)
+_LIGHTER = (0.35, 0.6, 0.8)
 
 
 def method_color(method: str) -> str:
@@ -338,17 +343,18 @@ def method_color(method: str) -> str:
 
 def shade(color: str, n: int) -> tuple[float, float, float]:
     """Variant ``n`` of a method's colour: 0 is the colour itself; then alternately darker and lighter,
-    further from it as ``n`` grows (black, FedAvg's, only lightens)."""
+    further from it as ``n`` grows, six distinct shades before they repeat (black, FedAvg's, only
+    lightens: three shades)."""
     from matplotlib.colors import to_rgb
     rgb = to_rgb(color)
     if n == 0:
         return rgb
-    step = (n + 1) // 2
-    darker = n % 2 == 1 and sum(rgb) > 0.3
-    f = min(0.75, 0.3 * step)
-    if darker:
-        return tuple(c * (1 - f) for c in rgb)
-    return tuple(c + (1 - c) * f for c in rgb)
+    if sum(rgb) <= 0.3:
+        return tuple(c + (1 - c) * _LIGHTER[(n - 1) % len(_LIGHTER)] for c in rgb)
+    k = (n - 1) // 2 % len(_DARKER)
+    if n % 2 == 1:
+        return tuple(c * (1 - _DARKER[k]) for c in rgb)
+    return tuple(c + (1 - c) * _LIGHTER[k] for c in rgb)
 
 
 def series_looks(series: Sequence[tuple[str, list[Run]]]) -> dict[str, dict]:
@@ -449,6 +455,7 @@ def _plot_row(axes, runs: Sequence[Run], metric: str, looks: dict[str, dict], st
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
+    drawn: dict[bytes, str] = {}  # a curve already drawn (by round) -> its label: a series on top of it says so
     for label, group in ((strip(label), group) for label, group in _series(runs)):
         look = {**looks[label], "markevery": 0.1, "markersize": 4}
         if "cosine" in metric and group[0].config.get("method") == "fedavg":
@@ -463,8 +470,11 @@ def _plot_row(axes, runs: Sequence[Run], metric: str, looks: dict[str, dict], st
         up = np.mean([[r[t]["cum_uplink_bytes"] / 1e6 for t in common] for r in rows], axis=0)
         both = np.mean([[(r[t]["cum_uplink_bytes"] + r[t]["cum_downlink_bytes"]) / 1e6 for t in common]
                         for r in rows], axis=0)
+        key = np.stack([np.array(common, dtype=float), vals.mean(0)]).tobytes()
+        shown = f"{label} (the same {metric} each round as {drawn[key]})" if key in drawn else label
+        drawn.setdefault(key, re.sub(r" \(\d+ seeds\)$", "", label))
         for ax, xs in zip(axes, (np.array(common), up, both)):
-            ax.plot(xs, vals.mean(0), label=label, **look)
+            ax.plot(xs, vals.mean(0), label=shown, **look)
             if len(group) > 1:
                 ax.fill_between(xs, vals.min(0), vals.max(0), color=look["color"], alpha=0.15, linewidth=0)
     for ax, xl in zip(axes, ("round", "cumulative uplink MB (log)", "cumulative uplink + downlink MB (log)")):
