@@ -34,13 +34,15 @@ benchmarks/RESULTS.md, every setting's numbers in benchmarks/logs/rate_distortio
     python benchmarks/rate_distortion.py --from-json   # table and figure again from the JSON
 
 The map takes hours on two cores; every scored setting is kept in
-benchmarks/logs/rate_distortion.partial.json as it finishes, and a run with the same arguments
-started again (after a kill) scores only what is missing. The file goes once the map is written.
+benchmarks/logs/rate_distortion.<hash>.partial.json as it finishes, and a run with the same arguments
+and the same code started again (after a kill) scores only what is missing. The file goes once the
+map is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import time
@@ -169,13 +171,27 @@ def settings(method: str, budget: int, ev: Evaluator, args) -> list[tuple[str, o
     return out
 
 
+def code_hash() -> str:
+    """A hash of the code a score depends on (the compressors, models, data, the simulation that captures
+    the updates, and this script): scores kept by other code are not reused."""
+    h = hashlib.sha256()
+    src = ROOT / "src" / "e3sfc"
+    files = [f for d in ("compress", "models", "data", "federated") for f in (src / d).rglob("*.py")]
+    for f in sorted(files) + [Path(__file__).resolve()]:
+        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 class Partial:
     """Scored settings kept on disk as they finish, so a killed run picks up where it stopped.
 
-    Keyed by model and the run's arguments: a run with other arguments starts afresh. JSON only,
-    written to a temporary file and renamed, so a kill never leaves a half-written file."""
+    One file per fingerprint (the run's arguments and :func:`code_hash`), named by its hash: a run with
+    other arguments or other code neither reuses nor overwrites another's scores. JSON only, written to
+    a temporary file and renamed, so a kill never leaves a half-written file."""
 
-    def __init__(self, path: Path, fingerprint: dict):
+    def __init__(self, logs: Path, fingerprint: dict):
+        key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+        path = logs / f"rate_distortion.{key}.partial.json"
         self.path, self.fingerprint, self.data, self.kept_seconds = path, fingerprint, {}, 0.0
         try:
             old = json.loads(path.read_text())
@@ -350,8 +366,8 @@ def main() -> None:
         fm = load_dataset("fmnist", train_subset=args.train_subset, test_subset=1000, seed=42)
         res = {"budgets": args.budgets, "models": {}, "machine": machine()}
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        fingerprint = {k: v for k, v in sorted(vars(args).items()) if k not in ("threads", "from_json")}
-        partial = Partial(json_path.with_suffix(".partial.json"), fingerprint)
+        fingerprint = {**{k: v for k, v in sorted(vars(args).items()) if k != "from_json"}, "code": code_hash()}
+        partial = Partial(json_path.parent, fingerprint)
 
         def log(msg):
             print(f"[{time.perf_counter() - t_start:7.1f} s] {msg}", flush=True)

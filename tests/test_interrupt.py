@@ -96,3 +96,14 @@ def test_a_run_started_ignoring_sigint_keeps_ignoring_it(tmp_path):
         assert seen == [signal.SIG_IGN, signal.SIG_IGN]
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_the_already_holds_a_run_hint_quotes_the_folder(tmp_path):
+    from e3sfc.errors import ConfigError
+    from e3sfc.federated.checkpoint import check_reusable
+
+    run = tmp_path / "my runs" / "a"
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match="pass --resume '.*/my runs/a' or another --out"):
+        check_reusable(run)

@@ -373,6 +373,7 @@ def test_a_methods_first_six_variants_differ_in_shade_and_style_and_one_style_is
         shades = [shade(color, n) for n in range(7 if color != "#000000" else 4)]
         # every two apart by more than rounding: at least 0.05 in some channel (options.png had two near-black)
         assert all(max(abs(x - y) for x, y in zip(a, b)) > 0.05 for i, a in enumerate(shades) for b in shades[i + 1:])
+        assert all(max(1 - c for c in rgb) > 0.15 for rgb in shades)  # none lost on the white background
     assert len(set(map(str, _STYLES))) == len(_STYLES)
     assert sum(st == ":" or (isinstance(st, tuple) and st[1][0] == 1) for st in _STYLES) == 1  # dotted: one
     assert shade("#1f77b4", 0) == to_rgb("#1f77b4")

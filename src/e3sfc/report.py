@@ -325,11 +325,12 @@ _SPARE_COLORS = ("#17becf", "#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39
 # the variants of a method (runs of it with other settings): shades of its colour, each with a marker
 # and a line style of its own, so two variants never differ by their dashes alone
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
-_STYLES = ("-", "--", ":", "-.", (0, (8, 2)), (0, (3, 1, 1, 1, 1, 1)))  # one dotted style only
+# seven styles against six shades: a variant and the one six later differ in their dashes as well
+_STYLES = ("-", "--", ":", "-.", (0, (8, 2)), (0, (3, 1, 1, 1, 1, 1)), (0, (12, 3, 3, 3)))  # one dotted style
 # how far a variant's shade moves toward black (odd variants) or white (even ones), first to third of
-# each side; spaced so that no two are alike, and the darkest still shows its hue
-_DARKER = (0.3, 0.5, 0.65)
-_LIGHTER = (0.35, 0.6, 0.8)
+# each side; spaced so that no two are alike, the darkest still shows its hue and the lightest shows on white
+_DARKER = (0.3, 0.45, 0.6)
+_LIGHTER = (0.3, 0.5, 0.68)
 
 
 def method_color(method: str) -> str:

@@ -58,8 +58,11 @@ def stop_after_round():
         if flag["stop"]:
             raise KeyboardInterrupt
         flag["stop"] = True
-        log.warning("stopping after the round in progress, then a checkpoint (%s again: stop now, that round "
-                    "lost)", "Ctrl-C" if signum == signal.SIGINT else "the signal")
+        try:  # a signal that lands inside a write to stderr must not turn a clean stop into a crash
+            log.warning("stopping after the round in progress, then a checkpoint (%s again: stop now, that round "
+                        "lost)", "Ctrl-C" if signum == signal.SIGINT else "the signal")
+        except Exception:  # noqa: BLE001 - the stop itself is what matters
+            pass
 
     # a signal the process was started ignoring (SIGINT in a shell's background job) stays ignored
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)
