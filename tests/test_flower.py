@@ -201,6 +201,20 @@ def test_fewer_nodes_than_clients_stops_in_seconds_with_one_line(tmp_path):
     assert time.time() - t0 < 5
 
 
+def test_a_setting_the_data_rules_out_stops_the_server_app_with_its_one_line(tmp_path):
+    """`e3sfc run --engine flower --feature-res 9` on 8x8 inputs: the ServerApp writes the reason where the
+    CLI reads it (it said only "the Flower run did not finish" before)."""
+    from e3sfc.flower.apps import STOPPED_FILE, start_or_say_why
+
+    class Nodes:
+        def get_node_ids(self):
+            return [11, 12, 13]
+
+    cfg = RunConfig(method="3sfc", dataset="digits", clients=3, rounds=1, engine="flower", feature_res=9)
+    assert start_or_say_why(cfg, Nodes(), tmp_path, settle_s=0.5) is None
+    assert (tmp_path / STOPPED_FILE).read_text().startswith("--feature-res: 9 is not allowed; expected an integer")
+
+
 def test_no_deprecated_flower_entry_point_and_the_run_app_carries_every_setting():
     """`--engine flower` goes through `flwr run` with an app folder written for the run: nothing in the
     package calls Flower's deprecated `run_simulation`, and the app's run config gives back the run's

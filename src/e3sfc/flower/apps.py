@@ -41,7 +41,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from .. import io, protocol
 from ..config import RunConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..data import load_dataset, partition
 from ..federated.client import ClientUpdate
 from ..federated.loop import RoundLoop
@@ -263,6 +263,19 @@ class FlowerSimulation(RoundLoop):
         return stats
 
 
+def start_or_say_why(cfg: RunConfig, grid, out: str | Path, **kw) -> FlowerSimulation | None:
+    """The run's FlowerSimulation; or, where it cannot start (fewer nodes than clients, a setting the
+    data or model rules out, data that cannot be read), None, with the one line why written to
+    ``out/STOPPED_FILE``: the CLI that started `flwr run` is another process and reads it there."""
+    try:
+        return FlowerSimulation(cfg, grid, out, **kw)
+    except (FewerNodes, ConfigError, DataError) as exc:
+        why = str(exc)
+        log.error("%s", why)
+        io.atomic_write(Path(out) / STOPPED_FILE, lambda f: f.write(why))
+        return None
+
+
 def make_server_app(cfg: RunConfig | None = None, out_dir: str | Path | None = None) -> ServerApp:
     """A ServerApp running the whole federated run; with ``cfg`` None it reads Flower's run config."""
     app = ServerApp()
@@ -274,13 +287,8 @@ def make_server_app(cfg: RunConfig | None = None, out_dir: str | Path | None = N
         c = c.replace(out=str(out), engine="flower")
         if c.threads:
             torch.set_num_threads(min(c.threads, os.cpu_count() or 1))
-        try:
-            sim = FlowerSimulation(c, grid, out)
-        except FewerNodes as exc:
-            why = str(exc)
-            log.error("%s", why)
-            # the CLI that started `flwr run` is another process: it reads why from the run folder
-            io.atomic_write(Path(out) / STOPPED_FILE, lambda f: f.write(why))
+        sim = start_or_say_why(c, grid, out)
+        if sim is None:
             return
         summary = sim.run()
         log.info("e3sfc flower run finished: accuracy %.4f, %d B up, %d B down, folder %s",
