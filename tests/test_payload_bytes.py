@@ -117,12 +117,21 @@ def test_a_run_sends_the_chosen_payloads(method):
     """digits (1x8x8), MLP, B = 1 KB: every payload is the 927 bytes of M = 12 at 8 bits, both ways."""
     sim = Simulation(RunConfig(dataset="digits", batch_size=32, lr=0.05, steps=1, max_iter=2, threads=1,
                                model="mlp", method=method, payload_bytes=KB1, clients=3, rounds=1))
-    sim.run()
+    summary = sim.run()
     row = sim.metrics[-1]
     assert row["samples"] == 12
     assert row["uplink_bytes"] == 3 * 927
+    fit = {"feature_res": 0, "samples": 12, "feature_bits": 8, "bytes": 927}
+    assert summary["payload_fit"] == {"uplink": fit, **({"downlink": fit} if method == "e3sfc" else {})}
     if method == "e3sfc":
         assert sim.server.downlink.compressor.fitted == (0, 12, 8, 927)
+
+
+def test_the_cli_summary_says_what_payload_bytes_picked(tmp_path, capsys):
+    assert main(["run", *CLI_FAST, "--method", "3sfc", "--payload-bytes", str(KB1), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "uplink payload    --payload-bytes picked R = the input size, M = 12, 8-bit (927 B)" in out, out
+    assert "downlink payload" not in out
 
 
 # ---------------------------------------------------------------- the Flower add-on's default

@@ -447,6 +447,9 @@ def _print_summary(s: dict, out: Path) -> None:
                                    f"{_ratio(s['fedavg_uplink_bytes'], s['total_uplink_bytes'])} fewer bytes up, "
                                    f"{_ratio(s['fedavg_downlink_bytes'], s['total_downlink_bytes'])} down, "
                                    f"{_ratio(s['fedavg_uplink_bytes'] + s['fedavg_downlink_bytes'], total)} in all"),
+        *[f"  {way + ' payload':<17} --payload-bytes picked R = {f['feature_res'] or 'the input size'}, "
+          f"M = {f['samples']}, {f['feature_bits']}-bit ({f['bytes']:,} B)"
+          for way, f in (s.get("payload_fit") or {}).items()],
         f"  wall time         {s['wall_seconds']:.1f} s ({s['wall_seconds'] / r:.3f} s/round)",
         *([f"  device            {s['device']}" + (f" (--device {s['device_asked']})"
                                                    if s.get("device_asked") not in (None, s["device"]) else "")]

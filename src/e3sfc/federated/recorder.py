@@ -138,6 +138,10 @@ class RunRecorder:
             "samples_per_round": list(server.schedule_log) if cfg.sized_by_samples else None,
             "downlink_samples_per_round": list(server.down_log) if server.down_log else None,
             "batch_search": cfg.resolved_batch_search if hasattr(server.compressor, "batch_search") else None,
+            # what --payload-bytes picked, each direction whose compressor fitted one (config.json keeps the flags)
+            "payload_fit": {way: dict(zip(("feature_res", "samples", "feature_bits", "bytes"), c.fitted))
+                            for way, c in (("uplink", server.compressor), ("downlink", server.downlink.compressor))
+                            if getattr(c, "fitted", None)} or None,
             "wall_seconds": round(self.elapsed, 4),
             "seconds_per_round": round(self.elapsed / rounds, 4) if rounds else None,
             "num_params": self.num_params,
