@@ -381,7 +381,8 @@ def main() -> None:
         "the 3sfc payload); B a reply up: the mean train reply as Flower's message_size_mod counts it (payload, "
         "record overhead and the app's metrics); x below dense: fedavg's reply over it. Accuracy: the global "
         "model on the test set. s a round: rounds 2 on (round 1 includes the worker's start). "
-        f"Whole run: {time.perf_counter() - t_start:.0f} s; every round: {shown(args.json)}."))
+        f"The arms' runs: {sum(r['seconds'] for r in rows):.0f} s in all (those kept by --resume included); "
+        f"every round: {shown(args.json)}."))
 
 
 if __name__ == "__main__":

@@ -214,7 +214,7 @@ def frontier_convnet_settings() -> list[Setting]:
 # Any model (issue 31): Flower's quickstart CNN on Fashion-MNIST padded to 3x32x32 RGB (a stand-in for
 # CIFAR-sized inputs), 12,000 training images (the issue's probe), 50 rounds (CPU-bound). Synthesis sizes itself
 # with --payload-bytes (configs/e3sfc-cnn.toml's rule): 8x8 features, M = 15, 3,069 B at 3,215; 4x4 features,
-# M = 13, 793 B at 833. At 3.2 KB both ways also full-resolution features (8-bit, M = 1, 3,114 B), the choice the
+# M = 13, 793 B at 833. At 3.2 KB both ways also full-resolution features (8-bit, M = 1, 3,121 B), the choice the
 # rule replaced. Top-k and STC take the rule's payload bytes at most (bytes:N; tests/test_report.py checks N
 # against the fit); PowerSGD rank 2, 8-bit (3,137 B) is its largest setting under 3.2 KB, none near 1 KB (its
 # float32 biases alone are 944 B). The MLP's and the ConvNet's rows are the frontier and frontier-convnet groups'.
@@ -489,7 +489,8 @@ TITLES = {
     "anymodel": "Any model: Flower's quickstart CNN (62,006 parameters) on Fashion-MNIST padded to 3x32x32 RGB, a "
                 "stand-in for CIFAR-sized inputs (12,000 training images, 10 clients, Dirichlet 1.0, 50 rounds, seeds "
                 "42 and 43): synthesis sized by --payload-bytes against PowerSGD, coded Top-k and coded STC at about "
-                "3.2 KB and 1 KB a payload, both ways and one way",
+                "3.2 KB (both ways and one way) and 1 KB (both ways) a payload; the MLP's and the ConvNet's rows are "
+                "the frontier, frontier-oneway and frontier-convnet groups",
     "frontier-oneway": "Accuracy per byte, one way (uplink compressed, dense downlink): each method's 3.2 KB setting "
                        "(MLP, Fashion-MNIST, Dirichlet 0.1 and 1.0, seeds 42 and 43)",
     "frontier-convnet": "Accuracy per byte on the ConvNet (convnet-fast) at 3.2 KB a payload, one way and both ways "
