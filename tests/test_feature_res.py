@@ -52,6 +52,38 @@ def test_decoded_update_is_the_gradient_at_the_upsampled_features(name, shape, r
     assert torch.equal(comp.decode_update(blob, ctx), expect)
 
 
+IMAGE_MODELS = {"mlp": (1, 28, 28), "mnistnet": (1, 28, 28), "convnet": (1, 28, 28), "convnet-fast": (1, 28, 28),
+                "lenet": (3, 32, 32), "quickcnn": (3, 32, 32), "resnet18": (3, 32, 32), "vgg11": (3, 32, 32),
+                "regnet": (3, 32, 32)}
+
+
+def test_every_image_model_of_the_registry_is_covered_below():
+    from e3sfc.models import _TEXT, available_models
+
+    assert set(IMAGE_MODELS) == set(available_models()) - set(_TEXT)
+
+
+@pytest.mark.parametrize("name", sorted(IMAGE_MODELS))
+def test_every_image_model_decodes_the_gradient_at_the_upsampled_features_with_exact_bytes(name):
+    """Each model of the registry, through the search a CPU run uses for it (batched where that is the
+    default, else one at a time): the wire carries R x R features, its bytes are the compressor's
+    payload_bytes, and the decoded update is alpha g(upsample(z), y)."""
+    from e3sfc.config import FAST_SEARCH_CPU
+
+    shape, batched = IMAGE_MODELS[name], name in FAST_SEARCH_CPU
+    ctx = _ctx(name, shape)
+    comp = make_compressor("3sfc", samples=2, feature_bits=8, feature_res=7, steps=1, max_iter=2, batch_search=batched)
+    comp.check_context(ctx)
+    tau = torch.randn(ctx.num_params, generator=torch.Generator().manual_seed(1)) * 0.01
+    ((payload, _),) = comp.compress_many([tau], [ctx]) if batched else [comp.compress(tau, ctx)]
+    blob = comp.encode(payload)
+    assert len(blob) == comp.payload_bytes(ctx) == 2 * shape[0] * 7 * 7 + 2 * 10 + 12 + _header(1, 2, 1)
+    z, y, alpha = comp.features(comp.decode(blob, ctx), ctx)
+    assert tuple(z.shape) == (2, shape[0], 7, 7)
+    expect = float(np.asarray(alpha).reshape(-1)[0]) * synth_grad(ctx.model, upsample(z, shape[1:]), y)
+    assert torch.equal(comp.decode_update(blob, ctx), expect)
+
+
 @pytest.mark.parametrize("res", [32, 16, 8])
 @pytest.mark.parametrize("bits", [32, 16, 8, 4])
 def test_payload_bytes_by_hand(res, bits):
