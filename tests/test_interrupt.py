@@ -51,6 +51,21 @@ def test_sigint_finishes_the_round_checkpoints_and_resume_equals_no_stop(tmp_pat
     assert _rows(stopped) == _rows(whole)
 
 
+def test_sigterm_stops_like_ctrl_c(tmp_path):
+    """SIGTERM (a scheduler or `kill` stopping the job) finishes the round and checkpoints, as Ctrl-C does."""
+    cfg = RunConfig(**QUICK, method="fedavg")
+    stopped = tmp_path / "stopped"
+
+    def term(t, row):
+        if t == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted, match="after round 2; checkpoint written"):
+        Simulation(cfg, out_dir=stopped).run(progress=term)
+    assert (stopped / "checkpoint.pt").is_file() and len(_rows(stopped)) == 2
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+
+
 def test_the_resume_hint_quotes_a_folder_with_spaces():
     assert str(Interrupted(Path("/tmp/my runs/a"), 3)).endswith("resume with e3sfc run --resume '/tmp/my runs/a'")
 
