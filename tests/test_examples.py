@@ -79,3 +79,13 @@ def test_demo_script_runs_its_commands(tmp_path):
     split = ("dataset", "clients", "alpha", "seed", "train_subset", "rounds")
     assert all({k: c[k] for k in split} == {k: cfgs[0][k] for k in split} for c in cfgs)
     shutil.rmtree(tmp_path / "demo")
+
+
+def test_the_gpu_check_script_parses_and_names_the_checks_it_runs():
+    """scripts/gpu-check.sh is run by hand on a lent GPU machine: it must at least parse, and run the CUDA-only
+    test and the GPU round benchmark it promises."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu-check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    assert "tests/test_cuda_graphs.py" in text and "benchmarks/gpu_round.py" in text
+    assert (script.parent.parent / "tests" / "test_cuda_graphs.py").is_file()
