@@ -12,8 +12,9 @@ run interleaved round by round, so a slow spell of the machine hits them alike.
 ``--profile P``: after the timed rounds, P more rounds of each method under cProfile, and a table of
 where a round's time goes: the cumulative time of the functions that make up each phase (local
 training, the uplink search, its quantization, the server's decoding, the downlink search, the
-clients' catch-up), per round; evaluation is timed apart (one call on the test set). Profiling
-slows every call it sees, so the timed rounds run first and without it.
+clients' catch-up), per round, with the share of each search spent evaluating the objective (the rest is
+the L-BFGS's own work); evaluation and I/O are timed apart (one call on the test set, one checkpoint
+write). Profiling slows every call it sees, so the timed rounds run first and without it.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import tempfile
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
 from _common import write_section
+from e3sfc.compress import search, synth, synth_mlp
 from e3sfc.config import RunConfig
 from e3sfc.federated import Simulation
 from e3sfc.federated.evaluate import evaluate
@@ -40,6 +45,53 @@ PHASES = (
     ("downlink (server compresses the move)", (("federated/runtime.py", "move"),)),
     ("clients' catch-up (decode the broadcast)", (("federated/runtime.py", "catch_up"),)),
 )
+# the rows of the profile table: the phases, each search's objective evaluations under it, then the one-call timings
+UP_OBJ, DOWN_OBJ = "  of which objective evaluations (uplink)", "  of which objective evaluations (downlink)"
+ROWS = ("round (profiled)", *(p for p, _ in PHASES[:3]), UP_OBJ, PHASES[3][0], PHASES[4][0], DOWN_OBJ, PHASES[5][0],
+        "evaluation (one call)", "I/O: checkpoint write (one call; every 10 rounds by default)")
+OBJECTIVES = (synth.CosineMatch, synth.CosineMatchBatch, synth_mlp.MLPCosineMatch, synth_mlp.MLPCosineMatchBatch,
+              search.Upsampled, search.UpsampledBatch)
+
+
+@contextmanager
+def clocked_objectives(sim: Simulation):
+    """While active, the seconds spent evaluating 3SFC objectives (every form, batched or alone; an objective
+    calling another counted once), split by who asked: the server's downlink (inside its ``move``) or the
+    clients' uplink (anywhere else)."""
+    secs, state = {UP_OBJ: 0.0, DOWN_OBJ: 0.0}, {"phase": UP_OBJ, "depth": 0}
+    originals = {cls: cls.__call__ for cls in OBJECTIVES}
+
+    def clocked(call):
+        def timed(self, z):
+            if state["depth"]:
+                return call(self, z)
+            state["depth"] += 1
+            t0 = time.perf_counter()
+            try:
+                return call(self, z)
+            finally:
+                secs[state["phase"]] += time.perf_counter() - t0
+                state["depth"] -= 1
+        return timed
+
+    def downlink(move):
+        def moved(*args, **kw):
+            state["phase"] = DOWN_OBJ
+            try:
+                return move(*args, **kw)
+            finally:
+                state["phase"] = UP_OBJ
+        return moved
+
+    for cls, call in originals.items():
+        cls.__call__ = clocked(call)
+    sim.server.move = downlink(sim.server.move)
+    try:
+        yield secs
+    finally:
+        for cls, call in originals.items():
+            cls.__call__ = call
+        del sim.server.move
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
@@ -96,12 +148,13 @@ def profile_rounds(sim: Simulation, first: int, rounds: int) -> dict[str, float]
     """Seconds per round of each :data:`PHASES` entry over ``rounds`` rounds run under cProfile, the
     whole round's ("round") and one evaluation's ("evaluation (one call)")."""
     prof = cProfile.Profile()
-    t0 = time.perf_counter()
-    prof.enable()
-    for t in range(first, first + rounds):
-        sim.run_round(t)
-    prof.disable()
-    total = time.perf_counter() - t0
+    with clocked_objectives(sim) as objective:
+        t0 = time.perf_counter()
+        prof.enable()
+        for t in range(first, first + rounds):
+            sim.run_round(t)
+        prof.disable()
+        total = time.perf_counter() - t0
     stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
     out = {"round (profiled)": total / rounds}
     for phase, funcs in PHASES:
@@ -109,9 +162,16 @@ def profile_rounds(sim: Simulation, first: int, rounds: int) -> dict[str, float]
         # each function's time as called from outside the phase: one of them calling another (3SFC's
         # compress_many handing a lone search to the base class's) is not counted twice
         out[phase] = sum(edge[3] for k in keys for caller, edge in stats[k][4].items() if caller not in keys) / rounds
+    out.update({k: v / rounds for k, v in objective.items()})
     t0 = time.perf_counter()
     evaluate(sim.model, sim.test_x, sim.test_y)
     out["evaluation (one call)"] = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as d:  # what a run writes every --checkpoint-every rounds
+        sim.checkpointer.out_dir = Path(d)
+        t0 = time.perf_counter()
+        sim.checkpointer.save(first + rounds - 1)
+        out[ROWS[-1]] = time.perf_counter() - t0
+        sim.checkpointer.out_dir = None
     return out
 
 
@@ -120,14 +180,13 @@ def profile_table(specs: list[tuple[str, dict]], rounds: int, model: str) -> str
     for method, extra in specs:
         cols.append(profile_rounds(reference(method, extra, rounds, model), 2, rounds))
         names.append("@".join([method, *(f"{k}={v}" for k, v in extra.items())]))
-    rows = ["round (profiled)", *(p for p, _ in PHASES), "evaluation (one call)"]
     lines = ["| s / round | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for r in rows:
+    for r in ROWS:
         cells = []
         for c in cols:
             v = c[r]
             whole = c["round (profiled)"]
-            share = f" ({100 * v / whole:.0f}%)" if r not in ("round (profiled)", "evaluation (one call)") else ""
+            share = f" ({100 * v / whole:.0f}%)" if r not in (ROWS[0], *ROWS[-2:]) else ""
             cells.append(f"{v:.3f}{share}" if v else "-")
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
