@@ -108,7 +108,7 @@ def _dense_updates(vectors):
 def _seven_and_three(P):
     """7 honest updates e_0 + 0.1 e_{k+1}, 3 identical ones -2 e_0 (one shared, sign-flipped update under the
     3x median norm bound)."""
-    e = torch.eye(P)[:8]
+    e = torch.eye(8, P)  # the first 8 unit vectors of R^P (not eye(P): P x P floats)
     return [e[0] + 0.1 * e[k + 1] for k in range(7)] + [-2 * e[0]] * 3
 
 
@@ -122,7 +122,7 @@ def test_direction_screen_by_hand_leaves_out_three_identical_flipped_updates():
     assert s.clipped == []
     want = torch.zeros(P)
     want[0], want[1:8] = 1.0, 0.1 / 7
-    for start in (None, torch.eye(P)[0]):
+    for start in (None, torch.eye(1, P)[0]):
         agg = aggregate(ctx, screen(ctx, ups, dense, norm_clip=3.0), dense, rule="direction", start=start)
         assert agg.accepted == list(range(7)) and set(agg.screened) == {7, 8, 9}
         assert all(c < -0.9 for c in agg.screened.values())
