@@ -296,7 +296,9 @@ def settings_table(rows: list[dict], settings: list[Setting]) -> str:
     """Per setting: each method's final accuracy (mean of the last 10 rounds, mean over the seeds run,
     their spread), its MB in all and its seconds a round against FedAvg's, and the winner."""
     by = {r["run"]: r for r in rows}
-    head = ["setting", "method", "seeds", "final accuracy (spread)", "MB in all", "s / round vs FedAvg"]
+    # the wall clock of these runs, which may have shared the machine (each section says): not a timing of the methods
+    head = ["setting", "method", "seeds", "final accuracy (spread)", "MB in all",
+            "wall s / round vs FedAvg (shared machine)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, fedavg, mine, rivals in settings:
         fed = _frontier_seeds(by, fedavg)
