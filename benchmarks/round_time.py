@@ -145,8 +145,9 @@ def time_methods(specs: list[tuple[str, dict]], rounds: int, model: str = "mlp")
 
 
 def profile_rounds(sim: Simulation, first: int, rounds: int) -> dict[str, float]:
-    """Seconds per round of each :data:`PHASES` entry over ``rounds`` rounds run under cProfile, the
-    whole round's ("round") and one evaluation's ("evaluation (one call)")."""
+    """Seconds per round of each :data:`ROWS` entry: the :data:`PHASES` over ``rounds`` rounds run under
+    cProfile, the whole round's, the objective's share of the searches (:func:`clocked_objectives`), and
+    one evaluation's and one checkpoint write's."""
     prof = cProfile.Profile()
     with clocked_objectives(sim) as objective:
         t0 = time.perf_counter()
@@ -168,10 +169,12 @@ def profile_rounds(sim: Simulation, first: int, rounds: int) -> dict[str, float]
     out["evaluation (one call)"] = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as d:  # what a run writes every --checkpoint-every rounds
         sim.checkpointer.out_dir = Path(d)
-        t0 = time.perf_counter()
-        sim.checkpointer.save(first + rounds - 1)
-        out[ROWS[-1]] = time.perf_counter() - t0
-        sim.checkpointer.out_dir = None
+        try:
+            t0 = time.perf_counter()
+            sim.checkpointer.save(first + rounds - 1)
+            out[ROWS[-1]] = time.perf_counter() - t0
+        finally:
+            sim.checkpointer.out_dir = None
     return out
 
 
