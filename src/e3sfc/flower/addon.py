@@ -52,7 +52,10 @@ Bytes: each reply's metrics carry ``e3sfc-uplink-bytes`` (the reply as sent, eve
 as Flower's ``message_size_mod`` counts it) and ``e3sfc-dense-bytes`` (the same reply with the
 app's dense ArrayRecord); the wrapper reports their sums over the round's replies, and
 ``e3sfc-downlink-bytes`` / ``e3sfc-dense-downlink-bytes``, the sums over the round's train
-messages as sent and as they would be dense. Evaluation messages stay dense.
+messages as sent and as they would be dense; ``e3sfc-payload-bytes`` is the mean size of the round's
+payloads alone (what ``e3sfc run``'s ledger counts), and where ``e3sfc-payload-bytes`` in the run config
+fitted the synthetic samples, ``e3sfc-feature-res`` (0: the input's own), ``e3sfc-samples`` and
+``e3sfc-feature-bits`` say what it picked. Evaluation messages stay dense.
 """
 
 from __future__ import annotations
@@ -442,6 +445,11 @@ class CompressedStrategy(Strategy):
         metrics["e3sfc-downlink-bytes"], metrics["e3sfc-dense-downlink-bytes"] = self.down_bytes, self.dense_down_bytes
         metrics["e3sfc-refused"] = len(refused) + len(s.rejected)
         metrics["e3sfc-screened"] = screened  # left out by --aggregate direction (sent, decoded, not averaged)
+        if updates:  # the payloads alone (what the method sends, as e3sfc run's ledger counts an uplink)
+            metrics["e3sfc-payload-bytes"] = round(sum(len(u.blob) for u in updates) / len(updates))
+        fitted = getattr(server.compressor, "fitted", None)
+        if fitted:  # what e3sfc-payload-bytes picked (0: the input's own resolution), as e3sfc run's summary says
+            metrics["e3sfc-feature-res"], metrics["e3sfc-samples"], metrics["e3sfc-feature-bits"] = fitted[:3]
         if arrays is None:
             return None, metrics
         w = codec.flat(arrays)
