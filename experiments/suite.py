@@ -178,8 +178,9 @@ def frontier_convnet_runs() -> dict[str, list[str]]:
     downlink) and both ways, seeds 42 and 43. Sized for a CPU (a 3SFC round of the ConvNet on all 60,000
     images: 40-80 s here): 12,000 training images and 50 rounds, as the anymodel group. Synthesis: the
     published M = 1 (float32), 8-bit M = 4 at full resolution (3,215 B) and 8-bit R = 14, M = 15 (3,129 B;
-    the MLP map's choice at 3.2 KB, not mapped on the ConvNet); PowerSGD rank 1 (its largest under 3.2 KB,
-    2,682 B); Top-k and STC with Golomb positions at 3,215 B at most."""
+    the MLP map's choice at 3.2 KB, not mapped on the ConvNet), and one way only the latter with one scale per
+    parameter tensor (3,197 B; added for issue 31's ConvNet goal, which is one way); PowerSGD rank 1 (its largest
+    under 3.2 KB, 2,682 B); Top-k and STC with Golomb positions at 3,215 B at most."""
     base = ["--config", "configs/convnet.toml", "--train-subset", "12000", "--rounds", "50"]
     synth = {"": ["--samples", "1", "--steps", "10"],
              "-plus": ["--samples", "4", "--feature-bits", "8", "--steps", "10"],
@@ -198,6 +199,8 @@ def frontier_convnet_runs() -> dict[str, list[str]]:
             for suffix, opts in synth.items():
                 meth = "e3sfc" if way == "twoway" else "3sfc"
                 runs[f"{meth}{suffix}-{way}-seed{s}"] = [*base, "--method", meth, *opts, *two, *tail]
+        runs[f"3sfc-res-tensor-oneway-seed{s}"] = [*base, "--method", "3sfc", *synth["-res"], "--scales", "tensor",
+                                                   *tail]
     return runs
 
 
@@ -205,8 +208,9 @@ def frontier_convnet_settings() -> list[Setting]:
     out: list[Setting] = []
     for way in ("twoway", "oneway"):
         m = "e3sfc" if way == "twoway" else "3sfc"
+        extra = ("-res-tensor",) if way == "oneway" else ()
         out.append((f"ConvNet {'both ways' if way == 'twoway' else 'one way'}, 3.2 KB", "fedavg",
-                    {f"{m}{x}": f"{m}{x}-{way}" for x in ("-plus", "-res", "")},
+                    {f"{m}{x}": f"{m}{x}-{way}" for x in ("-plus", "-res", *extra, "")},
                     {o: f"{o}-{way}" for o in FRONTIER_RIVALS}))
     return out
 
