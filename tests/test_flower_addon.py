@@ -207,6 +207,7 @@ def test_a_broken_payload_is_dropped_and_the_rest_aggregated():
     msgs = sorted(fed.messages(1), key=lambda m: m.metadata.dst_node_id)
     good, bad = fed.replies(msgs)
     bad.content[RECORD] = ConfigRecord({"payload": b"\x00" * 40})
+    n_good = len(good.content[RECORD]["payload"])
     arrays, metrics = strategy.aggregate_train(1, [good, bad])
     alone, mod2 = _pair("3sfc")
     fed2 = Federation(alone, mod2, nodes=(1,))
@@ -214,6 +215,23 @@ def test_a_broken_payload_is_dropped_and_the_rest_aggregated():
     for k in ref.keys():
         np.testing.assert_array_equal(arrays[k].numpy(), ref[k].numpy())
     assert metrics["e3sfc-refused"] == 1
+    # the payloads' mean size counts what arrived, as the ledger does (the broken one's 40 bytes too)
+    assert metrics["e3sfc-payload-mean-bytes"] == round((n_good + 40) / 2)
+
+
+def test_a_reply_without_a_payload_field_is_refused_not_a_crash():
+    """A record named e3sfc without its payload (or with a number there): refused with the rest aggregated;
+    the round's metrics are still made."""
+    strategy, mod = _pair("3sfc")
+    fed = Federation(strategy, mod, nodes=(1, 2, 3))
+    msgs = sorted(fed.messages(1), key=lambda m: m.metadata.dst_node_id)
+    good, empty, number = fed.replies(msgs)
+    empty.content[RECORD] = ConfigRecord({})
+    number.content[RECORD] = ConfigRecord({"payload": 7})
+    n_good = len(good.content[RECORD]["payload"])
+    arrays, metrics = strategy.aggregate_train(1, [good, empty, number])
+    assert arrays is not None and metrics["e3sfc-refused"] == 2
+    assert metrics["e3sfc-payload-mean-bytes"] == n_good
 
 
 def test_settings_come_from_the_run_config_and_are_validated():

@@ -213,8 +213,9 @@ def test_addon_default_sends_at_most_3_3_kb_on_a_3x32x32_cnn():
         _, metrics = strategy.aggregate_train(1, replies)
         assert metrics["e3sfc-refused"] == 0 and metrics["e3sfc-uplink-bytes"] <= 2 * 3300
         # the round's metrics say what the fit picked and what a payload costs (the blob, before Flower's records)
-        assert (metrics["e3sfc-feature-res"], metrics["e3sfc-samples"], metrics["e3sfc-feature-bits"]) == (8, 15, 8)
-        assert metrics["e3sfc-payload-bytes"] == 3069
+        assert (metrics["e3sfc-fit-feature-res"], metrics["e3sfc-fit-samples"], metrics["e3sfc-fit-feature-bits"]
+                ) == (8, 15, 8)
+        assert metrics["e3sfc-payload-mean-bytes"] == 3069
     finally:
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
 

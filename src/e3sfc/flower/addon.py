@@ -52,10 +52,11 @@ Bytes: each reply's metrics carry ``e3sfc-uplink-bytes`` (the reply as sent, eve
 as Flower's ``message_size_mod`` counts it) and ``e3sfc-dense-bytes`` (the same reply with the
 app's dense ArrayRecord); the wrapper reports their sums over the round's replies, and
 ``e3sfc-downlink-bytes`` / ``e3sfc-dense-downlink-bytes``, the sums over the round's train
-messages as sent and as they would be dense; ``e3sfc-payload-bytes`` is the mean size of the round's
-payloads alone (what ``e3sfc run``'s ledger counts), and where ``e3sfc-payload-bytes`` in the run config
-fitted the synthetic samples, ``e3sfc-feature-res`` (0: the input's own), ``e3sfc-samples`` and
-``e3sfc-feature-bits`` say what it picked. Evaluation messages stay dense.
+messages as sent and as they would be dense; ``e3sfc-payload-mean-bytes`` is the mean size of the round's
+payloads alone (what ``e3sfc run``'s ledger counts), and where a payload budget (the run config's
+``e3sfc-payload-bytes``, or the default) sized the synthetic samples, ``e3sfc-fit-feature-res`` (0: the
+input's own), ``e3sfc-fit-samples`` and ``e3sfc-fit-feature-bits`` say what it picked for the uplink.
+Evaluation messages stay dense.
 """
 
 from __future__ import annotations
@@ -416,7 +417,7 @@ class CompressedStrategy(Strategy):
                 + self.sent.count_bytes()
             updates.append(ClientUpdate(k, r.content[RECORD].get("payload"), _sample_count(metrics.get(weight_key))))
             by_client[k] = r
-        s, _, refused, _ = server.screen(t, None, updates)
+        s, _, refused, received = server.screen(t, None, updates)
         w_t, kept = server.weights, []
         # as the server step counts each update: bounded (--aggregate mean), or its clipped deviation around
         # the centered-clipping center (cclip; weighted by the sample counts the strategy weighs by, so a
@@ -445,11 +446,13 @@ class CompressedStrategy(Strategy):
         metrics["e3sfc-downlink-bytes"], metrics["e3sfc-dense-downlink-bytes"] = self.down_bytes, self.dense_down_bytes
         metrics["e3sfc-refused"] = len(refused) + len(s.rejected)
         metrics["e3sfc-screened"] = screened  # left out by --aggregate direction (sent, decoded, not averaged)
-        if updates:  # the payloads alone (what the method sends, as e3sfc run's ledger counts an uplink)
-            metrics["e3sfc-payload-bytes"] = round(sum(len(u.blob) for u in updates) / len(updates))
+        arrived = [n for n in received.values() if n]  # the payloads' bytes, as the ledger counts them
+        if arrived:
+            metrics["e3sfc-payload-mean-bytes"] = round(sum(arrived) / len(arrived))
         fitted = getattr(server.compressor, "fitted", None)
-        if fitted:  # what e3sfc-payload-bytes picked (0: the input's own resolution), as e3sfc run's summary says
-            metrics["e3sfc-feature-res"], metrics["e3sfc-samples"], metrics["e3sfc-feature-bits"] = fitted[:3]
+        if fitted:  # what the payload budget picked for the uplink (0: the input's own resolution)
+            for key, v in zip(("e3sfc-fit-feature-res", "e3sfc-fit-samples", "e3sfc-fit-feature-bits"), fitted):
+                metrics[key] = v
         if arrays is None:
             return None, metrics
         w = codec.flat(arrays)
