@@ -570,7 +570,9 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
                         "at times (the two R = 14 runs of seed 42 paused for about 11 minutes once, and were "
                         "stopped and resumed from their checkpoints once), so the s / round column measures the "
                         "load more than the methods; benchmarks/round_time.py times methods side by side. Seed 42 "
-                        "first, seed 43 after.",
+                        "first, seed 43 after. The two 3sfc-res-tensor runs (one scale per parameter tensor) were "
+                        "added on 2026-12-08 on an Intel Xeon (2 cores, the same torch and Python), side by side: "
+                        "float rounding differs between the two machines about as much as a change of seed.",
     "frontier-oneway": "The frontier's 3.2 KB settings, chosen on its both-ways runs, not tuned one way. Made on the "
                        "machine above from 2026-12-07, on its CPU, two runs side by side and other jobs at times, "
                        "so the s / round column measures the load more than the methods.",
@@ -892,16 +894,21 @@ def previous_sections(path: Path) -> dict[str, str]:
 
 
 DATE_LINE = re.compile(r"^- date: .*$", re.M)
+MACHINE_LINE = re.compile(r"^- machine: (.*)$", re.M)
 
 
 def write_report(root: Path, names: dict[str, dict[str, list[str]]], docs: Path = REPO / "docs",
                  only: list[str] | None = None) -> Path:
     """docs/results.md and docs/GROUP.png from the finished runs under ``root``. A report that differs
     from the one there only in its date line leaves the file as it is (nothing new: nothing rewritten).
-    With ``only``, the other groups keep their sections and figures as they are (where they have one)."""
+    With ``only``, the other groups keep their sections and figures as they are (where they have one), and the
+    header keeps the machine it named (the one the kept sections' "machine above" means; a rebuilt section's
+    note says where its runs were made)."""
     from e3sfc.io import atomic_write
 
     docs.mkdir(exist_ok=True)
+    named = MACHINE_LINE.search((docs / "results.md").read_text()) if (docs / "results.md").is_file() else None
+    here = named.group(1) if only is not None and named else machine()
     parts = [
         "# Results\n",
         "Every number here comes from the runs of the command below on the machine below; nothing is typed in.",
@@ -913,7 +920,7 @@ def write_report(root: Path, names: dict[str, dict[str, list[str]]], docs: Path 
         "section holds results. The runs behind a section are committed under experiments/runs (each run's",
         "config, metrics, ledger and summary; not its checkpoints), so that `--report-only` rebuilds it anywhere;",
         "runs made before that change are not there.\n",
-        f"- command: `{COMMAND}`", f"- machine: {machine()}",
+        f"- command: `{COMMAND}`", f"- machine: {here}",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n",
     ]
     kept = previous_sections(docs / "results.md")

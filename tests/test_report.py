@@ -685,6 +685,25 @@ def test_suite_report_with_nothing_new_leaves_results_md_alone(tmp_path):
     assert "3sfc-seed44" in path.read_text() and "2000-01-01" not in path.read_text()
 
 
+def test_suite_report_of_some_groups_keeps_the_machine_the_others_were_made_on(tmp_path):
+    """--report-only --groups G rebuilds G's section only: the header keeps the machine it named, which the kept
+    sections' "machine above" means; a whole report names this machine."""
+    suite = _suite()
+    root, docs = tmp_path / "runs", tmp_path / "docs"
+    _hand_made_run(root / "seeds" / "3sfc-seed43", 43, (0.5, 0.7))
+    suite.plot_runs = lambda runs, out, panel=None: None
+    names = {"seeds": {"3sfc-seed43": []}}
+    path = suite.write_report(root, names, docs)
+    assert f"- machine: {suite.machine()}" in path.read_text()
+    path.write_text(path.read_text().replace(f"- machine: {suite.machine()}", "- machine: Elsewhere, 2 cores"))
+    _hand_made_run(root / "seeds" / "3sfc-seed44", 44, (0.5, 0.9))
+    two = {"seeds": {"3sfc-seed43": [], "3sfc-seed44": []}}
+    suite.write_report(root, two, docs, only=["seeds"])
+    assert "- machine: Elsewhere, 2 cores" in path.read_text() and "3sfc-seed44" in path.read_text()
+    suite.write_report(root, two, docs)
+    assert f"- machine: {suite.machine()}" in path.read_text()
+
+
 def test_suite_help_lists_the_groups_and_their_runs():
     import subprocess
     import sys
