@@ -13,7 +13,8 @@ with one scale per parameter tensor), each client with its own error-feedback re
 
 Per round and arm: accuracy, the clients' mean compression cosine (decoded against target), the norm of
 the aggregate step, the clients' mean target norm (the update plus any residual), and after the last
-round the share of each ReLU layer's units that fire on at least one of the test images.
+round the share of each ReLU layer's units that fire on at least one of the test images (a unit: one output
+of the layer, for a convolution a channel at one position).
 
     python benchmarks/quickstart_collapse.py --rounds 8 --seeds 42,43
 """
