@@ -572,7 +572,8 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
                         "load more than the methods; benchmarks/round_time.py times methods side by side. Seed 42 "
                         "first, seed 43 after. The two 3sfc-res-tensor runs (one scale per parameter tensor) were "
                         "added on 2026-12-08 on an Intel Xeon (2 cores, the same torch and Python), side by side: "
-                        "float rounding differs between the two machines about as much as a change of seed.",
+                        "float rounding differs between the two machines about as much as a change of seed, and "
+                        "their s / round is not comparable with the other runs'.",
     "frontier-oneway": "The frontier's 3.2 KB settings, chosen on its both-ways runs, not tuned one way. Made on the "
                        "machine above from 2026-12-07, on its CPU, two runs side by side and other jobs at times, "
                        "so the s / round column measures the load more than the methods.",
