@@ -667,15 +667,20 @@ def test_suite_report_says_a_group_not_started_is_not_run_yet(tmp_path):
     assert "Not finished yet." in path.read_text() and "Not run yet" not in path.read_text()
 
 
-def test_suite_report_with_nothing_new_leaves_results_md_alone(tmp_path):
-    """--report-only with nothing new: a report that would differ only in its date line is not written;
-    one with anything else new is."""
+def _report_of_one_run(tmp_path):
+    """A report (figures off) of one hand-made run of the seeds group: (suite, runs root, docs, names, results.md)."""
     suite = _suite()
     root, docs = tmp_path / "runs", tmp_path / "docs"
     _hand_made_run(root / "seeds" / "3sfc-seed43", 43, (0.5, 0.7))
     suite.plot_runs = lambda runs, out, panel=None: None
     names = {"seeds": {"3sfc-seed43": []}}
-    path = suite.write_report(root, names, docs)
+    return suite, root, docs, names, suite.write_report(root, names, docs)
+
+
+def test_suite_report_with_nothing_new_leaves_results_md_alone(tmp_path):
+    """--report-only with nothing new: a report that would differ only in its date line is not written;
+    one with anything else new is."""
+    suite, root, docs, names, path = _report_of_one_run(tmp_path)
     old = suite.DATE_LINE.sub("- date: 2000-01-01 00:00 UTC", path.read_text())
     path.write_text(old)
     suite.write_report(root, names, docs)
@@ -688,12 +693,7 @@ def test_suite_report_with_nothing_new_leaves_results_md_alone(tmp_path):
 def test_suite_report_of_some_groups_keeps_the_machine_the_others_were_made_on(tmp_path):
     """--report-only --groups G rebuilds G's section only: the header keeps the machine it named, which the kept
     sections' "machine above" means; a whole report names this machine."""
-    suite = _suite()
-    root, docs = tmp_path / "runs", tmp_path / "docs"
-    _hand_made_run(root / "seeds" / "3sfc-seed43", 43, (0.5, 0.7))
-    suite.plot_runs = lambda runs, out, panel=None: None
-    names = {"seeds": {"3sfc-seed43": []}}
-    path = suite.write_report(root, names, docs)
+    suite, root, docs, names, path = _report_of_one_run(tmp_path)
     assert f"- machine: {suite.machine()}" in path.read_text()
     path.write_text(path.read_text().replace(f"- machine: {suite.machine()}", "- machine: Elsewhere, 2 cores"))
     _hand_made_run(root / "seeds" / "3sfc-seed44", 44, (0.5, 0.9))
