@@ -201,6 +201,8 @@ def frontier_convnet_runs() -> dict[str, list[str]]:
                 runs[f"{meth}{suffix}-{way}-seed{s}"] = [*base, "--method", meth, *opts, *two, *tail]
         runs[f"3sfc-res-tensor-oneway-seed{s}"] = [*base, "--method", "3sfc", *synth["-res"], "--scales", "tensor",
                                                    *tail]
+        runs[f"3sfc-res-tensor-data-oneway-seed{s}"] = [*base, "--method", "3sfc", *synth["-res"], "--scales",
+                                                        "tensor", "--feature-init", "data", *tail]
     return runs
 
 
@@ -208,7 +210,7 @@ def frontier_convnet_settings() -> list[Setting]:
     out: list[Setting] = []
     for way in ("twoway", "oneway"):
         m = "e3sfc" if way == "twoway" else "3sfc"
-        extra = ("-res-tensor",) if way == "oneway" else ()
+        extra = ("-res-tensor", "-res-tensor-data") if way == "oneway" else ()
         out.append((f"ConvNet {'both ways' if way == 'twoway' else 'one way'}, 3.2 KB", "fedavg",
                     {f"{m}{x}": f"{m}{x}-{way}" for x in ("-plus", "-res", *extra, "")},
                     {o: f"{o}-{way}" for o in FRONTIER_RIVALS}))
@@ -237,6 +239,8 @@ def anymodel_runs() -> dict[str, list[str]]:
                 synth = "e3sfc" if way == "twoway" else "3sfc"
                 runs[f"{synth}-cnn-{b}-{way}-seed{s}"] = [*base, "--method", synth, "--payload-bytes", str(budget),
                                                           "--steps", "10", *tail]
+                runs[f"{synth}-cnn-data-{b}-{way}-seed{s}"] = [*runs[f"{synth}-cnn-{b}-{way}-seed{s}"][:-2],
+                                                               "--feature-init", "data", *tail]
                 if (b, way) == ("3k", "twoway"):
                     runs[f"e3sfc-full-{b}-{way}-seed{s}"] = [*base, "--method", "e3sfc", "--samples", "1",
                                                              "--feature-bits", "8", "--steps", "10", *tail]
@@ -253,7 +257,7 @@ def anymodel_settings() -> list[Setting]:
     out: list[Setting] = []
     for b, way in (("3k", "twoway"), ("1k", "twoway"), ("3k", "oneway")):
         synth = "e3sfc-cnn" if way == "twoway" else "3sfc-cnn"
-        mine = {synth: f"{synth}-{b}-{way}"}
+        mine = {synth: f"{synth}-{b}-{way}", f"{synth}-data": f"{synth}-data-{b}-{way}"}
         if (b, way) == ("3k", "twoway"):
             mine["e3sfc-full"] = f"e3sfc-full-{b}-{way}"
         out.append((f"quickcnn {'both ways' if way == 'twoway' else 'one way'}, {FRONTIER_LABELS[b]}", "fedavg",

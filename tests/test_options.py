@@ -22,7 +22,7 @@ KNOBS = {"samples": 1, "steps": 10, "max_iter": 20, "lambd": 0.0, "patience": 20
          "warm_start": False, "scales": "one", "topk_scope": "tensor", "levels": 16, "unroll": 2, "synth_iters": 50,
          "synth_lr": 0.05}
 ADDED = {"index_coding": "int32", "rank": 2, "value_bits": 32, "feature_res": 0, "payload_bytes": 0,
-         "history": 100}  # added since
+         "history": 100, "feature_init": "noise"}  # added since
 
 
 def test_method_settings_are_the_declared_options_with_the_same_defaults():

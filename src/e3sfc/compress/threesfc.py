@@ -98,6 +98,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .. import wire
 from ..wire import FieldSpec, Payload
@@ -111,6 +112,7 @@ from .synth import block_scales, ls_scale, synth_grad, upsample
 
 FEATURE_BITS = (32, 16, 8, 4)
 SCALES = ("one", "tensor")
+FEATURE_INITS = ("noise", "data")
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,11 @@ OPTIONS = (
            attr="payload_budget"),
     Option("warm_start", bool, False, "start each search from that party's last synthetic features instead of "
            "fresh noise (clients and the server each keep theirs; checkpointed)"),
+    Option("feature_init", str, "noise", "where a client's search starts: noise (fresh Gaussian features and "
+           "labels, the published algorithm) or data (M of its own training samples, downsampled to the features' "
+           "resolution, with one-hot labels; image models; the server's downlink search starts from noise). "
+           "The payload then starts as the client's images: see docs/design.md on privacy",
+           choices=FEATURE_INITS),
     Option("scales", str, "one", "one (a single scale alpha, the published algorithm) or tensor (one "
            "least-squares scale per parameter tensor; the search maximises the energy of the target they "
            "capture)", choices=SCALES),
@@ -205,10 +212,13 @@ class ThreeSFC(Compressor):
     fitted: tuple[int, int, int, int] | None = None   # (R, M, bits, bytes) that payload_bytes picked
 
     def check_context(self, ctx: Context) -> None:
-        """``payload_bytes``: pick R, M and the bits for ``ctx``'s input (:meth:`fit`). ``feature_res`` needs
-        an image model and at most its input's smaller side."""
+        """``payload_bytes``: pick R, M and the bits for ``ctx``'s input (:meth:`fit`). ``feature_res`` and
+        ``feature_init = data`` need an image model; ``feature_res`` at most its input's smaller side."""
         if self.payload_budget and self.fitted is None:
             self.fit(ctx)
+        if self.feature_init == "data" and len(ctx.input_shape) != 3:
+            raise ConfigError(f"--feature-init: data is not allowed with this model (its synthetic samples, of shape "
+                              f"{tuple(ctx.input_shape)}, are not images); expected noise")
         if not self.feature_res:
             return
         if len(ctx.input_shape) != 3:
@@ -284,6 +294,9 @@ class ThreeSFC(Compressor):
         g = ctx.generator
         x = torch.randn(x_shape, generator=g).to(ctx.device, ctx.weights.dtype)
         y = torch.randn(y_shape, generator=g).to(ctx.device, ctx.weights.dtype)
+        data = ctx.extra.get("local_data") if self.feature_init == "data" else None
+        if data is not None:  # after the two draws above, so that every other draw stays where it was
+            x, y = data_start(data, x_shape, y_shape, g, ctx)
         z = torch.cat([x.reshape(-1), y.reshape(-1)])
         f = cosine_match(ctx.model, target, tuple(x.shape), tuple(y.shape), self.lambd, self.scales == "tensor",
                          self.upsample_size(ctx))
@@ -395,6 +408,24 @@ class ThreeSFC(Compressor):
                 and value.numel() % per_sample == 0):
             raise ValueError(f"a warm start is {getattr(value, 'shape', type(value).__name__)}; expected a whole "
                              f"number of samples of {per_sample} numbers")
+
+
+def data_start(data: tuple[torch.Tensor, torch.Tensor], x_shape: tuple[int, ...], y_shape: tuple[int, ...],
+               g: torch.Generator, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+    """``feature_init = data``: the search's start from a client's own training data (x (N, *input), labels
+    (N,)): M samples drawn by ``g`` (without replacement; cycled where N < M), area-averaged down to the
+    features' resolution where it is lower, and their one-hot labels (the objective's cosine does not
+    depend on the labels' scale: the gradient is linear in y)."""
+    xs, labels = data
+    n, m = xs.shape[0], x_shape[0]
+    if n == 0:
+        raise ValueError("--feature-init data: the client has no training samples")
+    idx = torch.randperm(n, generator=g)[torch.arange(m) % n]
+    x = xs[idx.to(xs.device)].to(ctx.device, ctx.weights.dtype).reshape(m, *ctx.input_shape)
+    if tuple(x.shape[-2:]) != tuple(x_shape[-2:]):
+        x = F.interpolate(x, size=tuple(x_shape[-2:]), mode="area")
+    y = F.one_hot(labels[idx.to(labels.device)].long().to(ctx.device), y_shape[1]).to(ctx.weights.dtype)
+    return x.reshape(x_shape).clone(), y
 
 
 def _scaled(g: torch.Tensor, alphas: np.ndarray, sizes: list[int]) -> torch.Tensor:

@@ -118,6 +118,7 @@ class ClientRuntime:
         hostile = adversary.hostile_clients(cfg.seed, cfg.clients, cfg.adversaries, derive_seed)
         self.hostile = cfg.adversary if cid in hostile else None  # fault injection (--adversary)
         self.seen: torch.Tensor | None = None       # a ``collude`` client: the model of its last round (w_{t-1})
+        self.local_data: tuple[torch.Tensor, torch.Tensor] | None = None  # set by :meth:`sgd`
 
     def _ctx(self, model, weights, round, samples):
         return make_context(self.cfg, model, weights, self.input_shape, self.num_classes, round, self.cid, samples)
@@ -158,6 +159,7 @@ class ClientRuntime:
         """This project's local training as a ``train`` for :meth:`prepare`: E epochs of plain SGD on
         (x, y) from w_t, seeded by (seed, round, client), lr decayed by the times this client trained."""
         cfg = self.cfg
+        self.local_data = (x, y)  # a 3SFC search may start from it (--feature-init data); never sent
 
         def train(w: torch.Tensor, round: int) -> tuple[torch.Tensor, int]:
             g = torch.Generator().manual_seed(derive_seed(cfg.seed, TRAINING, round, self.cid))
@@ -182,6 +184,8 @@ class ClientRuntime:
             delta, self.seen = adversary.collude(delta, w, self.seen), w.clone()
         ctx = self._ctx(model, w, ins.round, ins.samples)
         ctx.start = self.start
+        if self.local_data is not None:
+            ctx.extra["local_data"] = self.local_data
         p = ef_target(ctx, delta, compressor=self.compressor, ef=self.ef, num_samples=n,
                       train_seconds=time.perf_counter() - t0,
                       update_scale=adversary.SCALE if self.hostile == "scale" else 1.0)

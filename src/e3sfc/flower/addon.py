@@ -160,6 +160,9 @@ class _Codec:
 
     def __init__(self, model_fn: Callable[[], nn.Module], input_shape: tuple[int, ...], num_classes: int,
                  cfg: RunConfig):
+        if cfg.feature_init == "data":  # its search would start from data the add-on never sees
+            raise ConfigError("e3sfc add-on: feature_init=data is not allowed: the add-on does not see the app's "
+                              "training data; expected noise (data works in e3sfc run and e3sfc's own Flower apps)")
         self.cfg, self.spec = cfg, spec(cfg)
         self.model = model_fn().eval()
         for name in {cfg.method, cfg.resolved_downlink} - {"dense"}:
