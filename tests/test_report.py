@@ -637,7 +637,7 @@ def test_suite_frontier_convnet_settings_rank_every_run_and_curves_join_the_seed
     runs = suite.frontier_convnet_runs()
     settings = suite.frontier_convnet_settings()
     ranked = [n for _, _, mine, rivals in settings for n in (*mine.values(), *rivals.values())]
-    assert len(ranked) == len(set(ranked)) == 13
+    assert len(ranked) == len(set(ranked)) == 14
     assert {f"{n}-seed{s}" for n in (*ranked, "fedavg") for s in (42, 43)} == set(runs)
     for name, args in runs.items():
         assert ("--downlink" in args) == (name.split("-seed")[0].endswith("twoway") and
@@ -651,6 +651,9 @@ def test_suite_frontier_convnet_settings_rank_every_run_and_curves_join_the_seed
     assert suite.anymodel_curve(run("3sfc-res-tensor-oneway-seed42")) == "3sfc-res-tensor"
     tensor = runs["3sfc-res-tensor-oneway-seed43"]
     assert tensor == [*runs["3sfc-res-oneway-seed43"][:-2], "--scales", "tensor", "--seed", "43"]
+    assert runs["3sfc-res-tensor-data-oneway-seed42"] == [*runs["3sfc-res-tensor-oneway-seed42"][:-2],
+                                                          "--feature-init", "data", "--seed", "42"]
+    assert suite.anymodel_curve(run("3sfc-res-tensor-data-oneway-seed42")) == "3sfc-res-tensor-data"
     assert suite.anymodel_curve(run("e3sfc-twoway-seed42")) == "e3sfc (published: M = 1, float32)"
     assert suite.anymodel_curve(run("e3sfc-cnn-3k-twoway-seed42")) == "e3sfc-cnn"
     assert suite.anymodel_panel(run("3sfc-res-oneway-seed42")) != suite.anymodel_panel(run("e3sfc-res-twoway-seed42"))
