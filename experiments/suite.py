@@ -578,6 +578,11 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
                         "added on 2026-12-08 on an Intel Xeon (2 cores, the same torch and Python), side by side: "
                         "float rounding differs between the two machines about as much as a change of seed, and "
                         "their s / round is not comparable with the other runs'.",
+    "anymodel": "Made on the machine above (2026-12-06 and 07), on its CPU, runs side by side. The six -data runs "
+                "(--feature-init data: each client's search starts from its own samples) were added on 2026-12-08 "
+                "on an Intel Xeon (2 cores, the same torch and Python) with up to five jobs sharing its two cores: "
+                "float rounding differs between the two machines about as much as a change of seed, and their "
+                "s / round measures the load, not the method (benchmarks/RESULTS.md times methods side by side).",
     "frontier-oneway": "The frontier's 3.2 KB settings, chosen on its both-ways runs, not tuned one way. Made on the "
                        "machine above from 2026-12-07, on its CPU, two runs side by side and other jobs at times, "
                        "so the s / round column measures the load more than the methods.",
@@ -1039,8 +1044,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=groups_epilog(REPO / DEFAULT_ROOT))
     ap.add_argument("--groups", default=None,
-                    help=f"comma-separated groups to run, of those listed below (default: {DEFAULT_GROUPS}); with "
-                    "--report-only, the groups whose sections and figures are written again (default: all)")
+                    help=f"comma-separated groups to run, of those listed below (default: {DEFAULT_GROUPS}); "
+                    "the report then writes only their sections and figures again (with --report-only, default: "
+                    "all)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (default: %(default)s)")
     ap.add_argument("--root", default=DEFAULT_ROOT, help="folder of the runs, ROOT/GROUP/NAME (default: %(default)s; "
                     "committed: its config, metrics, ledger and summary files, not its checkpoints)")
@@ -1058,6 +1064,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"suite: unknown group(s) {unknown}; expected some of {', '.join(groups(root))}")
     failed = 0
+    only = wanted if args.groups else None  # a named group's run rewrites its sections, not the header's machine
     if not args.report_only:
         for g in wanted:
             todo = groups(root)[g]  # re-read: the non-IID sweep uses the reference group's best baseline
@@ -1070,8 +1077,7 @@ def main() -> None:
                 for msg, rc in pool.map(lambda j: run_one(j[0], j[1], extra), jobs):
                     print(msg, flush=True)
                     failed += rc != 0
-            write_report(root, groups(root))
-    only = wanted if args.report_only and args.groups else None
+            write_report(root, groups(root), only=only)
     print(f"wrote {write_report(root, groups(root), only=only)}")
     sys.exit(1 if failed else 0)
 
