@@ -30,14 +30,18 @@ def _ctx(shape=(3, 8, 8), data=None, seed=0):
     return ctx
 
 
+def _noise(m, shape, classes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((m, *shape), generator=g), torch.randn((m, classes), generator=g)
+
+
 def test_data_start_by_hand():
     """Two of three samples, each 1x4x4 averaged over 2x2 blocks to 1x2x2, their labels one-hot; the
     samples are the first two of randperm(3) under the context's generator."""
     xs = torch.arange(3 * 16, dtype=torch.float32).reshape(3, 1, 4, 4)
     labels = torch.tensor([2, 0, 1])
-    ctx = _ctx((1, 4, 4))
     pick = torch.randperm(3, generator=torch.Generator().manual_seed(7))[:2]
-    x, y = data_start((xs, labels), (2, 1, 2, 2), (2, 4), torch.Generator().manual_seed(7), ctx)
+    x, y = data_start((xs, labels), *_noise(2, (1, 2, 2), 4), torch.Generator().manual_seed(7), _ctx((1, 4, 4)))
     for row, k in enumerate(pick.tolist()):
         img = xs[k, 0]
         blocks = torch.tensor([[img[:2, :2].mean(), img[:2, 2:].mean()], [img[2:, :2].mean(), img[2:, 2:].mean()]])
@@ -45,34 +49,63 @@ def test_data_start_by_hand():
         assert y[row].tolist() == [1.0 if c == int(labels[k]) else 0.0 for c in range(4)]
 
 
-def test_data_start_cycles_when_the_client_has_fewer_samples_than_m():
+def test_data_start_keeps_noise_in_the_rows_the_client_has_no_sample_for():
+    """N = 2 samples, M = 5: two rows are the samples (each once), three keep the noise start: a repeated
+    sample would stay a copy through the search and waste its bytes."""
     xs, labels = torch.randn(2, 1, 4, 4), torch.tensor([0, 1])
-    x, y = data_start((xs, labels), (5, 1, 4, 4), (5, 4), torch.Generator().manual_seed(0), _ctx((1, 4, 4)))
-    assert x.shape == (5, 1, 4, 4) and y.shape == (5, 4)
-    assert torch.equal(x[0], x[2]) and torch.equal(x[1], x[3]) and torch.equal(x[0], x[4])
-    assert {tuple(r.tolist()) for r in x.reshape(5, -1)} == {tuple(r.tolist()) for r in xs.reshape(2, -1)}
+    nx, ny = _noise(5, (1, 4, 4), 4)
+    x, y = data_start((xs, labels), nx, ny, torch.Generator().manual_seed(0), _ctx((1, 4, 4)))
+    assert {tuple(r.tolist()) for r in x[:2].reshape(2, -1)} == {tuple(r.tolist()) for r in xs.reshape(2, -1)}
+    assert torch.equal(x[2:], nx[2:]) and torch.equal(y[2:], ny[2:])
+    assert sorted(y[:2].argmax(1).tolist()) == [0, 1] and y[:2].sum().item() == 2.0
 
 
-def test_without_search_steps_the_payload_is_the_data_start():
-    """steps = 0 sends the search's start: with data, the downsampled samples (to the 8-bit step) and
-    one-hot labels; with noise, something else."""
+def _first_point(comp, tau, ctx):
+    """The point a search evaluates first: its start (x and y, flat)."""
+    steps = comp.search(tau, ctx)
+    try:
+        return next(steps)[1]
+    except StopIteration as stop:  # nothing to search: the (x, y) it returns
+        x, y, _ = stop.value
+        return torch.cat([x.reshape(-1), y.reshape(-1)])
+
+
+def test_the_search_starts_from_the_data_and_never_sends_it_unsearched():
+    """The first point evaluated is the data start (the two noise draws made first); with nothing to
+    search (steps 0, or a zero target) the payload is the noise start, not the client's images."""
     xs, labels = torch.rand(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1])
     tau = torch.randn(_ctx().num_params, generator=torch.Generator().manual_seed(3)) * 0.01
-    sent = {}
-    for init in ("data", "noise"):
-        comp = make_compressor("3sfc", samples=3, feature_bits=8, feature_res=4, steps=0, feature_init=init)
-        ctx = _ctx(data=(xs, labels))
-        comp.check_context(ctx)
-        z, y, _ = comp.features(comp.decode(comp.encode(comp.compress(tau, ctx)[0]), ctx), ctx)
-        sent[init] = (z, y)
-    # the compressor draws noise for x and y first, then the samples: replay those draws
     g = torch.Generator().manual_seed(0)
-    torch.randn((3, 3, 4, 4), generator=g), torch.randn((3, 4), generator=g)
-    x0, y0 = data_start((xs, labels), (3, 3, 4, 4), (3, 4), g, _ctx())
-    z, y = sent["data"]
-    assert (z - x0).abs().max() <= x0.abs().max() / 127 / 2 + 1e-6   # one 8-bit step of rounding at most
-    assert torch.allclose(y, y0, atol=1 / 254 + 1e-6)
-    assert (sent["noise"][0] - x0).abs().max() > 0.1
+    nx, ny = torch.randn((3, 3, 4, 4), generator=g), torch.randn((3, 4), generator=g)
+    x0, y0 = data_start((xs, labels), nx, ny, g, _ctx())
+    comp = make_compressor("3sfc", samples=3, feature_bits=8, feature_res=4, steps=2, feature_init="data")
+    assert torch.equal(_first_point(comp, tau, _ctx(data=(xs, labels))), torch.cat([x0.reshape(-1), y0.reshape(-1)]))
+    noise = torch.cat([nx.reshape(-1), ny.reshape(-1)])
+    for steps, target in ((0, tau), (2, torch.zeros_like(tau))):
+        comp = make_compressor("3sfc", samples=3, feature_bits=8, feature_res=4, steps=steps, feature_init="data")
+        assert torch.equal(_first_point(comp, target, _ctx(data=(xs, labels))), noise)
+        z, y, alpha = comp.features(comp.decode(comp.encode(comp.compress(target, _ctx(data=(xs, labels)))[0]),
+                                                _ctx()), _ctx())
+        assert (z - nx).abs().max() <= nx.abs().max() / 127 / 2 + 1e-6   # the noise, to the 8-bit step
+        if steps:  # a zero target: scale 0 (steps 0 scales the noise's gradient by least squares)
+            assert float(torch.as_tensor(alpha).reshape(-1)[0]) == 0.0
+
+
+def test_only_the_clients_searches_start_from_data(monkeypatch):
+    """E-3SFC both ways: every data start is a client's (the server's downlink search has no data)."""
+    import e3sfc.compress.threesfc as threesfc
+
+    seen, orig = [], threesfc.data_start
+
+    def spy(data, x, y, g, ctx):
+        seen.append(ctx.client)
+        return orig(data, x, y, g, ctx)
+
+    monkeypatch.setattr(threesfc, "data_start", spy)
+    sim = Simulation(RunConfig(**QUICK, model="lenet", method="e3sfc", samples=2, feature_res=4, clients=3, rounds=2,
+                               feature_init="data"))
+    sim.run()
+    assert len(seen) == 6 and all(k >= 0 for k in seen)
 
 
 def test_data_start_needs_an_image_model():
@@ -88,6 +121,8 @@ def test_data_start_needs_an_image_model():
     (["--method", "3sfc", "--feature-init", "images"], "--feature-init: 'images' is not allowed; expected one of"),
     (["--method", "topk", "--feature-init", "data"], "--feature-init: 'data' is not allowed; expected the default "
                                                      "with --method topk"),
+    (["--method", "topk", "--downlink", "3sfc", "--feature-init", "data"],
+     "--feature-init: 'data' is not allowed; expected noise with --method topk: only the clients' search starts"),
 ])
 def test_bad_feature_init_is_one_line_exit_2(argv, needle, capsys):
     assert main(["run", *CLI_FAST, *argv]) == 2

@@ -446,6 +446,10 @@ def _check_knobs_used(c: "RunConfig") -> None:
             _require(False, knob, getattr(c, knob), f"the default with --method {c.method} and --downlink "
                      f"{c.resolved_downlink} (it is a knob of {', '.join(takers(knob))}, or of the method "
                      "a --ratio match:METHOD names)")
+    if c.feature_init != "noise" and "feature_init" not in get_compressor_class(c.method).option_names():
+        _require(False, "feature_init", c.feature_init, f"noise with --method {c.method}: only the clients' search "
+                 f"starts from their data ({', '.join(takers('feature_init'))} as the uplink method); the "
+                 "server's has none")
     if c.downlink_samples and not (c.resolved_downlink != "dense" and used[-1].sized_by_samples):
         sized = [m for m in available_methods() if get_compressor_class(m).sized_by_samples]
         _require(False, "downlink_samples", c.downlink_samples, f"0 unless --downlink is a method sized by samples "
