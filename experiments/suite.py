@@ -577,7 +577,9 @@ NOTES = {  # where a group's runs were made, when not all on one machine, and wi
                         "first, seed 43 after. The two 3sfc-res-tensor runs (one scale per parameter tensor) were "
                         "added on 2026-12-08 on an Intel Xeon (2 cores, the same torch and Python), side by side: "
                         "float rounding differs between the two machines about as much as a change of seed, and "
-                        "their s / round is not comparable with the other runs'.",
+                        "their s / round is not comparable with the other runs'. The two 3sfc-res-tensor-data runs "
+                        "(the same, each client's search started from its own samples: --feature-init data) were "
+                        "added on the same Intel Xeon on 2026-12-08, with up to four other jobs at times.",
     "anymodel": "Made on the machine above (2026-12-06 and 07), on its CPU, runs side by side. The six -data runs "
                 "(--feature-init data: each client's search starts from its own samples) were added on 2026-12-08 "
                 "on an Intel Xeon (2 cores, the same torch and Python) with up to five jobs sharing its two cores: "
