@@ -151,11 +151,12 @@ def test_objective_gradient_is_autograd_through_the_upsampling_and_batches(name)
         torch.testing.assert_close(g1, g2, rtol=1e-7, atol=1e-10)
 
 
-@pytest.mark.parametrize("model,bits", [("lenet", 8), ("mlp", 4)])
-def test_e3sfc_replicas_bit_identical_and_resume_equals_no_stop(model, bits, tmp_path):
-    """Both ways at R = 4 on 8x8 digits (lenet's batched search is on by default on a CPU)."""
+@pytest.mark.parametrize("model,bits,init", [("lenet", 8, "noise"), ("mlp", 4, "noise"), ("lenet", 8, "data")])
+def test_e3sfc_replicas_bit_identical_and_resume_equals_no_stop(model, bits, init, tmp_path):
+    """Both ways at R = 4 on 8x8 digits (lenet's batched search is on by default on a CPU); ``data``: the
+    clients' searches start from their samples (--feature-init data)."""
     cfg = RunConfig(**QUICK, model=model, method="e3sfc", samples=2, feature_bits=bits, feature_res=4, clients=6,
-                    fraction=0.5, rounds=3, checkpoint_every=1)
+                    fraction=0.5, rounds=3, checkpoint_every=1, feature_init=init)
     whole = Simulation(cfg)
     whole.run()
     for k in range(6):

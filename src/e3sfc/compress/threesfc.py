@@ -89,7 +89,7 @@ Start from data (ours, ``feature_init = "data"``; image models): a client's sear
 own training samples, area-averaged to the features' resolution, with one-hot labels, instead of noise;
 the server's downlink search has no data and starts from noise; with nothing to search (steps 0, a zero
 target) noise goes, never the data. Measured on quickcnn (docs/results.md, "Any model"): one way at
-3.2 KB 2.5 points above noise. Off by default: a payload can carry low-resolution copies of the client's
+3.2 KB 3.5 points above noise on one machine. Off by default: a payload can carry low-resolution copies of the client's
 images and its labels (docs/design.md §1.1).
 
 Warm start (ours, ``warm_start``): a party's search starts from the better (lower objective) of
@@ -310,7 +310,7 @@ class ThreeSFC(Compressor):
             x, y = data_start(data, x, y, g, ctx)
         z = torch.cat([x.reshape(-1), y.reshape(-1)])
         start = ctx.start if self.warm_start else None
-        if start is not None and start.numel() == z.numel():  # the better of fresh noise and last round's features
+        if start is not None and start.numel() == z.numel():  # the better of the fresh start and last round's features
             warm = start.detach().to(ctx.device, ctx.weights.dtype).reshape(-1).clone()
             fresh_val = (yield f, z)[0]
             if (yield f, warm)[0] < fresh_val:
